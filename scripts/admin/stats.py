@@ -1,0 +1,5 @@
+"""Admin status check."""
+
+
+def main(request):
+    return {"status": "admin ok"}

@@ -1,0 +1,5 @@
+"""Private helper of the reports folder: never served."""
+
+
+def total(rows):
+    return sum(row["count"] for row in rows)

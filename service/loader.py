@@ -1,0 +1,208 @@
+"""Import scripts once per worker and re-import them when they, or a helper, change.
+
+Each request costs one `os.stat` per file the script depends on (itself plus the
+helper modules it imported from the scripts folder). Scripts and their helpers are
+compiled straight from source, never from a `.pyc`: bytecode caches are keyed on a
+one-second mtime, so a quick edit could otherwise keep serving the old code.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
+LIB_DIR = "_lib"
+HANDLER_NAMES = ("handle", "main")  # handle wins if both exist
+
+Stamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
+
+
+class ScriptLoadError(Exception):
+    """A script that cannot be imported or has no usable handler; the cause is chained."""
+
+
+@dataclass(frozen=True)
+class LoadedScript:
+    path: str
+    module: ModuleType
+    handler: Callable[[Any], Any]
+    methods: frozenset[str]
+    timeout: float
+    summary: str
+    stamps: tuple[Stamp, ...]
+
+
+def stamp(path: str) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def unchanged(stamps: Iterable[Stamp]) -> bool:
+    return all(stamp(s[0]) == s for s in stamps)
+
+
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compile from source every time (see the module docstring)."""
+
+    def get_code(self, fullname: str) -> Any:
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+
+
+class _HelperFinder:
+    """Finds helper modules in a script's own folder and in `_lib/`, private names included."""
+
+    def __init__(self, search_dirs: list[str], root: str) -> None:
+        self.search_dirs = search_dirs
+        self.root = root + os.sep
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if path is None:
+            dirs = self.search_dirs
+        else:  # a submodule of a helper package: only look inside the scripts folder
+            dirs = [p for p in path if str(p).startswith(self.root)]
+        name = fullname.rpartition(".")[2]
+        for directory in dirs:
+            package = os.path.join(directory, name)
+            init = os.path.join(package, "__init__.py")
+            if os.path.isfile(init):
+                return importlib.util.spec_from_file_location(
+                    fullname,
+                    init,
+                    loader=_SourceLoader(fullname, init),
+                    submodule_search_locations=[package],
+                )
+            module = package + ".py"
+            if os.path.isfile(module):
+                return importlib.util.spec_from_file_location(
+                    fullname, module, loader=_SourceLoader(fullname, module)
+                )
+        return None
+
+
+def _summary(module: ModuleType) -> str:
+    doc = (module.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def _methods(module: ModuleType) -> frozenset[str]:
+    raw = getattr(module, "METHODS", None)
+    if raw is None:
+        return DEFAULT_METHODS
+    if isinstance(raw, str) or not all(isinstance(m, str) for m in raw):
+        raise ScriptLoadError("METHODS must be a list of method names")
+    methods = {m.strip().upper() for m in raw}
+    if "GET" in methods:
+        methods.add("HEAD")  # as Flask does: HEAD is GET without the body
+    return frozenset(methods)
+
+
+def _timeout(module: ModuleType, default: float, cap: float) -> float:
+    raw = getattr(module, "TIMEOUT", None)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise ScriptLoadError("TIMEOUT must be a number of seconds")
+    if raw <= 0:
+        raise ScriptLoadError("TIMEOUT must be greater than 0")
+    return min(float(raw), cap)
+
+
+class ScriptCache:
+    """Per-worker cache of loaded scripts, keyed by real path and checked by stat."""
+
+    def __init__(self, scripts_dir: Path, default_timeout: float, max_timeout: float) -> None:
+        self.root = str(scripts_dir)
+        self.lib_dir = os.path.join(self.root, LIB_DIR)
+        self.default_timeout = default_timeout
+        self.max_timeout = max_timeout
+        self._scripts: dict[str, LoadedScript] = {}
+        # Imports mutate sys.meta_path and sys.modules: one load at a time per process.
+        self._lock = threading.Lock()
+
+    def cached(self, path: str) -> LoadedScript | None:
+        """The loaded script if nothing it depends on changed since it was imported."""
+        script = self._scripts.get(path)
+        if script is not None and unchanged(script.stamps):
+            return script
+        return None
+
+    def load(self, path: str) -> LoadedScript:
+        """Import (or re-import) a script; raises ScriptLoadError with the cause chained."""
+        with self._lock:
+            script = self.cached(path)
+            if script is None:
+                self._scripts.pop(path, None)
+                script = self._import(path)
+                self._scripts[path] = script
+            return script
+
+    def forget(self, path: str) -> None:
+        self._scripts.pop(path, None)
+
+    def _import(self, path: str) -> LoadedScript:
+        own = stamp(path)
+        if own is None:
+            raise ScriptLoadError("script vanished before it could be imported")
+        name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
+        finder = _HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
+        before = set(sys.modules)
+        sys.meta_path.insert(0, finder)
+        try:
+            spec = importlib.util.spec_from_file_location(
+                name, path, loader=_SourceLoader(name, path)
+            )
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except (Exception, SystemExit) as exc:
+                sys.modules.pop(name, None)
+                raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
+        finally:
+            sys.meta_path.remove(finder)
+            helpers = self._detach_helpers(set(sys.modules) - before - {name})
+        handler = next(
+            (getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))), None
+        )
+        if handler is None:
+            raise ScriptLoadError("no handle(request) or main(request) function")
+        return LoadedScript(
+            path=path,
+            module=module,
+            handler=handler,
+            methods=_methods(module),
+            timeout=_timeout(module, self.default_timeout, self.max_timeout),
+            summary=_summary(module),
+            stamps=(own, *helpers),
+        )
+
+    def _detach_helpers(self, new_names: set[str]) -> list[Stamp]:
+        """Stamp the helpers a script imported, then drop them from sys.modules.
+
+        Dropping them gives every script its own copy of a same-named helper, and lets an
+        edited helper be imported afresh when its script reloads.
+        """
+        stamps = []
+        for mod_name in new_names:
+            origin = getattr(sys.modules.get(mod_name), "__file__", None) or ""
+            if origin.startswith(self.root + os.sep):
+                sys.modules.pop(mod_name, None)
+                helper = stamp(origin)
+                if helper is not None:
+                    stamps.append(helper)
+        return sorted(stamps)

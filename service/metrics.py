@@ -1,0 +1,108 @@
+"""Metric objects, the registry they live in, and exposition for one app.
+
+Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set before prometheus_client is imported,
+so every worker writes its values to files there and a scrape sums them (see
+`multiproc.py`). Without it (unit tests, `flask run`) the app's own registry holds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from service import multiproc
+
+# HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
+# and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.
+BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def buckets_for(max_timeout: float) -> tuple[float, ...]:
+    top = float(max_timeout) + 1.0
+    return tuple(sorted({*BASE_BUCKETS, top}))
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What /_platform/health and ?format=json report; platform calls are not counted."""
+
+    requests_total: int
+    errors_total: int
+    requests_by_area: dict[str, int]
+
+
+class Metrics:
+    def __init__(self, version: str, max_timeout: float, multiproc_dir: Path | None) -> None:
+        self.multiproc_dir = multiproc_dir
+        own = CollectorRegistry()
+        self.requests = Counter(
+            "scriptgate_requests",
+            "Requests answered, by zone, script, method and HTTP status.",
+            ["zone", "script", "method", "status"],
+            registry=own,
+        )
+        self.duration = Histogram(
+            "scriptgate_request_duration_seconds",
+            "Time from receiving a request to handing back its response.",
+            ["zone", "script"],
+            buckets=buckets_for(max_timeout),
+            registry=own,
+        )
+        self.script_errors = Counter(
+            "scriptgate_script_errors",
+            "Script failures by kind: exception, import, timeout.",
+            ["zone", "script", "kind"],
+            registry=own,
+        )
+        self.auth_denied = Counter(
+            "scriptgate_auth_denied",
+            "Requests refused before any script ran, by reason.",
+            ["zone", "reason"],
+            registry=own,
+        )
+        self.in_progress = Gauge(
+            "scriptgate_requests_in_progress",
+            "Requests being handled now, summed over live workers.",
+            ["zone"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.build_info = Gauge(
+            "scriptgate_build_info",
+            "Always 1; the version label says which Scriptgate runs.",
+            ["version"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(version).set(1)
+        if multiproc_dir is None:
+            self.registry = own
+        else:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, str(multiproc_dir))
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """Render the registry: text 0.0.4, or OpenMetrics when Accept asks for it."""
+        encoder, content_type = choose_encoder(accept or "")
+        with multiproc.reading(self.multiproc_dir):
+            return encoder(self.registry), content_type
+
+    def totals(self) -> Totals:
+        """Sum the counters the same way a scrape does, so health and metrics agree."""
+        by_area = {"root": 0, "api": 0, "admin": 0}
+        errors = 0.0
+        with multiproc.reading(self.multiproc_dir):
+            families = list(self.registry.collect())
+        for family in families:
+            for sample in family.samples:
+                if sample.name == "scriptgate_requests_total":
+                    zone = sample.labels.get("zone", "")
+                    if zone in by_area:
+                        by_area[zone] += int(sample.value)
+                elif sample.name == "scriptgate_script_errors_total":
+                    errors += sample.value
+        return Totals(sum(by_area.values()), int(errors), by_area)

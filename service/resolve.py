@@ -1,0 +1,115 @@
+"""Map a URL path to a zone and a script file, refusing anything that could escape a zone.
+
+The URL path arrives percent-decoded from the WSGI server, so `%2e%2e` is already `..`
+and `%2f` is already `/`. Whatever the spelling, a path is only served when every
+segment is a plain public name and the real path of the file, symlinks resolved, lies
+inside its zone folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ZONES = ("root", "api", "admin")
+PLATFORM_ZONE = "platform"
+UNMATCHED = "__unmatched__"
+SCRIPT_SUFFIX = ".py"
+MAX_SEGMENTS = 32
+MAX_SEGMENT_LENGTH = 255
+_RESERVED_ROOT_NAMES = frozenset({"api", "admin"})
+
+
+class ScriptNotFound(LookupError):
+    """No public script answers this path (unknown, private or escaping)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a URL asks for, before any file is looked at."""
+
+    zone: str
+    rel_path: str  # zone-relative, '/'-separated, e.g. "reports/daily.py"
+
+
+def zone_of(url_path: str) -> tuple[str, str]:
+    """Split a URL path into (zone, rest); the first segment alone decides the zone."""
+    path = url_path[1:] if url_path.startswith("/") else url_path
+    first, _, rest = path.partition("/")
+    if first in ("api", "admin"):
+        return first, rest
+    return "root", path
+
+
+def is_public_name(name: str) -> bool:
+    """A file or folder name that may be served or listed."""
+    return bool(name) and name[0] not in "_." and "\\" not in name and "\x00" not in name
+
+
+def parse_target(url_path: str) -> Target:
+    """Validate a URL path's shape; raises ScriptNotFound for anything not servable."""
+    zone, rest = zone_of(url_path)
+    segments = rest.split("/")
+    if not rest or len(segments) > MAX_SEGMENTS:
+        raise ScriptNotFound(url_path)
+    for segment in segments:
+        if not is_public_name(segment) or len(segment) > MAX_SEGMENT_LENGTH:
+            raise ScriptNotFound(url_path)
+    name = segments[-1]
+    if not name.endswith(SCRIPT_SUFFIX) or name == SCRIPT_SUFFIX:
+        raise ScriptNotFound(url_path)
+    # /API/x.py must not reach scripts/api/x.py on a case-insensitive filesystem.
+    if zone == "root" and segments[0].lower() in _RESERVED_ROOT_NAMES:
+        raise ScriptNotFound(url_path)
+    return Target(zone, rest)
+
+
+def zone_dir(scripts_dir: Path, zone: str) -> Path:
+    return scripts_dir if zone == "root" else scripts_dir / zone
+
+
+def locate(scripts_dir: Path, target: Target) -> str:
+    """Return the real path of the target's file, or raise ScriptNotFound.
+
+    `scripts_dir` must already be absolute and resolved (Settings does that).
+    """
+    base = str(zone_dir(scripts_dir, target.zone))
+    real = os.path.realpath(os.path.join(base, target.rel_path))
+    if not real.startswith(base + os.sep):
+        raise ScriptNotFound(target.rel_path)
+    inside = real[len(base) + 1 :].split(os.sep)
+    # A symlink may point elsewhere inside the zone, but never at a private file or,
+    # from the root zone, into api/ or admin/.
+    if not all(is_public_name(part) for part in inside):
+        raise ScriptNotFound(target.rel_path)
+    if target.zone == "root" and inside[0].lower() in _RESERVED_ROOT_NAMES:
+        raise ScriptNotFound(target.rel_path)
+    if not real.endswith(SCRIPT_SUFFIX) or not os.path.isfile(real):
+        raise ScriptNotFound(target.rel_path)
+    return real
+
+
+def list_scripts(scripts_dir: Path, zone: str) -> list[str]:
+    """Zone-relative paths of every public script of a zone, sorted."""
+    base = zone_dir(scripts_dir, zone)
+    found: list[str] = []
+    if not base.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(base):
+        rel_dir = os.path.relpath(dirpath, base)
+        if rel_dir == ".":
+            rel_dir = ""
+            if zone == "root":
+                dirnames[:] = [d for d in dirnames if d.lower() not in _RESERVED_ROOT_NAMES]
+        dirnames[:] = [d for d in dirnames if is_public_name(d)]
+        for name in filenames:
+            if is_public_name(name) and name.endswith(SCRIPT_SUFFIX) and name != SCRIPT_SUFFIX:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                try:
+                    locate(scripts_dir, Target(zone, rel.replace(os.sep, "/")))
+                except ScriptNotFound:
+                    continue
+                found.append(rel.replace(os.sep, "/"))
+    found.sort()
+    return found
