@@ -1,0 +1,184 @@
+"""Metrics stay true across gunicorn workers: summed, never lost, never counted twice.
+
+Each test starts its own 3-worker server, so the totals it asserts are exactly what it sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from tests.integration.prom import (
+    ADMIN,
+    ADMIN_KEY,
+    API,
+    API_KEY,
+    call,
+    in_progress,
+    requests_by_series,
+    script_requests,
+    write_scripts,
+)
+from tests.servers import Gunicorn, gunicorn, wait_until
+
+WORKERS = 3
+KEYS = {"API_KEY": API_KEY, "ADMIN_API_KEY": ADMIN_KEY}
+
+
+def gather_on_every_worker(server: Gunicorn, folder: Path) -> set[int]:
+    """Put one call on each worker at the same time; return the pids that answered."""
+    folder.mkdir()
+    params = {"dir": str(folder), "n": str(WORKERS)}
+
+    def call(_: int) -> dict:
+        return server.get("/api/gather.py", headers=API, params=params).json()
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        answers = list(pool.map(call, range(WORKERS)))
+    assert all(a["gathered"] for a in answers), answers
+    return {a["pid"] for a in answers}
+
+
+def test_health_and_metrics_agree_exactly_and_sum_every_worker(tmp_path: Path) -> None:
+    scripts = write_scripts(tmp_path / "scripts")
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+        pids = gather_on_every_worker(server, tmp_path / "gather")
+        assert len(pids) == WORKERS
+        sent = WORKERS
+        for path, headers, count, status in [
+            ("/hello.py", {}, 10, 200),
+            ("/api/pid.py", API, 10, 200),
+            ("/admin/pid.py", ADMIN, 5, 200),
+            ("/nope.py", {}, 5, 404),
+            ("/api/boom.py", API, 3, 500),
+        ]:
+            for _ in range(count):
+                assert server.get(path, headers=headers).status_code == status
+                sent += 1
+        health = server.get("/_platform/health").json()
+        as_json = server.get("/_platform/metrics", params={"format": "json"}).json()
+        counts = requests_by_series(server)
+        health_again = server.get("/_platform/health").json()
+
+    assert health["requests_total"] == sent == 36
+    assert as_json["requests_total"] == sent
+    assert script_requests(counts) == sent
+    assert health_again["requests_total"] == sent, "health polling inflated the total"
+    assert health["errors_total"] == as_json["errors_total"] == 3
+    assert as_json["requests_by_area"] == {"root": 15, "api": 13 + WORKERS, "admin": 5}
+    gathered = frozenset(
+        {"zone": "api", "script": "gather.py", "method": "GET", "status": "200"}.items()
+    )
+    assert counts[gathered] == WORKERS, "a worker's counts are missing from the sum"
+
+
+def test_sigkilled_worker_never_lowers_a_counter_and_drops_its_in_progress(
+    tmp_path: Path,
+) -> None:
+    scripts = write_scripts(tmp_path / "scripts")
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+        gather_on_every_worker(server, tmp_path / "gather")  # every worker has counts
+        for _ in range(9):
+            assert server.get("/api/pid.py", headers=API).ok
+
+        outcome: dict[str, object] = {}
+
+        def held_call() -> None:
+            try:
+                outcome["response"] = server.get("/api/hold.py", headers=API, params={"dir": hold})
+            except requests.ConnectionError as exc:
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=held_call)
+        caller.start()
+        try:
+            busy = int(wait_until(lambda: list(hold.iterdir()), 10, what="hold")[0].name)
+            assert in_progress(server, "api") == 1.0
+            before = requests_by_series(server)
+            os.kill(busy, signal.SIGKILL)
+            caller.join(15)
+            wait_until(
+                lambda: busy not in server.worker_pids() and len(server.worker_pids()) == WORKERS,
+                15,
+                what="gunicorn to replace the killed worker",
+            )
+            wait_until(lambda: in_progress(server, "api") == 0.0, 10, what="in_progress back to 0")
+            after = requests_by_series(server)
+            health = server.get("/_platform/health").json()
+        finally:
+            (hold / "release").touch()
+            caller.join(20)
+
+    assert "error" in outcome, "the killed worker's call should have lost its connection"
+    for key, value in before.items():
+        assert after[key] >= value, f"{dict(key)} went down from {value} to {after[key]}"
+        if ("zone", "platform") not in key:
+            assert after[key] == value, f"{dict(key)} changed without a request"
+    assert script_requests(after) == health["requests_total"] == WORKERS + 9
+
+
+def file_pids(directory: Path) -> dict[str, int]:
+    """Per-worker files of the multiprocess dir (archives left out) and their pids."""
+    pids = {}
+    for path in directory.glob("*.db"):
+        suffix = path.stem.rsplit("_", 1)[-1]
+        if suffix != "archive":
+            assert re.fullmatch(r"\d+", suffix), path.name
+            pids[path.name] = int(suffix)
+    return pids
+
+
+def test_max_requests_recycling_keeps_exact_monotonic_totals(tmp_path: Path) -> None:
+    scripts = write_scripts(tmp_path / "scripts")
+    metrics_dir = tmp_path / "multiproc"
+    metrics_dir.mkdir()
+    env = {
+        **KEYS,
+        "SCRIPTGATE_MAX_REQUESTS": "20",
+        "SCRIPTGATE_MAX_REQUESTS_JITTER": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    total = 200
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
+        first_workers = server.worker_pids()
+        served_by: set[int] = set()
+        samples: list[dict[frozenset, float]] = []
+        for sent in range(1, total + 1):
+            status, body = call(server, "/api/pid.py", API)
+            assert status == 200
+            served_by.add(body["pid"])
+            if sent % 10 == 0:
+                counts = requests_by_series(server)
+                # Every call before this scrape has been answered, so nothing may be missing
+                # (a dead worker not yet merged) or counted twice (merged and still read).
+                assert script_requests(counts) == sent, f"after {sent} calls"
+                samples.append(counts)
+        health = server.get("/_platform/health").json()
+
+        def settled() -> bool:
+            live = server.worker_pids()
+            return len(live) == WORKERS and set(file_pids(metrics_dir).values()) <= live
+
+        wait_until(settled, 15, what="dead workers' files to be merged away")
+        files = sorted(p.name for p in metrics_dir.glob("*.db"))
+        pids_with_files = set(file_pids(metrics_dir).values())
+        live = server.worker_pids()
+
+    assert health["requests_total"] == total
+    assert len(served_by) > WORKERS, f"no worker was recycled: {served_by}"
+    assert first_workers - live, "max_requests should have replaced a first worker"
+    for earlier, later in itertools.pairwise(samples):
+        for key, value in earlier.items():
+            assert later.get(key, 0) >= value, f"{dict(key)} went down"
+    assert {"counter_archive.db", "histogram_archive.db"} <= set(files), files
+    assert pids_with_files <= live, files
+    assert not (served_by - live) & pids_with_files, "a dead worker's files are still read"
