@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.integration.prom import API, API_KEY, requests_by_series, script_requests, write_scripts
-from tests.servers import SCRIPTGATE, free_port, gunicorn
+from tests.servers import SCRIPTGATE, free_port, gunicorn, stop_process
 
 
 @pytest.fixture
@@ -27,18 +27,22 @@ def test_second_server_on_the_same_dir_refuses_to_start(tmp_path: Path, metrics_
             assert first.get("/api/pid.py", headers=API).ok
         port = free_port()
         argv = ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--scripts", str(scripts)]
-        second = subprocess.run(
+        second = subprocess.Popen(
             [SCRIPTGATE, *argv],
             env=first.env,
             cwd=tmp_path,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=30,
         )
+        try:
+            stdout, stderr = second.communicate(timeout=15)
+        finally:
+            stop_process(second)  # only does anything if it wrongly started
         health = first.get("/_platform/health").json()
 
-    assert second.returncode == 2, second.stderr
-    lines = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
+    assert second.returncode == 2, stderr
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "PROMETHEUS_MULTIPROC_DIR" in lines[0]
     assert str(metrics_dir) in lines[0]
