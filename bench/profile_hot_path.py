@@ -1,0 +1,194 @@
+"""Profile Scriptgate's per-request hot path in one process, next to bare Flask.
+
+Builds the app with create_app(Settings(...)) the way a gunicorn worker does (multiprocess
+metrics, API key, IP allowlist, JSON log to a file and to stdout) and calls the WSGI app
+directly with a prepared environ, so the figures hold the platform's cost and not a test
+client's. Prints microseconds per request for both apps, then cProfile's top entries and
+the profiled time grouped by library.
+
+    .venv/bin/python bench/profile_hot_path.py [--requests 5000] [--top 25] [--metrics off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+API_KEY = "bench-api-key"
+PATH = "/api/hello.py"
+
+# Which library a profiled function belongs to, first match wins.
+AREAS = (
+    ("scriptgate service/", f"{REPO}/service/"),
+    ("benchmark script", f"{BENCH}/scripts/"),
+    ("opentelemetry", "/opentelemetry/"),
+    ("prometheus_client", "/prometheus_client/"),
+    ("flask", "/flask/"),
+    ("werkzeug", "/werkzeug/"),
+    ("python-json-logger", "/pythonjsonlogger/"),
+    ("logging (stdlib)", "/logging/"),
+    ("json (stdlib)", "/json/"),
+)
+
+
+def _bare_app() -> Callable:
+    sys.path.insert(0, str(BENCH / "apps"))
+    from bare_flask import app
+
+    return app
+
+
+def _scriptgate_app(tmp: Path, metrics: bool) -> Callable:
+    from service.app import create_app
+    from service.config import Settings, parse_networks
+
+    settings = Settings(
+        scripts_dir=(BENCH / "scripts").resolve(),
+        api_keys=(API_KEY,),
+        api_trusted_ips=parse_networks("API_TRUSTED_IPS", "127.0.0.1/32"),
+        log_file=tmp / "framework.log",
+        metrics_enabled=metrics,
+        multiproc_dir=Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if metrics else None,
+    )
+    return create_app(settings)
+
+
+def _environ() -> dict:
+    from werkzeug.test import EnvironBuilder
+
+    builder = EnvironBuilder(
+        path=PATH, headers={"X-API-Key": API_KEY}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
+    )
+    try:
+        return builder.get_environ()
+    finally:
+        builder.close()
+
+
+def _serve(app: Callable, environ: dict, count: int) -> None:
+    """Call the WSGI app `count` times the way gunicorn does; fail loudly on a non-200."""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list, exc_info: object = None) -> None:
+        statuses.append(status)
+
+    for _ in range(count):
+        env = dict(environ)
+        env["wsgi.input"] = io.BytesIO()
+        body = app(env, start_response)
+        try:
+            for _chunk in body:
+                pass
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+        if not statuses[-1].startswith("200"):
+            raise RuntimeError(f"{PATH} answered {statuses[-1]}")
+        statuses.clear()
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull() -> Iterator[None]:
+    """The platform also logs to stdout (fd 1); send it where gunicorn's would go, not here."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def per_request_us(app: Callable, environ: dict, count: int, repeat: int = 3) -> float:
+    """Best of `repeat` timed loops, in microseconds per request."""
+    _serve(app, environ, min(200, count))  # warm: imports the script, fills caches
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        _serve(app, environ, count)
+        best = min(best, (time.perf_counter() - started) / count)
+    return best * 1e6
+
+
+def _area(filename: str) -> str:
+    for name, marker in AREAS:
+        if marker in filename:
+            return name
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins / C calls"
+    return "other (stdlib, gunicorn-free glue)"
+
+
+def by_area(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own time (tottime) summed per library: where the CPU actually goes."""
+    totals: dict[str, float] = {}
+    for (filename, _line, _func), row in stats.stats.items():  # type: ignore[attr-defined]
+        totals[_area(filename)] = totals.get(_area(filename), 0.0) + row[2]
+    return sorted(totals.items(), key=lambda item: item[1], reverse=True)
+
+
+def profile(app: Callable, environ: dict, count: int) -> pstats.Stats:
+    _serve(app, environ, 200)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _serve(app, environ, count)
+    profiler.disable()
+    return pstats.Stats(profiler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--metrics", choices=("on", "off"), default="on")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="scriptgate-profile-") as tmp_name:
+        tmp = Path(tmp_name)
+        # Read by prometheus_client at import, so set before service is imported.
+        (tmp / "metrics").mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "metrics")
+        sys.path.insert(0, str(REPO))
+        environ = _environ()
+        bare = _bare_app()
+        gate = _scriptgate_app(tmp, args.metrics == "on")
+        with _stdout_to_devnull():
+            bare_us = per_request_us(bare, environ, args.requests)
+            gate_us = per_request_us(gate, environ, args.requests)
+            stats = profile(gate, environ, args.requests)
+
+    print(f"in-process, no HTTP: bare Flask {bare_us:.0f} us/request, ", end="")
+    print(f"Scriptgate (metrics {args.metrics}) {gate_us:.0f} us/request ", end="")
+    print(f"(+{gate_us - bare_us:.0f} us, {gate_us / bare_us:.1f}x)")
+    total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
+    print(f"\nprofiled own time by library ({args.requests} requests, cProfile inflates it):")
+    for name, seconds in by_area(stats):
+        share = seconds / total * 100
+        print(f"  {name:<36} {seconds / args.requests * 1e6:8.1f} us/request  {share:5.1f}%")
+    for order in ("cumulative", "tottime"):
+        print(f"\ntop {args.top} by {order}:")
+        out = io.StringIO()
+        stats.stream = out  # type: ignore[attr-defined]
+        stats.sort_stats(order).print_stats(args.top)
+        lines = out.getvalue().splitlines()
+        start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+        print("\n".join(ln.replace(str(REPO) + "/", "") for ln in lines[start:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

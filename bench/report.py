@@ -1,0 +1,191 @@
+"""Summaries of the benchmark run: the contenders table, side measurements and goals.
+
+Goals are reported as PASS or MISS, never asserted: a slow or busy machine must not
+fail a build.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BARE = "bare"
+ASSEMBLY = "assembly"
+ORIGIN = "origin"
+SCRIPTGATE = "scriptgate"
+SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
+
+
+def median_of(rounds: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Median of each figure over the rounds, and the spread of requests/s."""
+    rps = [r["requests_per_s"] for r in rounds]
+    middle = statistics.median(rps)
+    return {
+        "requests_per_s": round(middle, 1),
+        "spread_pct": round((max(rps) - min(rps)) / middle * 100, 1) if middle else 0.0,
+        "p50_ms": round(median_of(rounds, "p50_ms"), 2),
+        "p99_ms": round(median_of(rounds, "p99_ms"), 2),
+        "cpu_us_per_request": round(median_of(rounds, "cpu_us_per_request"), 1),
+        "errors": sum(r["errors"] for r in rounds),
+    }
+
+
+def add_ratios(results: dict) -> None:
+    """Each measured contender's requests/s relative to bare Flask and to the assembly."""
+    for base in (BARE, ASSEMBLY):
+        base_rps = results.get(base, {}).get("median", {}).get("requests_per_s")
+        for entry in results.values():
+            median = entry.get("median")
+            if median and base_rps:
+                median[f"vs_{base}"] = round(median["requests_per_s"] / base_rps, 2)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def contenders_table(results: dict) -> str:
+    header = (
+        f"{'contender':<34}{'req/s':>9}{'spread':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU us/req':>12}{'vs bare':>9}{'vs asm':>8}{'RSS MB':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for entry in results.values():
+        label = entry["label"]
+        median = entry.get("median")
+        if not median:
+            lines.append(f"{label:<34}{entry.get('skipped', 'not measured')}")
+            continue
+        rss = entry.get("rss_mb_max")
+        lines.append(
+            f"{label:<34}{median['requests_per_s']:>9.0f}{median['spread_pct']:>7.0f}%"
+            f"{median['p50_ms']:>9.2f}{median['p99_ms']:>9.2f}"
+            f"{median['cpu_us_per_request']:>12.0f}"
+            f"{_ratio(median.get('vs_bare')):>9}{_ratio(median.get('vs_assembly')):>8}"
+            f"{(f'{rss:.0f}' if rss else '-'):>8}"
+        )
+        if median["errors"]:
+            lines.append(f"{'':<4}! {median['errors']} errors or non-2xx answers during the rounds")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    measure: Callable[[dict], float | None]
+    target: float
+    higher_is_better: bool
+    unit: str
+
+    def judge(self, results: dict) -> dict:
+        try:
+            value = self.measure(results)
+        except (KeyError, TypeError, ZeroDivisionError):
+            value = None
+        if value is None:
+            verdict = "N/A"
+        elif self.higher_is_better:
+            verdict = "PASS" if value >= self.target else "MISS"
+        else:
+            verdict = "PASS" if value <= self.target else "MISS"
+        return {"goal": self.text, "value": value, "unit": self.unit, "verdict": verdict}
+
+
+def _rps(results: dict, key: str) -> float:
+    return results["contenders"][key]["median"]["requests_per_s"]
+
+
+def goals(sizes: dict) -> list[Goal]:
+    def vs(key: str) -> Callable[[dict], float]:
+        return lambda r: round(_rps(r, SCRIPTGATE) / _rps(r, key), 2)
+
+    routes_n, memory_n = sizes["routes_scripts"], sizes["memory_scripts"]
+    return [
+        Goal("Scriptgate >= 1.2x the assembly's requests/s", vs(ASSEMBLY), 1.2, True, "x"),
+        Goal("Scriptgate >= 0.7x bare Flask's requests/s", vs(BARE), 0.7, True, "x"),
+        Goal("Scriptgate >= 5x the source post's dispatcher", vs(ORIGIN), 5.0, True, "x"),
+        Goal(
+            "change detection <= 20 us per request",
+            lambda r: r["side"]["change_detection"]["cached_us"],
+            20.0,
+            False,
+            "us",
+        ),
+        Goal(
+            f"/_platform/routes for {routes_n:,} scripts < 50 ms",
+            lambda r: r["side"]["routes"]["plain"]["median_ms"],
+            50.0,
+            False,
+            "ms",
+        ),
+        Goal(
+            f"<= 60 MB RSS per worker with {memory_n} scripts",
+            lambda r: r["side"]["memory"]["max_loaded_mb"],
+            60.0,
+            False,
+            "MB",
+        ),
+    ]
+
+
+def goals_table(judged: list[dict]) -> str:
+    lines = []
+    for g in judged:
+        value = "-" if g["value"] is None else f"{g['value']}{g['unit']}"
+        lines.append(f"  {g['verdict']:<5} {g['goal']:<52} measured {value}")
+    return "\n".join(lines)
+
+
+def side_text(side: dict) -> str:
+    lines = []
+    cd = side.get("change_detection")
+    if cd:
+        lines.append(
+            f"change detection (ScriptCache.cached, {cd['files_checked']} files stat'ed): "
+            f"{cd['cached_us']:.2f} us/request vs dict lookup {cd['dict_lookup_us']:.3f} us "
+            f"(+{cd['stat_check_us']:.2f} us); locate() before it: {cd['locate_us']:.2f} us"
+        )
+    routes = side.get("routes")
+    if routes:
+        for key, label in (("plain", "/_platform/routes"), ("detail", "?detail=1")):
+            r = routes[key]
+            lines.append(
+                f"{label:<18} {routes['scripts']:>5} scripts: median {r['median_ms']:.1f} ms "
+                f"over {routes['calls']} calls (first call {r['first_ms']:.1f} ms, "
+                f"max {r['max_ms']:.1f} ms, {r['bytes']:,} bytes)"
+            )
+    memory = side.get("memory")
+    if memory:
+        for w in memory["workers"]:
+            lines.append(
+                f"worker {w['pid']}: {w['baseline_mb']:.1f} MB idle -> {w['loaded_mb']:.1f} MB "
+                f"with {memory['scripts']} scripts loaded ({w['per_script_kb']:.0f} kB/script)"
+            )
+    for key, note in side.get("notes", {}).items():
+        lines.append(f"{key}: {note}")
+    return "\n".join(lines)
+
+
+def flat_figures(data: object, prefix: str = "", limit: int = 40) -> list[str]:
+    """Scalar leaves of a JSON document as `a.b.c = value` lines (for scrape_cost's output)."""
+    lines: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if len(lines) >= limit:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+        else:
+            lines.append(f"{path} = {node}")
+
+    walk(data, prefix)
+    return lines

@@ -1,0 +1,184 @@
+"""Start the contenders' servers on free 127.0.0.1 ports, wait for them, always stop them.
+
+Every server's stdout and stderr go to a file (a pipe nobody reads would fill up and
+stall the workers mid-benchmark). Readiness is polled with a deadline, never slept for.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.servers import free_port, stop_process, wait_until  # noqa: E402
+
+BENCH = REPO / "bench"
+BIN = Path(sys.executable).parent
+# Inherited settings that would change what a contender does are dropped.
+_SCRUBBED_PREFIXES = ("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_", "prometheus_")
+
+__all__ = [
+    "Server",
+    "free_port",
+    "http_get",
+    "launch",
+    "stop",
+    "stop_all",
+    "wait_ready",
+    "wait_until",
+]
+
+
+@dataclass
+class Server:
+    """One running server (gunicorn master, or Apache in front of one)."""
+
+    name: str
+    proc: subprocess.Popen | None
+    port: int
+    output: Path
+    workers: int
+    headers: dict[str, str] = field(default_factory=dict)
+    master_pid: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn workers are the master's children."""
+        pid = self.master_pid or (self.proc.pid if self.proc else None)
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        if pid is None or not children.exists():
+            return []
+        return sorted(int(p) for p in children.read_text().split())
+
+    def get(self, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+        return http_get(self.port, path, self.headers, timeout)
+
+
+def http_get(
+    port: int, path: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection (gunicorn's sync workers close it after each answer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def gunicorn_argv(module: str, port: int, workers: int) -> list[str]:
+    """The same gunicorn settings Scriptgate's own config uses: sync, N workers, /dev/shm."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-tmp-dir",
+        "/dev/shm",
+        "--log-level",
+        "warning",
+        "--pythonpath",
+        str(BENCH / "apps"),
+        module,
+    ]
+
+
+def scriptgate_argv(port: int, workers: int, scripts: Path) -> list[str]:
+    return [
+        str(BIN / "scriptgate"),
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--scripts",
+        str(scripts),
+    ]
+
+
+def launch(
+    name: str,
+    argv: list[str],
+    port: int,
+    env: Mapping[str, str],
+    workdir: Path,
+    workers: int,
+    headers: Mapping[str, str] | None = None,
+) -> Server:
+    """Start a server process without waiting for it (so several can boot at once)."""
+    output = workdir / f"{name}.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            argv, env=clean_env(env), cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Server(name, proc, port, output, workers, dict(headers or {}))
+
+
+def wait_ready(server: Server, probe: str, timeout: float = 30.0) -> None:
+    """Until `probe` answers 200 and every worker is up; a dead server fails with its output."""
+
+    def ready() -> bool:
+        if server.proc is not None and server.proc.poll() is not None:
+            raise RuntimeError("exited")
+        return server.get(probe, timeout=2)[0] == 200
+
+    try:
+        wait_until(ready, timeout=timeout, what=f"{server.name} to answer {probe}")
+        wait_until(
+            lambda: len(server.worker_pids()) >= server.workers,
+            timeout=timeout,
+            what=f"{server.name} workers",
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        tail = server.output.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{server.name} did not start: {exc}\n{tail}") from None
+
+
+def stop(server: Server) -> None:
+    if server.proc is not None:
+        stop_process(server.proc)
+
+
+def stop_all(servers: list[Server]) -> None:
+    """SIGTERM every server first, then wait for each: shutdowns overlap instead of queueing."""
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    for server in servers:
+        stop(server)  # waits, and kills one that ignored SIGTERM
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of one process, from /proc/PID/status (VmRSS, in kB)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,14 @@
+-- Prints one machine-readable line after a wrk run: counts, errors and latency
+-- percentiles in microseconds, read by bench/loadgen.py.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_JSON {\"requests\": %d, \"duration_us\": %d, \"bytes\": %d, " ..
+    "\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"mean_us\": %.1f, \"max_us\": %d, " ..
+    "\"connect_errors\": %d, \"read_errors\": %d, \"write_errors\": %d, " ..
+    "\"status_errors\": %d, \"timeouts\": %d}\n",
+    summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.mean, latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
