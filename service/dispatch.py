@@ -7,21 +7,24 @@ like a known one.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from service import observe
 from service.access import check_zone
 from service.convert import to_response
-from service.errors import MethodNotAllowed, ScriptFailed, ScriptTimedOut
+from service.errors import MethodNotAllowed, ScriptFailed, ScriptTimedOut, error_response
 from service.loader import LoadedScript, ScriptLoadError
 from service.resolve import PLATFORM_ZONE, ScriptNotFound, locate, parse_target
 from service.runtime import Runtime, runtime
 from service.timeouts import ScriptTimeout, run_with_deadline
 
+WORKER_RECYCLED = 1  # any code but gunicorn's 3 and 4, which would halt the whole server
 PLATFORM_PATHS = frozenset({"/_platform/health", "/_platform/routes", "/_platform/metrics"})
 
 
@@ -62,13 +65,43 @@ def _import(rt: Runtime, path: str) -> LoadedScript:
 def _run(rt: Runtime, script: LoadedScript) -> Response:
     with rt.tracer.start_as_current_span("script.run") as span:
         try:
-            return run_with_deadline(lambda: to_response(script.handler(request)), script.timeout)
+            return run_with_deadline(
+                lambda: to_response(script.handler(request)),
+                script.timeout,
+                last_resort=lambda: _abandon_worker(rt, span),
+            )
         except ScriptTimeout as exc:
             _failed(rt, span, "timeout", exc)
             raise ScriptTimedOut() from None
         except (Exception, SystemExit) as exc:
             _failed(rt, span, "exception", exc)
             raise ScriptFailed("exception") from exc
+
+
+def _abandon_worker(rt: Runtime, span: Any) -> None:
+    """The script swallowed every ScriptTimeout: answer 504 ourselves, then exit the worker.
+
+    Only under gunicorn, which hands us the client socket and replaces the worker; a
+    Python thread cannot be stopped any other way. Counters live in the metrics files,
+    so nothing counted so far is lost.
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return
+    _failed(rt, span, "timeout", ScriptTimeout("script ignored its deadline; worker recycled"))
+    response = observe.finish_request(error_response(504))
+    observe.end_request(None)
+    span.end()
+    head = [f"HTTP/1.1 {response.status}"]
+    head += [f"{name}: {value}" for name, value in response.headers.items()]
+    head += ["Connection: close", "", ""]
+    try:
+        sock.sendall("\r\n".join(head).encode("latin-1") + response.get_data())
+    finally:
+        provider = current_app.extensions.get("scriptgate_tracer_provider")
+        if provider is not None:
+            provider.force_flush(2000)
+        os._exit(WORKER_RECYCLED)
 
 
 def _failed(rt: Runtime, span: Any, kind: str, exc: BaseException) -> None:

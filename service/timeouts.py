@@ -3,8 +3,10 @@
 In a gunicorn sync worker the request runs on the main thread, so a SIGALRM interval
 timer interrupts the script itself: no extra thread per request, and nothing keeps
 burning CPU after the 504. The timer repeats every 50 ms, so a script that swallows
-the first `ScriptTimeout` is hit again. Code stuck inside one C call never returns to
-the interpreter; gunicorn's own worker timeout, set above every script timeout, then
+the first `ScriptTimeout` is hit again; one that swallows them all for GRACE_SECONDS
+gets `last_resort` called from the signal handler (under gunicorn: answer 504 on the
+socket, then exit the worker). Code stuck inside one C call never returns to the
+interpreter; gunicorn's own worker timeout, set above every script timeout, then
 replaces the worker.
 
 Off the main thread (threaded servers) signals cannot be used: the script then runs in
@@ -17,11 +19,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPEAT_SECONDS = 0.05
+GRACE_SECONDS = 1.0
 _HAS_ITIMER = hasattr(signal, "setitimer")
 
 
@@ -32,14 +36,19 @@ class ScriptTimeout(BaseException):
     """
 
 
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise ScriptTimeout()
-
-
-def run_with_deadline(func: Callable[[], T], seconds: float) -> T:
+def run_with_deadline(
+    func: Callable[[], T], seconds: float, last_resort: Callable[[], None] | None = None
+) -> T:
     """Run func(); raise ScriptTimeout if it is still running after `seconds`."""
     if _HAS_ITIMER and threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        give_up_at = time.monotonic() + seconds + GRACE_SECONDS
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if last_resort is not None and time.monotonic() >= give_up_at:
+                last_resort()
+            raise ScriptTimeout()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
         try:
             return func()

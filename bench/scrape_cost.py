@@ -1,0 +1,307 @@
+"""Scrape cost of /_platform/metrics, fresh and after many worker restarts.
+
+prometheus_client's multiprocess mode reads one file per worker per metric type on
+every scrape, dead workers' included, so without care a long-running server's scrape
+gets slower with every gunicorn worker restart. Scriptgate folds a dead worker's files
+into `*_archive.db` (service/multiproc.py). This measures whether that holds:
+
+1. a real `scriptgate serve` with W workers over N tiny scripts;
+2. every worker serves every script once, so each holds N series per metric (the other
+   workers are SIGSTOPped meanwhile, which makes the routing certain, not statistical);
+3. median HTTP scrape time, fresh;
+4. R worker restarts (SIGTERM; gunicorn starts a replacement, which is filled the same way);
+5. median HTTP scrape time again.
+
+Alongside, the files of every worker that died are copied aside before it dies, giving
+the directory a server *without* compaction would have; prometheus_client's own collector
+is timed in-process on both (and must render the same values from both).
+
+Goal: after the restarts a scrape takes < 100 ms and < 1.5x the fresh one.
+Usage: bench/scrape_cost.py [--json] [--smoke] [--workers 3] [--scripts 300] [--restarts 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.servers import Gunicorn, gunicorn, wait_until  # noqa: E402
+
+GOAL_MS = 100.0
+GOAL_RATIO = 1.5
+SCRIPT = 'import os\n\n\ndef main(request):\n    return {"pid": os.getpid()}\n'
+# Per-worker files that a worker leaves behind when it dies (live gauges are dropped by
+# prometheus_client itself, compaction or not).
+KEPT_WHEN_DEAD = ("counter_", "histogram_")
+
+
+class Clock:
+    """Stops the run at a wall-clock budget, so the benchmark is bounded whatever happens."""
+
+    def __init__(self, budget: float) -> None:
+        self.started = time.monotonic()
+        self.budget = budget
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+def get(server: Gunicorn, path: str) -> tuple[int, bytes]:
+    """GET on a fresh connection (gunicorn's sync workers close each one anyway)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def write_scripts(folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True)
+    urls = []
+    for index in range(count):
+        (folder / f"s{index:04d}.py").write_text(SCRIPT)
+        urls.append(f"/s{index:04d}.py")
+    return urls
+
+
+@contextmanager
+def only_worker(server: Gunicorn, pid: int) -> Iterator[None]:
+    """Freeze every other worker, so every new connection is accepted by `pid`."""
+    frozen = sorted(server.worker_pids() - {pid})
+    stopped: list[int] = []
+    try:
+        for other in frozen:
+            os.kill(other, signal.SIGSTOP)
+            stopped.append(other)
+        yield
+    finally:
+        for other in stopped:
+            os.kill(other, signal.SIGCONT)
+
+
+def fill(server: Gunicorn, pid: int, urls: list[str]) -> None:
+    """Have worker `pid` serve every script once, and check that it did."""
+
+    def call(url: str) -> int:
+        status, body = get(server, url)
+        if status != 200:
+            raise RuntimeError(f"{url} answered {status}")
+        return json.loads(body)["pid"]
+
+    with only_worker(server, pid), ThreadPoolExecutor(max_workers=2) as pool:
+        served = set(pool.map(call, urls))
+    if served != {pid}:
+        raise RuntimeError(f"meant for worker {pid}, served by {served}")
+
+
+def median_ms(measure: Callable[[], object], times: int) -> float:
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        measure()
+        samples.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(samples), 2)
+
+
+def http_scrape_ms(server: Gunicorn, times: int) -> float:
+    def scrape() -> None:
+        status, _ = get(server, "/_platform/metrics")
+        if status != 200:
+            raise RuntimeError(f"/_platform/metrics answered {status}")
+
+    for _ in range(3):  # every worker has scraped once before the clock runs
+        scrape()
+    return median_ms(scrape, times)
+
+
+def render(directory: Path) -> str:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(directory))
+    return generate_latest(registry).decode()
+
+
+def values(exposition: str) -> dict[tuple, float]:
+    """Counter and histogram samples by name and labels (live gauges left out)."""
+    found = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def snapshot(directory: Path, into: Path, names: Callable[[str], bool]) -> None:
+    into.mkdir(exist_ok=True)
+    for path in directory.glob("*.db"):
+        if names(path.name):
+            shutil.copy2(path, into / path.name)
+
+
+def worker_files(pid: int) -> Callable[[str], bool]:
+    return lambda name: name.startswith(KEPT_WHEN_DEAD) and name.endswith(f"_{pid}.db")
+
+
+def restart(server: Gunicorn, victims: list[int], urls: list[str], deadline: float) -> None:
+    """SIGTERM `victims`, wait for gunicorn's replacements, fill each of them."""
+    before = server.worker_pids()
+    for pid in victims:
+        os.kill(pid, signal.SIGTERM)
+    wanted = len(before)
+
+    def replaced() -> set[int] | None:
+        live = server.worker_pids()
+        return live - before if len(live) == wanted and not live & set(victims) else None
+
+    fresh = wait_until(replaced, deadline, 0.01, what="gunicorn to replace the workers")
+    for pid in sorted(fresh):
+        fill(server, pid, urls)
+
+
+def settled(server: Gunicorn, directory: Path) -> bool:
+    """No file of a dead worker is left (child_exit has merged them all)."""
+    live = {str(p) for p in server.worker_pids()}
+    for path in directory.glob("*.db"):
+        owner = path.stem.rsplit("_", 1)[-1]
+        if owner != "archive" and owner not in live:
+            return False
+    return True
+
+
+def measure(args: argparse.Namespace, clock: Clock) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="scrape-cost-"))
+    try:
+        return _measure(args, clock, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, clock: Clock, tmp: Path) -> dict:
+    urls = write_scripts(tmp / "scripts", args.scripts)
+    metrics_dir = tmp / "multiproc"
+    metrics_dir.mkdir()
+    uncompacted = tmp / "uncompacted"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "LOG_FILE": ""}
+    with gunicorn(tmp / "scripts", tmp, workers=args.workers, env=env) as server:
+        for pid in sorted(server.worker_pids()):
+            fill(server, pid, urls)
+        fresh_files = len(list(metrics_dir.glob("*.db")))
+        fresh_http = http_scrape_ms(server, args.scrapes)
+        fresh_collect = median_ms(lambda: render(metrics_dir), args.scrapes)
+
+        restarts = 0
+        while restarts < args.restarts and clock.left() > 20:
+            live = sorted(server.worker_pids())
+            victims = live[: min(len(live), args.restarts - restarts)]
+            for pid in victims:  # what a server without compaction would keep of it
+                snapshot(metrics_dir, uncompacted, worker_files(pid))
+            restart(server, victims, urls, min(30.0, clock.left()))
+            restarts += len(victims)
+        wait_until(lambda: settled(server, metrics_dir), 15, what="dead workers merged")
+
+        after_files = len(list(metrics_dir.glob("*.db")))
+        after_http = http_scrape_ms(server, args.scrapes)
+        after_collect = median_ms(lambda: render(metrics_dir), args.scrapes)
+        snapshot(metrics_dir, uncompacted, lambda name: not name.startswith(("counter_a", "histogram_a")))
+        uncompacted_files = len(list(uncompacted.glob("*.db")))
+        uncompacted_collect = median_ms(lambda: render(uncompacted), args.scrapes)
+        same_values = values(render(metrics_dir)) == values(render(uncompacted))
+        _, body = get(server, "/_platform/metrics")
+        exposition_bytes = len(body)
+
+    ratio = round(after_http / fresh_http, 2)
+    return {
+        "workers": args.workers,
+        "scripts": args.scripts,
+        "restarts": restarts,
+        "scrapes_per_median": args.scrapes,
+        "exposition_bytes": exposition_bytes,
+        "fresh": {"files": fresh_files, "http_ms": fresh_http, "collect_ms": fresh_collect},
+        "after_restarts": {
+            "files": after_files,
+            "http_ms": after_http,
+            "collect_ms": after_collect,
+        },
+        "after_restarts_without_compaction": {
+            "files": uncompacted_files,
+            "collect_ms": uncompacted_collect,
+            "same_values_as_compacted": same_values,
+        },
+        "ratio_after_to_fresh": ratio,
+        "goal": f"after restarts < {GOAL_MS:g} ms and < {GOAL_RATIO:g}x fresh",
+        "goal_met": after_http < GOAL_MS and ratio < GOAL_RATIO and restarts == args.restarts,
+        "seconds": round(clock.elapsed(), 1),
+    }
+
+
+def table(r: dict) -> str:
+    fresh, after, bare = r["fresh"], r["after_restarts"], r["after_restarts_without_compaction"]
+    rows = [
+        ("state", "files", "HTTP scrape ms", "collect ms"),
+        ("fresh", fresh["files"], fresh["http_ms"], fresh["collect_ms"]),
+        (f"after {r['restarts']} restarts", after["files"], after["http_ms"], after["collect_ms"]),
+        ("  same, no compaction", bare["files"], "-", bare["collect_ms"]),
+    ]
+    lines = [f"{a:<24}{b!s:>7}{c!s:>16}{d!s:>12}" for a, b, c, d in rows]
+    lines.insert(
+        0,
+        f"/_platform/metrics: {r['workers']} workers, {r['scripts']} scripts each, "
+        f"median of {r['scrapes_per_median']} (exposition {r['exposition_bytes']} bytes)",
+    )
+    lines.append(
+        f"after/fresh: {r['ratio_after_to_fresh']}x; goal {r['goal']}: "
+        f"{'met' if r['goal_met'] else 'NOT met'}; "
+        f"uncompacted renders the same values: {bare['same_values_as_compacted']}; "
+        f"{r['seconds']} s"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves it runs")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--scripts", type=int, default=300)
+    parser.add_argument("--restarts", type=int, default=50)
+    parser.add_argument("--scrapes", type=int, default=20, help="scrapes per median")
+    parser.add_argument("--budget", type=float, default=85.0, help="seconds, whole run")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.scripts, args.restarts, args.scrapes, args.budget = 30, 4, 5, 25.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = measure(args, Clock(args.budget))
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

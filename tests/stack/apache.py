@@ -1,0 +1,142 @@
+"""Real Apache in front of real backends, using the shipped virtual host.
+
+`apache_front(backends, tmp)` writes a minimal server config for Debian's apache2 that
+loads the proxy modules and Includes `observability/apache/scriptgate.conf` as shipped;
+only the listen port and the backends' host:port are filled in (Apache `Define`s), plus
+one BalancerMember line per backend when there are not exactly two. Other suites (the
+benchmarks) import it to put the same proxy in front of their servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+from tests.servers import REPO, free_port, stop_process, wait_until
+
+APACHE = Path("/usr/sbin/apache2")
+MODULES = Path("/usr/lib/apache2/modules")
+VHOST = REPO / "observability" / "apache" / "scriptgate.conf"
+# Module name -> file; modules compiled into Debian's binary are skipped by <IfModule>.
+PROXY_MODULES = {
+    "mpm_event_module": "mod_mpm_event.so",
+    "authz_core_module": "mod_authz_core.so",
+    "log_config_module": "mod_log_config.so",
+    "unixd_module": "mod_unixd.so",
+    "slotmem_shm_module": "mod_slotmem_shm.so",
+    "proxy_module": "mod_proxy.so",
+    "proxy_http_module": "mod_proxy_http.so",
+    "proxy_balancer_module": "mod_proxy_balancer.so",
+    "lbmethod_byrequests_module": "mod_lbmethod_byrequests.so",
+}
+_MEMBER = re.compile(r"^(\s*BalancerMember\b.*)\$\{SCRIPTGATE_BACKEND_(\d+)\}(.*)$", re.M)
+
+
+def available() -> bool:
+    return APACHE.exists() and (MODULES / "mod_proxy_balancer.so").exists()
+
+
+def render_vhost(backends: list[str]) -> str:
+    """The shipped vhost, with one BalancerMember per backend (`${SCRIPTGATE_BACKEND_n}`)."""
+    text = VHOST.read_text()
+    members = list(_MEMBER.finditer(text))
+    if not members:
+        raise ValueError(f"{VHOST} has no BalancerMember with ${{SCRIPTGATE_BACKEND_n}}")
+    template = members[0]
+    lines = "\n".join(
+        f"{template.group(1)}${{SCRIPTGATE_BACKEND_{i}}}{template.group(3)}"
+        for i in range(1, len(backends) + 1)
+    )
+    start, end = members[0].start(), members[-1].end()
+    return text[:start] + lines + text[end:]
+
+
+def server_config(tmp: Path, port: int, backends: list[str], vhost: Path) -> str:
+    """A minimal httpd.conf: modules, Defines for the placeholders, logs in `tmp`."""
+    loads = "\n".join(
+        f"<IfModule !{name}>\n    LoadModule {name} {MODULES / so}\n</IfModule>"
+        for name, so in PROXY_MODULES.items()
+    )
+    defines = "\n".join(
+        f"Define SCRIPTGATE_BACKEND_{i} {backend}" for i, backend in enumerate(backends, 1)
+    )
+    # Started as root (CI), Apache hands its children to an unprivileged user.
+    user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+    return f"""\
+ServerRoot "{tmp}"
+DefaultRuntimeDir "{tmp}"
+PidFile "{tmp}/httpd.pid"
+ServerName 127.0.0.1
+{loads}
+{user}Define SCRIPTGATE_PORT {port}
+{defines}
+Listen 127.0.0.1:{port}
+ErrorLog "{tmp}/error.log"
+LogLevel warn
+CustomLog "{tmp}/access.log" scriptgate
+Include "{vhost}"
+"""
+
+
+class ApacheFront(str):
+    """The proxy's base URL (a str), with its log files attached."""
+
+    access_log: Path
+    error_log: Path
+
+
+@contextlib.contextmanager
+def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
+    """Run Apache on a free 127.0.0.1 port in front of `backends` ("host:port" each).
+
+    Yields the base URL; Apache is stopped however the caller ends.
+    """
+    if not backends:
+        raise ValueError("apache_front needs at least one backend")
+    tmp = tmp_path / f"apache-{free_port()}"
+    tmp.mkdir(parents=True)
+    port = free_port()
+    vhost = tmp / "scriptgate.conf"
+    vhost.write_text(render_vhost(backends))
+    conf = tmp / "httpd.conf"
+    conf.write_text(server_config(tmp, port, backends, vhost))
+    check = subprocess.run(
+        [str(APACHE), "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"apache2 -t failed:\n{check.stderr}")
+    output = tmp / "apache.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            [str(APACHE), "-f", str(conf), "-DFOREGROUND"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+    url = ApacheFront(f"http://127.0.0.1:{port}")
+    url.access_log = tmp / "access.log"
+    url.error_log = tmp / "error.log"
+    try:
+        wait_until(
+            lambda: proc.poll() is not None
+            or requests.get(url + "/_platform/health", timeout=2).status_code < 500,
+            timeout=20,
+            what="Apache to proxy /_platform/health",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"apache2 exited early:\n{output.read_text()}\n{_tail(url.error_log)}"
+            )
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _tail(path: Path, size: int = 3000) -> str:
+    return path.read_text()[-size:] if path.exists() else ""

@@ -1,0 +1,133 @@
+"""Real Prometheus and Alertmanager for tests, configured from the shipped files.
+
+The generated prometheus.yml is the shipped one with only the scrape targets, the
+Alertmanager address, the rule file paths and the intervals (1 s instead of 15 s)
+replaced; the rule files are used as shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tests.servers import REPO, free_port, stop_process, wait_until
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
+PROM_DIR = REPO / "observability" / "prometheus"
+PROM_CONFIG = PROM_DIR / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO / "observability" / "alertmanager" / "alertmanager.yml"
+FAST = "1s"
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    url: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; the result vector (or a scalar wrapped in a list)."""
+        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query failed: {expr}\n{body}")
+        data = body["data"]
+        return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
+
+    def series(self, match: str) -> list[dict[str, str]]:
+        response = requests.get(f"{self.url}/api/v1/series", params={"match[]": match}, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"series query failed: {match}\n{body}")
+        return body["data"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+
+
+def generated_config(
+    targets: list[str], rule_files: list[Path], alertmanager: str | None
+) -> dict[str, Any]:
+    """The shipped prometheus.yml with targets, rules, Alertmanager and intervals replaced."""
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    config["global"].update(scrape_interval=FAST, evaluation_interval=FAST, scrape_timeout=FAST)
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == "scriptgate"]
+    assert len(jobs) == 1, "prometheus.yml needs exactly one job named scriptgate"
+    jobs[0]["static_configs"] = [{"targets": targets}]
+    config["rule_files"] = [str(path) for path in rule_files]
+    if alertmanager is None:
+        config.pop("alerting", None)
+    else:
+        config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
+    return config
+
+
+def shipped_rule_files() -> list[Path]:
+    """The rule files prometheus.yml names, resolved next to it."""
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    files: list[Path] = []
+    for pattern in config["rule_files"]:
+        matches = sorted(PROM_DIR.glob(pattern))
+        assert matches, f"rule_files entry {pattern!r} matches no file"
+        files.extend(matches)
+    return files
+
+
+@contextlib.contextmanager
+def _daemon(argv: list[str], tmp: Path, name: str, ready_url: str) -> Iterator[None]:
+    output = tmp / f"{name}.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or requests.get(ready_url, timeout=2).ok,
+            timeout=30,
+            what=f"{name} to be ready",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{output.read_text()[-3000:]}")
+        yield
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def prometheus(
+    tmp: Path, targets: list[str], alertmanager: str | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus on a free 127.0.0.1 port scraping `targets` every second."""
+    port = free_port()
+    config_file = tmp / "prometheus.yml"
+    config_file.write_text(
+        yaml.safe_dump(generated_config(targets, shipped_rule_files(), alertmanager))
+    )
+    argv = [
+        str(PROMETHEUS),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with _daemon(argv, tmp, "prometheus", f"{url}/-/ready"):
+        yield Prometheus(url)
+
+
+@contextlib.contextmanager
+def alertmanager(tmp: Path) -> Iterator[str]:
+    """Alertmanager with the shipped config; yields its host:port. No cluster port."""
+    port = free_port()
+    argv = [
+        str(ALERTMANAGER),
+        f"--config.file={ALERTMANAGER_CONFIG}",
+        f"--storage.path={tmp / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    with _daemon(argv, tmp, "alertmanager", f"http://127.0.0.1:{port}/-/ready"):
+        yield f"127.0.0.1:{port}"

@@ -1,0 +1,161 @@
+"""Real Apache with the shipped vhost in front of two real gunicorn replicas.
+
+The test client connects from 127.0.0.2, Apache talks to the replicas from 127.0.0.1,
+and the replicas trust 127.0.0.1 only (TRUSTED_PROXIES). The client and the proxy thus
+have different addresses, as in production; had the client been 127.0.0.1 too, it would
+itself be a trusted proxy and its forged X-Forwarded-For would be believed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.servers import Gunicorn, gunicorn, wait_until
+from tests.stack import apache
+from tests.stack.conftest import make_scripts
+
+CLIENT = "127.0.0.2"
+PROXY = "127.0.0.1"
+TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+pytestmark = pytest.mark.skipif(not apache.available(), reason="apache2 not installed")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def call(url: str, path: str, source: str = CLIENT, headers: dict[str, str] | None = None) -> Reply:
+    """GET through the proxy from a chosen loopback source address."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+def log_records(*servers: Gunicorn) -> list[dict]:
+    records = []
+    for server in servers:
+        if server.log_file.exists():
+            records += [json.loads(line) for line in server.log_file.read_text().splitlines()]
+    return records
+
+
+def request_record(trace_id: str, *servers: Gunicorn) -> dict:
+    """The platform's request log line for one trace id (waits for the write)."""
+
+    def find() -> dict | None:
+        for record in log_records(*servers):
+            if record.get("message") == "request" and record.get("trace_id") == trace_id:
+                return record
+        return None
+
+    return wait_until(find, timeout=5, what=f"request log line of trace {trace_id}")
+
+
+@contextlib.contextmanager
+def replicas(tmp_path: Path, count: int, env: dict[str, str]) -> Iterator[list[Gunicorn]]:
+    scripts = make_scripts(tmp_path / "scripts")
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for i in range(1, count + 1):
+            home = tmp_path / f"replica-{i}"
+            home.mkdir()
+            servers.append(stack.enter_context(gunicorn(scripts, home, workers=2, env=env)))
+        yield servers
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[tuple[str, list[Gunicorn]]]:
+    env = {"TRUSTED_PROXIES": PROXY, "API_KEY": "k"}
+    with replicas(tmp_path, 2, env) as servers:
+        backends = [f"127.0.0.1:{s.port}" for s in servers]
+        with apache.apache_front(backends, tmp_path) as url:
+            yield url, servers
+
+
+def test_request_passes_through_with_trace_id_and_real_client_ip(front) -> None:
+    url, servers = front
+    reply = call(url, "/hello.py?name=Rico", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert reply.status == 200
+    assert reply.json() == {"message": "Hello, Rico!"}
+    trace_id = reply.headers["X-Trace-Id"]
+    assert TRACE_ID.match(trace_id)
+    assert reply.headers["traceresponse"].split("-")[1] == trace_id
+    record = request_record(trace_id, *servers)
+    # Apache appended the real peer; the platform took it, not the forged left part.
+    assert record["client_ip"] == CLIENT
+    assert record["status"] == 200
+    assert f"trace_id={trace_id}" in url.access_log.read_text()
+
+
+def test_client_on_the_proxy_address_is_logged_as_itself(front) -> None:
+    url, servers = front
+    reply = call(url, "/hello.py", source=PROXY)
+    assert reply.status == 200
+    assert request_record(reply.headers["X-Trace-Id"], *servers)["client_ip"] == PROXY
+
+
+def test_error_bodies_and_their_trace_id_reach_the_client(front) -> None:
+    url, _ = front
+    for path, status in (("/nope.py", 404), ("/boom.py", 500), ("/api/hello.py", 401)):
+        reply = call(url, path)
+        assert reply.status == status, path
+        assert reply.json()["trace_id"] == reply.headers["X-Trace-Id"], path
+
+
+def test_requests_are_spread_over_both_replicas(front) -> None:
+    url, servers = front
+    trace_ids = [call(url, "/hello.py").headers["X-Trace-Id"] for _ in range(10)]
+    for trace_id in trace_ids:
+        request_record(trace_id, *servers)
+    for server in servers:
+        mine = {r["trace_id"] for r in log_records(server) if r.get("message") == "request"}
+        assert mine & set(trace_ids), f"replica on port {server.port} got none of 10 requests"
+
+
+def test_forged_forwarded_for_does_not_pass_the_allowlist(tmp_path: Path) -> None:
+    # The allowlist admits exactly the address the client pretends to be, plus 127.0.0.3.
+    env = {"TRUSTED_PROXIES": PROXY, "API_TRUSTED_IPS": "10.1.2.3,127.0.0.3", "API_KEY": "k"}
+    with replicas(tmp_path, 1, env) as servers:
+        with apache.apache_front([f"127.0.0.1:{servers[0].port}"], tmp_path) as url:
+            forged = call(url, "/hello.py", headers={"X-Forwarded-For": "10.1.2.3"})
+            assert forged.status == 403
+            assert forged.json()["reason"] == "ip"
+            record = request_record(forged.headers["X-Trace-Id"], *servers)
+            assert record["client_ip"] == CLIENT
+            # Control: an allowed address, connecting for real, gets through the proxy.
+            allowed = call(url, "/hello.py", source="127.0.0.3")
+            assert allowed.status == 200
+
+
+def test_proxy_timeout_is_above_the_platforms_longest_answer() -> None:
+    """Apache must wait longer than gunicorn's worker timeout at the default SCRIPT_TIMEOUT."""
+    from service.config import DEFAULT_SCRIPT_TIMEOUT, Settings
+
+    text = apache.VHOST.read_text()
+    proxy_timeout = float(re.search(r"^\s*ProxyTimeout\s+(\d+)", text, re.M).group(1))
+    settings = Settings(scripts_dir=Path("."), script_timeout=DEFAULT_SCRIPT_TIMEOUT)
+    gunicorn_timeout = int(settings.max_script_timeout + 10)  # as in service/gunicorn_conf.py
+    assert proxy_timeout > gunicorn_timeout
+    assert "Header unset" not in text and "RequestHeader unset X-Trace" not in text
