@@ -50,9 +50,24 @@ proc_name = "scriptgate"
 forwarded_allow_ips = ""
 
 
+# gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
+# error); a script calling os._exit(3) must only cost its own worker.
+_HALTING_EXIT_CODES = (3, 4)
+
+
+def _guard_exit_codes() -> None:
+    real_exit = os._exit
+
+    def _exit(code: int) -> None:
+        real_exit(1 if code in _HALTING_EXIT_CODES else code)
+
+    os._exit = _exit
+
+
 def post_fork(server, worker):
     # Lets a worker ask to be recycled after a script it could not stop (timeouts.py).
     os.environ["SCRIPTGATE_GUNICORN_WORKER"] = str(os.getpid())
+    _guard_exit_codes()
 
 
 def child_exit(server, worker):

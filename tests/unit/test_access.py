@@ -125,8 +125,9 @@ def test_key_rotation_accepts_old_and_new(make_app):
     assert client.get("/api/hello.py", headers={"X-API-Key": "older"}).status_code == 401
 
 
-@pytest.mark.parametrize(("zone_path", "field"), [("/api/hello.py", "api_keys"),
-                                                  ("/admin/stats.py", "admin_keys")])
+@pytest.mark.parametrize(
+    ("zone_path", "field"), [("/api/hello.py", "api_keys"), ("/admin/stats.py", "admin_keys")]
+)
 def test_zone_without_key_is_closed(make_app, zone_path, field):
     client = make_app(**{field: ()}).test_client()
     response = client.get(zone_path, headers={"X-API-Key": "", "X-Admin-Key": ""})

@@ -52,7 +52,8 @@ def test_traceparent_continues_the_callers_trace(client):
 
 
 @pytest.mark.parametrize(
-    "traceparent", ["garbage", "00-xyz-00f067aa0ba902b7-01", "00-" + "0" * 32 + "-00f067aa0ba902b7-01"]
+    "traceparent",
+    ["garbage", "00-xyz-00f067aa0ba902b7-01", "00-" + "0" * 32 + "-00f067aa0ba902b7-01"],
 )
 def test_malformed_traceparent_starts_a_new_trace(client, traceparent):
     response = client.get("/hello.py", headers={"traceparent": traceparent})
@@ -106,8 +107,9 @@ def test_request_log_record(client, log_file):
     assert isinstance(record["duration_ms"], float)
 
 
-@pytest.mark.parametrize("name", ["key", "apikey", "access_token", "client_secret", "password",
-                                  "Authorization", "AUTH"])
+@pytest.mark.parametrize(
+    "name", ["key", "apikey", "access_token", "client_secret", "password", "Authorization", "AUTH"]
+)
 def test_sensitive_query_values_are_redacted(client, log_file, name):
     client.get(f"/hello.py?{name}=s3cr3t-value")
     assert log_records(log_file)[-1]["query"][name] == "***"

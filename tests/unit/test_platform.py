@@ -65,7 +65,7 @@ def test_metrics_text_and_openmetrics(client):
     client.get("/hello.py")
     text = client.get("/_platform/metrics")
     assert text.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert "scriptgate_build_info{version=\"0.1.0\"} 1.0" in text.get_data(as_text=True)
+    assert 'scriptgate_build_info{version="0.1.0"} 1.0' in text.get_data(as_text=True)
     om = client.get("/_platform/metrics", headers={"Accept": "application/openmetrics-text"})
     assert om.headers["Content-Type"].startswith("application/openmetrics-text")
     assert om.get_data(as_text=True).rstrip().endswith("# EOF")

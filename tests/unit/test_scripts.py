@@ -50,7 +50,12 @@ def test_return_conversion(make_app, scripts_dir, name):
 def test_handle_wins_over_main(make_app, scripts_dir):
     write_scripts(
         scripts_dir,
-        {"both.py": "def main(request):\n    return 'main'\ndef handle(request):\n    return 'handle'\n"},
+        {
+            "both.py": (
+                "def main(request):\n    return 'main'\n"
+                "def handle(request):\n    return 'handle'\n"
+            )
+        },
     )
     assert make_app().test_client().get("/both.py").data == b"handle"
 
@@ -81,7 +86,11 @@ def test_helpers_from_own_folder_and_lib(client):
 FAULTS = {
     "raises": ("def main(request):\n    raise ValueError('boom /etc/secret')\n", 500, "exception"),
     "syntax": ("def main(request)\n    return 1\n", 500, "import"),
-    "import_fails": ("import no_such_module_xyz\ndef main(request):\n    return 1\n", 500, "import"),
+    "import_fails": (
+        "import no_such_module_xyz\ndef main(request):\n    return 1\n",
+        500,
+        "import",
+    ),
     "no_handler": ("def other(request):\n    return 1\n", 500, "import"),
     "sys_exit": ("import sys\ndef main(request):\n    sys.exit(3)\n", 500, "exception"),
     "exit_at_import": ("import sys\nsys.exit(1)\n", 500, "import"),
@@ -89,7 +98,11 @@ FAULTS = {
     "bad_type": ("def main(request):\n    return 42\n", 500, "exception"),
     "recursion": ("def main(request):\n    return main(request)\n", 500, "exception"),
     "loops": ("def main(request):\n    while True:\n        pass\n", 504, "timeout"),
-    "sleeps": ("import time\nTIMEOUT = 0.3\ndef main(request):\n    time.sleep(30)\n", 504, "timeout"),
+    "sleeps": (
+        "import time\nTIMEOUT = 0.3\ndef main(request):\n    time.sleep(30)\n",
+        504,
+        "timeout",
+    ),
     "import_loops": ("while True:\n    pass\n", 504, "timeout"),
 }
 
@@ -207,7 +220,12 @@ def test_body_over_limit_is_413_without_running(make_app, scripts_dir, tmp_path)
     marker = tmp_path / "ran"
     write_scripts(
         scripts_dir,
-        {"upload.py": f"def main(request):\n    open({str(marker)!r}, 'w').write('x')\n    return 'ok'\n"},
+        {
+            "upload.py": (
+                f"def main(request):\n    open({str(marker)!r}, 'w').write('x')\n"
+                "    return 'ok'\n"
+            )
+        },
     )
     client = make_app(max_body_bytes=100).test_client()
     response = client.post("/upload.py", data=b"x" * 101)
@@ -221,8 +239,6 @@ def test_body_over_limit_is_413_without_running(make_app, scripts_dir, tmp_path)
 def test_invalid_json_reaches_script_untouched(make_app, scripts_dir):
     write_scripts(scripts_dir, {"raw.py": "def main(request):\n    return request.get_data()\n"})
     body = b'{"not": json,,'
-    response = make_app().test_client().post(
-        "/raw.py", data=body, content_type="application/json"
-    )
+    response = make_app().test_client().post("/raw.py", data=body, content_type="application/json")
     assert response.status_code == 200
     assert response.data == body
