@@ -124,8 +124,10 @@ def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
     url.error_log = tmp / "error.log"
     try:
         wait_until(
-            lambda: proc.poll() is not None
-            or requests.get(url + "/_platform/health", timeout=2).status_code < 500,
+            lambda: (
+                proc.poll() is not None
+                or requests.get(url + "/_platform/health", timeout=2).status_code < 500
+            ),
             timeout=20,
             what="Apache to proxy /_platform/health",
         )

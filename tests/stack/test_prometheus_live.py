@@ -82,6 +82,16 @@ def _value(prometheus: prom.Prometheus, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) -> bool:
+    """Has Prometheus stored at least this much of the traffic sent so far?"""
+    return (
+        _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
+        >= slow
+        and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
+        and len(prometheus.query("scriptgate_script_errors_total")) >= errors
+    )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
@@ -99,19 +109,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         statuses = _run(_calls(server, round_two=False))
         assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
         wait_until(
-            lambda: _value(prometheus, 'scriptgate_request_duration_seconds_count{script="slow.py"}')
-            >= 1
-            and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= 1
-            and len(prometheus.query("scriptgate_script_errors_total")) >= 2,
+            lambda: _scraped(prometheus, slow=1, denials=1, errors=2),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
         _run(_calls(server, round_two=True))
         wait_until(
-            lambda: _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})')
-            >= DENIALS + 2
-            and _value(prometheus, 'scriptgate_request_duration_seconds_count{script="slow.py"}')
-            >= 2,
+            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2),
             timeout=15,
             what="Prometheus to scrape the second round",
         )
