@@ -83,11 +83,19 @@ def key_matches(presented: Sequence[str], keys: Sequence[str]) -> bool:
     """
     if len(presented) != 1 or not keys:
         return False
-    candidate = presented[0].encode("utf-8", "surrogateescape")
+    candidate = _header_bytes(presented[0])
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(candidate, key.encode("utf-8", "surrogateescape"))
     return matched
+
+
+def _header_bytes(value: str) -> bytes:
+    """The bytes the client sent: WSGI hands header values over decoded as latin-1."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # already real text (a test client, a non-WSGI caller)
+        return value.encode("utf-8", "surrogateescape")
 
 
 # zone -> (key header, denial reason)

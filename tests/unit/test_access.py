@@ -178,3 +178,10 @@ def test_forwarded_for_from_untrusted_peer_is_ignored(make_app):
     client = make_app(api_trusted_ips=parse_networks("x", "198.51.100.7")).test_client()
     response = client.get("/hello.py", headers={"X-Forwarded-For": "198.51.100.7"})
     assert response.status_code == 403
+
+
+def test_non_ascii_key_sent_as_utf8_bytes_matches():
+    # What WSGI hands over for a UTF-8 header value: its bytes decoded as latin-1.
+    on_the_wire = "ключ".encode().decode("latin-1")
+    assert key_matches([on_the_wire], ("ключ",))
+    assert not key_matches([on_the_wire], ("клюк",))
