@@ -35,14 +35,28 @@ def summarize(rounds: list[dict]) -> dict:
     }
 
 
+def paired_ratio(results: dict, key: str, base: str) -> float | None:
+    """Median over rounds of key's requests/s divided by base's in the same round.
+
+    Rounds are interleaved, so the two runs of a pair are seconds apart: pairing them
+    cancels most of what a busy neighbour does to the machine between rounds.
+    """
+    mine = results.get(key, {}).get("rounds") or []
+    theirs = results.get(base, {}).get("rounds") or []
+    ratios = [
+        a["requests_per_s"] / b["requests_per_s"]
+        for a, b in zip(mine, theirs, strict=False)  # a run cut short has fewer rounds
+        if b["requests_per_s"]
+    ]
+    return round(statistics.median(ratios), 2) if ratios else None
+
+
 def add_ratios(results: dict) -> None:
     """Each measured contender's requests/s relative to bare Flask and to the assembly."""
-    for base in (BARE, ASSEMBLY):
-        base_rps = results.get(base, {}).get("median", {}).get("requests_per_s")
-        for entry in results.values():
-            median = entry.get("median")
-            if median and base_rps:
-                median[f"vs_{base}"] = round(median["requests_per_s"] / base_rps, 2)
+    for key, entry in results.items():
+        if entry.get("median"):
+            for base in (BARE, ASSEMBLY, ORIGIN):
+                entry["median"][f"vs_{base}"] = paired_ratio(results, key, base)
 
 
 def _ratio(value: float | None) -> str:
@@ -96,13 +110,9 @@ class Goal:
         return {"goal": self.text, "value": value, "unit": self.unit, "verdict": verdict}
 
 
-def _rps(results: dict, key: str) -> float:
-    return results["contenders"][key]["median"]["requests_per_s"]
-
-
 def goals(sizes: dict) -> list[Goal]:
-    def vs(key: str) -> Callable[[dict], float]:
-        return lambda r: round(_rps(r, SCRIPTGATE) / _rps(r, key), 2)
+    def vs(base: str) -> Callable[[dict], float | None]:
+        return lambda r: r["contenders"][SCRIPTGATE]["median"][f"vs_{base}"]
 
     routes_n, memory_n = sizes["routes_scripts"], sizes["memory_scripts"]
     return [
@@ -131,6 +141,28 @@ def goals(sizes: dict) -> list[Goal]:
             "MB",
         ),
     ]
+
+
+def scrape_goal(scrape: dict) -> dict | None:
+    """scrape_cost.py's own goal, judged by that tool, as one more line of the goals."""
+    figures = scrape.get("figures")
+    if not isinstance(figures, dict) or "goal_met" not in figures:
+        return None
+    after = figures.get("after_restarts") or {}
+    return {
+        "goal": f"scrape: {figures.get('goal', 'scrape_cost.py goal')}",
+        "value": after.get("http_ms"),
+        "unit": "ms",
+        "verdict": "PASS" if figures["goal_met"] else "MISS",
+    }
+
+
+TABLE_LEGEND = """\
+req/s, p50, p99: medians over the rounds; spread: (max - min) / median of req/s.
+CPU us/req: the workers' user+sys CPU time per request (steadier than req/s when other
+  processes share the machine); for the Apache row, the backend workers' only.
+vs bare / vs asm: median over rounds of the req/s ratio within the same round.
+RSS MB: the largest worker after the load (the Apache row shows its backend's)."""
 
 
 def goals_table(judged: list[dict]) -> str:

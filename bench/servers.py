@@ -168,7 +168,7 @@ def stop_all(servers: list[Server]) -> None:
     """SIGTERM every server first, then wait for each: shutdowns overlap instead of queueing."""
     for server in servers:
         if server.proc is not None and server.proc.poll() is None:
-            server.proc.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGQUIT)
     for server in servers:
         stop(server)  # waits, and kills one that ignored SIGTERM
 
