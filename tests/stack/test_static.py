@@ -8,6 +8,7 @@ cannot run here.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -161,6 +162,30 @@ def test_hadolint_dockerfile() -> None:
 
 
 # -- files against each other ----------------------------------------------------------
+
+
+def test_docker_build_context_has_what_the_dockerfile_copies() -> None:
+    """Every COPY source exists and survives .dockerignore; pip install . finds its files."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    copied: set[str] = set()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        sources = [w for w in words[1:-1] if not w.startswith("--")]
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+            assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
+            copied.add(source)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", project["project"]["readme"]}
+    needed |= set(project["tool"]["setuptools"]["packages"])
+    assert needed <= copied, f"pip install . needs {needed - copied} in the image"
 
 
 def test_dashboards_use_only_provisioned_datasources() -> None:
