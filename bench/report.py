@@ -15,6 +15,7 @@ ASSEMBLY = "assembly"
 ORIGIN = "origin"
 SCRIPTGATE = "scriptgate"
 SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
+APACHE = "scriptgate-apache"
 
 
 def median_of(rounds: list[dict], key: str) -> float:
@@ -85,6 +86,60 @@ def contenders_table(results: dict) -> str:
         )
         if median["errors"]:
             lines.append(f"{'':<4}! {median['errors']} errors or non-2xx answers during the rounds")
+    return "\n".join(lines)
+
+
+def derived(results: dict) -> dict:
+    """Two pairs the table does not show directly: metrics on vs off, Apache vs direct."""
+    out = {}
+    for name, key, base in (
+        ("metrics_on_vs_off", SCRIPTGATE, SCRIPTGATE_NO_METRICS),
+        ("apache_vs_direct", APACHE, SCRIPTGATE),
+    ):
+        ratio = paired_ratio(results, key, base)
+        if ratio is not None:
+            cpu = results[key]["median"]["cpu_us_per_request"]
+            base_cpu = results[base]["median"]["cpu_us_per_request"]
+            out[name] = {"rps_ratio": ratio, "cpu_us_delta": round(cpu - base_cpu, 1)}
+    return out
+
+
+def derived_text(pairs: dict) -> str:
+    labels = {
+        "metrics_on_vs_off": "metrics on / METRICS=off",
+        "apache_vs_direct": "behind Apache / direct",
+    }
+    return "\n".join(
+        f"{labels[name]}: {p['rps_ratio']:.2f}x req/s (paired by round), "
+        f"{p['cpu_us_delta']:+.0f} us worker CPU per request"
+        for name, p in pairs.items()
+    )
+
+
+def contenders_markdown(results: dict) -> str:
+    """The same table as contenders_table, as Markdown for the README."""
+    lines = [
+        "| contender | req/s | p50 ms | p99 ms | CPU µs/req | vs bare Flask | vs assembly |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in results.values():
+        median = entry.get("median")
+        if not median:
+            lines.append(f"| {entry['label']} | {entry.get('skipped', 'not measured')} ||||||")
+            continue
+        lines.append(
+            f"| {entry['label']} | {median['requests_per_s']:.0f} | {median['p50_ms']:.2f} "
+            f"| {median['p99_ms']:.2f} | {median['cpu_us_per_request']:.0f} "
+            f"| {_ratio(median.get('vs_bare'))} | {_ratio(median.get('vs_assembly'))} |"
+        )
+    return "\n".join(lines)
+
+
+def goals_markdown(judged: list[dict]) -> str:
+    lines = ["| goal | measured | |", "| --- | ---: | --- |"]
+    for g in judged:
+        value = "-" if g["value"] is None else f"{g['value']} {g['unit']}"
+        lines.append(f"| {g['goal']} | {value} | {g['verdict']} |")
     return "\n".join(lines)
 
 

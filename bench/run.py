@@ -53,7 +53,7 @@ HEADERS = {"X-API-Key": API_KEY}
 RESULTS = BENCH / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # scrape_cost.py overshoots its --budget on a busy machine; keep this much in hand.
-SCRAPE_MARGIN_S = 25
+SCRAPE_MARGIN_S = 35
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ CONTENDERS = (
     Contender(report.SCRIPTGATE, "Scriptgate, all features", _scriptgate(True)),
     Contender(report.SCRIPTGATE_NO_METRICS, "Scriptgate, METRICS=off", _scriptgate(False)),
 )
-APACHE_KEY, APACHE_LABEL = "scriptgate-apache", "Scriptgate behind Apache"
+APACHE_KEY, APACHE_LABEL = report.APACHE, "Scriptgate behind Apache"
 
 
 _T0 = time.monotonic()
@@ -381,6 +381,7 @@ def print_report(results: dict) -> None:
     print(report.contenders_table(results["contenders"]))
     print(report.TABLE_LEGEND)
     print()
+    print(report.derived_text(results["derived"]))
     print(report.side_text(results["side"]))
     scrape = results["scrape_cost"]
     print("\nscrape cost (bench/scrape_cost.py):")
@@ -397,6 +398,17 @@ def write_results(results: dict, smoke: bool) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = RESULTS / ("smoke.json" if smoke else f"bench-{stamp}.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
+    host, cfg = results["machine"], results["config"]
+    markdown = [
+        f"{host['date']}, {host['cores']} cores ({host['cpu']}), Python {host['python']}, "
+        f"gunicorn {host['gunicorn']}, {host['wrk'].split(' Copyright')[0]}; "
+        f"`{cfg['command']}`; load average before {host['loadavg_before'][0]}.",
+        "",
+        report.contenders_markdown(results["contenders"]),
+        "",
+        report.goals_markdown(results["goals"]),
+    ]
+    path.with_suffix(".md").write_text("\n".join(markdown) + "\n")
     return path
 
 
@@ -461,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             results["scrape_cost"] = scrape.finish()
     results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     sizes = {"routes_scripts": mode.routes_scripts, "memory_scripts": mode.memory_scripts}
+    results["derived"] = report.derived(results["contenders"])
     results["goals"] = [goal.judge(results) for goal in report.goals(sizes)]
     scrape_goal = report.scrape_goal(results["scrape_cost"])
     if scrape_goal:
