@@ -24,6 +24,7 @@ from service.resolve import PLATFORM_ZONE, ScriptNotFound, locate, parse_target
 from service.runtime import Runtime, runtime
 from service.timeouts import ScriptTimeout, run_with_deadline
 
+ERROR_KINDS = ("exception", "import", "timeout")
 WORKER_RECYCLED = 1  # any code but gunicorn's 3 and 4, which would halt the whole server
 PLATFORM_PATHS = frozenset({"/_platform/health", "/_platform/routes", "/_platform/metrics"})
 
@@ -53,13 +54,18 @@ def _import(rt: Runtime, path: str) -> LoadedScript:
     with rt.tracer.start_as_current_span("script.import") as span:
         span.set_attribute("code.filepath", path)
         try:
-            return run_with_deadline(lambda: rt.scripts.load(path), rt.settings.script_timeout)
+            script = run_with_deadline(lambda: rt.scripts.load(path), rt.settings.script_timeout)
         except ScriptLoadError as exc:
             _failed(rt, span, "import", exc)
             raise ScriptFailed("import") from exc
         except ScriptTimeout as exc:
             _failed(rt, span, "timeout", exc)
             raise ScriptTimedOut() from None
+    if rt.metrics is not None:
+        # Error series start at 0, so increase() sees a script's first failure too.
+        for kind in ERROR_KINDS:
+            rt.metrics.script_errors.labels(g.zone, g.script, kind)
+    return script
 
 
 def _run(rt: Runtime, script: LoadedScript) -> Response:

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,15 @@ class AppendHandler(logging.Handler):
         super().close()
 
 
+class _Formatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # ISO 8601 in UTC with milliseconds: unambiguous for Loki and across hosts.
+        moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def json_formatter() -> JsonFormatter:
-    return JsonFormatter(
+    return _Formatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         timestamp=False,

@@ -28,8 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll until predicate() is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -84,32 +88,59 @@ class Gunicorn:
 
 
 @contextlib.contextmanager
-def gunicorn(scripts: Path, tmp: Path, *, workers: int = 3, env: dict[str, str] | None = None,
-             extra_args: tuple[str, ...] = ()) -> Iterator[Gunicorn]:
+def gunicorn(
+    scripts: Path,
+    tmp: Path,
+    *,
+    workers: int = 3,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Gunicorn]:
     """Start `scriptgate serve` on a free port; stop it however the test ends."""
     port = free_port()
     log_file = tmp / "logs" / "framework.log"
     output = tmp / f"gunicorn-{port}.out"
     full_env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_"))
     }
     full_env.update({"LOG_FILE": str(log_file), "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
     with open(output, "wb") as out:
         proc = subprocess.Popen(
-            [SCRIPTGATE, "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-             "--scripts", str(scripts), *extra_args],
-            env=full_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+            [
+                SCRIPTGATE,
+                "serve",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--scripts",
+                str(scripts),
+                *extra_args,
+            ],
+            env=full_env,
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     server = Gunicorn(proc, port, log_file, output, full_env)
     try:
-        wait_until(lambda: proc.poll() is not None or server.get("/_platform/health", timeout=2).ok,
-                   timeout=30, what="gunicorn to answer")
+        # Any answer below 500 means the server is up (an allowlist may refuse us: 403).
+        wait_until(
+            lambda: (
+                proc.poll() is not None
+                or server.get("/_platform/health", timeout=2).status_code < 500
+            ),
+            timeout=30,
+            what="gunicorn to answer",
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited early:\n{output.read_text()[-3000:]}")
-        wait_until(lambda: len(server.worker_pids()) >= workers, timeout=30,
-                   what=f"{workers} workers")
+        wait_until(
+            lambda: len(server.worker_pids()) >= workers, timeout=30, what=f"{workers} workers"
+        )
         yield server
     finally:
         stop_process(proc)

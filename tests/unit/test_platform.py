@@ -94,3 +94,22 @@ def test_made_up_methods_do_not_add_series(client):
     metrics = client.get("/_platform/metrics").get_data(as_text=True)
     assert "BREW" not in metrics
     assert 'method="other"' in metrics
+
+
+def test_error_series_exist_at_zero_once_a_script_loaded(client):
+    client.get("/hello.py")
+    metrics = client.get("/_platform/metrics").get_data(as_text=True)
+    for kind in ("exception", "import", "timeout"):
+        assert (
+            f'scriptgate_script_errors_total{{kind="{kind}",script="hello.py",zone="root"}} 0.0'
+            in metrics
+        )
+
+
+def test_log_time_is_iso8601_utc(client, log_file):
+    import re
+
+    from tests.unit.conftest import log_records
+
+    client.get("/hello.py")
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", log_records(log_file)[-1]["time"])

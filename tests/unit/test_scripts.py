@@ -52,8 +52,7 @@ def test_handle_wins_over_main(make_app, scripts_dir):
         scripts_dir,
         {
             "both.py": (
-                "def main(request):\n    return 'main'\n"
-                "def handle(request):\n    return 'handle'\n"
+                "def main(request):\n    return 'main'\ndef handle(request):\n    return 'handle'\n"
             )
         },
     )
@@ -222,8 +221,7 @@ def test_body_over_limit_is_413_without_running(make_app, scripts_dir, tmp_path)
         scripts_dir,
         {
             "upload.py": (
-                f"def main(request):\n    open({str(marker)!r}, 'w').write('x')\n"
-                "    return 'ok'\n"
+                f"def main(request):\n    open({str(marker)!r}, 'w').write('x')\n    return 'ok'\n"
             )
         },
     )
