@@ -69,8 +69,9 @@ def send_raw(port: int, data: bytes, timeout: float = 30.0) -> Reply:
         try:
             response.begin()
             body = response.read()
-        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
-            raise Dropped(str(exc)) from exc
+        except (http.client.HTTPException, ConnectionResetError) as exc:
+            # RemoteDisconnected before the status line, IncompleteRead during the body
+            raise Dropped(repr(exc)) from exc
         headers = {name.lower(): value for name, value in response.getheaders()}
         return Reply(response.status, headers, body)
 
