@@ -54,22 +54,21 @@ SERVER_ENV = {
         "MAX_BODY_BYTES": str(MAX_BODY),
         "API_TRUSTED_IPS": "127.0.0.1,::1",
     },
-    # No trusted proxy: X-Forwarded-For and friends must be ignored, so /admin (only
-    # 10/8 allowed) stays closed to 127.0.0.1 whatever it claims.
+    # No trusted proxy, only 10/8 allowed: 127.0.0.1 is refused on every path, whatever
+    # X-Forwarded-For and friends claim.
     "noproxy": {
         "API_KEY": API_KEY,
         "ADMIN_API_KEY": ADMIN_KEY,
-        "ADMIN_TRUSTED_IPS": "10.0.0.0/8",
+        "API_TRUSTED_IPS": "10.0.0.0/8",
     },
-    # 127.0.0.1 is the proxy. 127.0.0.1 stays on API_TRUSTED_IPS because the test
-    # helper waits for /_platform/health from it; /admin allows only the 10/8 and fd00::/8
-    # clients behind the proxy, with its key switched off to isolate the IP logic.
+    # 127.0.0.1 is the proxy, the clients behind it are 10/8 and fd00::/8; /admin only
+    # allows 10/8, with its key switched off to isolate the IP logic.
     "proxy": {
         "API_KEY": API_KEY,
         "ADMIN_AUTH": "off",
         "TRUSTED_PROXIES": "127.0.0.1",
-        "API_TRUSTED_IPS": "127.0.0.1,10.0.0.0/8,fd00::/8",
-        "ADMIN_TRUSTED_IPS": "10.0.0.0/8,fd00::/8",
+        "API_TRUSTED_IPS": "10.0.0.0/8,fd00::/8",
+        "ADMIN_TRUSTED_IPS": "10.0.0.0/8",
     },
 }
 
@@ -427,8 +426,8 @@ def forwarding_cases() -> Iterator[Case]:
         ("4k", b"1.2.3.4, " * 450),
     ]:
         yield case(f"xff-untrusted-peer-{id}", "/hello.py", 200, headers=xff(value))
-    # ...and /admin on "noproxy" only allows 10/8, which no header can claim.
-    for id, headers in [
+    # ...and "noproxy" only allows 10/8, which no header can claim, on any path.
+    claims = [
         ("none", ()),
         ("xff", xff(b"10.0.0.1")),
         ("xff-chain", xff(b"10.0.0.1, 10.0.0.2")),
@@ -437,12 +436,20 @@ def forwarding_cases() -> Iterator[Case]:
         ("forwarded", xff(b"for=10.0.0.1", name=b"Forwarded")),
         ("x-client-ip", xff(b"10.0.0.1", name=b"X-Client-IP")),
         ("underscore-xff", xff(b"10.0.0.1", name=b"X_Forwarded_For")),
+    ]
+    for id, headers in claims:
+        yield case(f"xff-noproxy-root-{id}", "/hello.py", 403, "noproxy", headers=headers)
+    forged = xff(b"10.0.0.1")
+    for id, target, headers in [
+        ("health", "/_platform/health", forged),
+        ("metrics", "/_platform/metrics", forged),
+        ("routes", "/_platform/routes", forged),
+        ("api-with-key", "/api/hello.py", K + forged),
+        ("admin-with-key", "/admin/stats.py", A + forged),
+        ("unknown-script", "/nope.py", forged),  # the IP check comes before any lookup
+        ("traversal", "/../outside/evil.py", forged),
     ]:
-        yield case(
-            f"xff-noproxy-admin-{id}", "/admin/stats.py", 403, "noproxy", headers=A + headers
-        )
-    yield case("xff-noproxy-admin-nokey", "/admin/stats.py", 403, "noproxy")  # IP before key
-    yield case("xff-noproxy-root", "/hello.py", 200, "noproxy", headers=xff(b"10.0.0.1"))
+        yield case(f"xff-noproxy-{id}", target, 403, "noproxy", headers=headers)
     # Behind the trusted proxy 127.0.0.1: the right-most address that is not a proxy.
     for id, headers, expected in [
         ("none", (), 403),  # the proxy itself is the client
@@ -480,12 +487,14 @@ def forwarding_cases() -> Iterator[Case]:
         ("nul", xff(b"10.1.2.3\x00"), 400),
         ("9k", xff(b"10.1.2.3, " * 900), 431),
     ]:
-        yield case(f"xff-proxy-admin-{id}", "/admin/stats.py", expected, "proxy", headers=headers)
+        yield case(f"xff-proxy-{id}", "/hello.py", expected, "proxy", headers=headers)
     for id, target, headers, expected in [
-        ("root-denied", "/hello.py", xff(b"1.2.3.4"), 403),
-        ("root-allowed", "/hello.py", xff(b"10.1.2.3"), 200),
-        ("root-proxy-itself", "/hello.py", (), 200),
-        ("root-denied-then-proxy", "/hello.py", xff(b"1.2.3.4, 127.0.0.1"), 403),
+        ("admin-allowed", "/admin/stats.py", xff(b"10.1.2.3"), 200),
+        ("admin-ipv6-not-on-admin-list", "/admin/stats.py", xff(b"fd00::1"), 403),
+        ("admin-denied", "/admin/stats.py", xff(b"1.2.3.4"), 403),
+        ("admin-proxy-itself", "/admin/stats.py", (), 403),
+        ("admin-forged-left", "/admin/stats.py", xff(b"10.1.2.3, fd00::1"), 403),
+        ("platform-proxy-itself", "/_platform/health", (), 403),
         ("platform-denied", "/_platform/health", xff(b"1.2.3.4"), 403),
         ("platform-metrics-denied", "/_platform/metrics", xff(b"1.2.3.4"), 403),
         ("platform-allowed", "/_platform/health", xff(b"10.1.2.3"), 200),
