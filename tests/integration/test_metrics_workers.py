@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,6 +127,34 @@ def test_sigkilled_worker_never_lowers_a_counter_and_drops_its_in_progress(
     assert script_requests(after) == health["requests_total"] == WORKERS + 9
 
 
+def test_workers_dying_together_are_all_replaced_and_merged(tmp_path: Path) -> None:
+    """Deaths a few ms apart make child_exit run while the previous merge is in progress.
+
+    gunicorn 23 ran child_exit inside its SIGCHLD handler, so that overlap re-entered the
+    merge: the master crashed on a half-imported prometheus_client or blocked forever on
+    its own flock. Every worker must come back and every count survive.
+    """
+    scripts = write_scripts(tmp_path / "scripts")
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+        gather_on_every_worker(server, tmp_path / "gather")
+        for _ in range(30):
+            assert call(server, "/hello.py")[0] == 200
+        before = script_requests(requests_by_series(server))
+        victims = server.worker_pids()
+        for pid in sorted(victims):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.004)  # a deliberate stagger: the next death lands mid-merge
+        wait_until(
+            lambda: len(server.worker_pids()) == WORKERS and not server.worker_pids() & victims,
+            20,
+            what="gunicorn to replace every killed worker",
+        )
+        after = script_requests(requests_by_series(server))
+        health = server.get("/_platform/health").json()
+
+    assert before == after == health["requests_total"] == WORKERS + 30
+
+
 def file_pids(directory: Path) -> dict[str, int]:
     """Per-worker files of the multiprocess dir (archives left out) and their pids."""
     pids = {}
@@ -182,3 +211,49 @@ def test_max_requests_recycling_keeps_exact_monotonic_totals(tmp_path: Path) -> 
     assert {"counter_archive.db", "histogram_archive.db"} <= set(files), files
     assert pids_with_files <= live, files
     assert not (served_by - live) & pids_with_files, "a dead worker's files are still read"
+
+
+def test_scrapes_racing_worker_recycling_never_lose_or_double_count(tmp_path: Path) -> None:
+    """A scrape that overlaps a dead worker's merge sees each call exactly once.
+
+    Calls go one at a time, so a scrape must report at least the calls answered before
+    it began and at most the calls begun before it ended.
+    """
+    scripts = write_scripts(tmp_path / "scripts")
+    env = {**KEYS, "SCRIPTGATE_MAX_REQUESTS": "10", "SCRIPTGATE_MAX_REQUESTS_JITTER": "6"}
+    calls = 45
+    progress = {"begun": 0, "answered": 0}
+    readings: list[tuple[int, int, int]] = []  # (answered before, scraped, begun after)
+    done = threading.Event()
+
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
+
+        def scrape_until_done() -> None:
+            while not done.wait(0.01) and len(readings) < 2000:
+                low = progress["answered"]
+                scraped = script_requests(requests_by_series(server))
+                readings.append((low, int(scraped), progress["begun"]))
+
+        scraper = threading.Thread(target=scrape_until_done)
+        scraper.start()
+        served_by = set()
+        try:
+            for _ in range(calls):
+                progress["begun"] += 1
+                status, body = call(server, "/api/pid.py", API)
+                assert status == 200
+                served_by.add(body["pid"])
+                progress["answered"] += 1
+        finally:
+            done.set()
+            scraper.join(30)
+        final = script_requests(requests_by_series(server))
+
+    assert len(served_by) > WORKERS, "no worker was recycled during the run"
+    stages = {scraped for _, scraped, _ in readings}
+    assert len(stages) >= 5, f"scrapes saw only {sorted(stages)}: too few overlapped the run"
+    for low, scraped, high in readings:
+        assert low <= scraped <= high, f"scrape said {scraped}, expected {low}..{high}"
+    scraped_values = [scraped for _, scraped, _ in readings]
+    assert scraped_values == sorted(scraped_values), "a scrape went backwards"
+    assert final == calls
