@@ -33,7 +33,7 @@ class LoadResult:
 
 def wrk_version() -> str:
     done = subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=10)
-    return (done.stdout or done.stderr).splitlines()[0].strip()
+    return (done.stdout or done.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
 def run_wrk(

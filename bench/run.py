@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report, side
-from bench.loadgen import run_wrk, wrk_version
+from bench.loadgen import WRK, run_wrk, wrk_version
 from bench.servers import (
     BENCH,
     REPO,
@@ -359,7 +359,13 @@ def machine() -> dict:
         "gunicorn": gunicorn.__version__,
         "wrk": wrk_version(),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "scriptgate_commit": _git("describe", "--always", "--dirty"),
     }
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10)
+    return done.stdout.strip() or "unknown"
 
 
 def print_report(results: dict) -> None:
@@ -367,7 +373,7 @@ def print_report(results: dict) -> None:
     print()
     print(
         f"{host['date']}  {host['cores']} cores  {host['cpu']}  Python {host['python']}  "
-        f"gunicorn {host['gunicorn']}  {host['wrk']}"
+        f"gunicorn {host['gunicorn']}  {host['wrk']}  at {host['scriptgate_commit']}"
     )
     print(
         f"{cfg['workers']} sync workers each; wrk {cfg['threads']} thread, "
@@ -401,8 +407,9 @@ def write_results(results: dict, smoke: bool) -> Path:
     host, cfg = results["machine"], results["config"]
     markdown = [
         f"{host['date']}, {host['cores']} cores ({host['cpu']}), Python {host['python']}, "
-        f"gunicorn {host['gunicorn']}, {host['wrk'].split(' Copyright')[0]}; "
-        f"`{cfg['command']}`; load average before {host['loadavg_before'][0]}.",
+        f"gunicorn {host['gunicorn']}, {host['wrk']}; "
+        f"`{cfg['command']}` at {host['scriptgate_commit']}; "
+        f"load average before {host['loadavg_before'][0]}.",
         "",
         report.contenders_markdown(results["contenders"]),
         "",
@@ -428,6 +435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not Path(WRK).exists():
+        print(f"{WRK} not found: install the wrk package (`make debs`)", file=sys.stderr)
+        return 2
     base = SMOKE if args.smoke else FULL
     mode = Mode(
         rounds=args.rounds or base.rounds,

@@ -142,13 +142,17 @@ def launch(
 def wait_ready(server: Server, probe: str, timeout: float = 30.0) -> None:
     """Until `probe` answers 200 and every worker is up; a dead server fails with its output."""
 
+    last: list[str] = []
+
     def ready() -> bool:
         if server.proc is not None and server.proc.poll() is not None:
             raise RuntimeError("exited")
-        return server.get(probe, timeout=2)[0] == 200
+        status, _, body = server.get(probe, timeout=2)
+        last[:] = [f"last answer {status} {body[:200]!r}"]
+        return status == 200
 
     try:
-        wait_until(ready, timeout=timeout, what=f"{server.name} to answer {probe}")
+        wait_until(ready, timeout=timeout, what=f"{server.name} to answer {probe} with 200")
         wait_until(
             lambda: len(server.worker_pids()) >= server.workers,
             timeout=timeout,
@@ -156,7 +160,7 @@ def wait_ready(server: Server, probe: str, timeout: float = 30.0) -> None:
         )
     except (TimeoutError, RuntimeError) as exc:
         tail = server.output.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{server.name} did not start: {exc}\n{tail}") from None
+        raise RuntimeError(f"{server.name} did not start: {exc} {''.join(last)}\n{tail}") from None
 
 
 def stop(server: Server) -> None:
