@@ -52,6 +52,8 @@ def to_response(result: Any) -> Response:
             response.status_code = status
         else:
             response.status = str(status)
+    if not 100 <= response.status_code <= 999:
+        raise UnsupportedResult(f"handler returned status {status!r}")
     if headers:
         response.headers.update(headers)
     return response

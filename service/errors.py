@@ -6,10 +6,11 @@ and none carries a stack trace, a file path or a secret.
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, g
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 from service.access import AccessDenied
+from service.observe import state
 from service.resolve import ScriptNotFound
 from service.tracing import current_trace_id
 
@@ -54,7 +55,7 @@ def error_response(status: int, reason: str | None = None, *, error: str | None 
 
 
 def _access_denied(exc: AccessDenied) -> Response:
-    g.denied_reason = exc.reason
+    state().denied_reason = exc.reason
     return error_response(exc.status, exc.reason)
 
 

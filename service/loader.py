@@ -20,6 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from service.resolve import ScriptNotFound, Target, zone_dir
+from service.timeouts import ScriptTimeout
+
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
 LIB_DIR = "_lib"
 HANDLER_NAMES = ("handle", "main")  # handle wins if both exist
@@ -130,8 +133,39 @@ class ScriptCache:
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self._scripts: dict[str, LoadedScript] = {}
+        self._targets: dict[Target, tuple[str, LoadedScript]] = {}
         # Imports mutate sys.meta_path and sys.modules: one load at a time per process.
         self._lock = threading.Lock()
+
+    def cached_target(self, target: Target) -> LoadedScript | None:
+        """The hot path: one stat of the URL's file, compared with what was imported.
+
+        The target was resolved (symlinks, zone, private names) when it was remembered.
+        Any change of the file it leads to (edit, delete, a symlink swapped to another
+        file) changes the stat, and the caller resolves the path afresh.
+        """
+        entry = self._targets.get(target)
+        if entry is None:
+            return None
+        joined, script = entry
+        try:
+            st = os.stat(joined)
+        except OSError:
+            self._targets.pop(target, None)
+            return None
+        own = script.stamps[0]
+        if (st.st_mtime_ns, st.st_size, st.st_ino) != own[1:] or (
+            len(script.stamps) > 1 and not unchanged(script.stamps[1:])
+        ):
+            self._targets.pop(target, None)
+            return None
+        return script
+
+    def remember(self, target: Target, script: LoadedScript) -> None:
+        self._targets[target] = (
+            os.path.join(zone_dir(Path(self.root), target.zone), target.rel_path),
+            script,
+        )
 
     def cached(self, path: str) -> LoadedScript | None:
         """The loaded script if nothing it depends on changed since it was imported."""
@@ -150,13 +184,10 @@ class ScriptCache:
                 self._scripts[path] = script
             return script
 
-    def forget(self, path: str) -> None:
-        self._scripts.pop(path, None)
-
     def _import(self, path: str) -> LoadedScript:
         own = stamp(path)
-        if own is None:
-            raise ScriptLoadError("script vanished before it could be imported")
+        if own is None:  # deleted between lookup and import: as if it never existed
+            raise ScriptNotFound(path)
         name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
         finder = _HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
         before = set(sys.modules)
@@ -170,8 +201,13 @@ class ScriptCache:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except (Exception, SystemExit) as exc:
+            except ScriptTimeout:
                 sys.modules.pop(name, None)
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: the script's fault
+                sys.modules.pop(name, None)
+                if isinstance(exc, FileNotFoundError) and exc.filename == path:
+                    raise ScriptNotFound(path) from None
                 raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
         finally:
             sys.meta_path.remove(finder)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,36 +27,48 @@ LOGGER_NAME = "scriptgate"
 
 
 class AppendHandler(logging.Handler):
-    """Write each formatted record plus newline to a descriptor in one system call."""
+    """Format each record once and write it, plus newline, to every descriptor in one call."""
 
-    def __init__(self, fd: int, *, owns_fd: bool) -> None:
+    def __init__(self, fds: list[int], owned: list[int]) -> None:
         super().__init__()
-        self.fd = fd
-        self.owns_fd = owns_fd
-
-    @classmethod
-    def for_file(cls, path: Path) -> AppendHandler:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return cls(fd, owns_fd=True)
+        self.fds = fds
+        self.owned = owned
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            written = os.write(self.fd, data)
-            while written < len(data):  # only on a pipe or a full disk; never on a file
-                written += os.write(self.fd, data[written:])
+            for fd in self.fds:
+                written = os.write(fd, data)
+                while written < len(data):  # only on a pipe or a full disk; never on a file
+                    written += os.write(fd, data[written:])
         except Exception:
             self.handleError(record)
 
     def close(self) -> None:
-        if self.owns_fd:
+        for fd in self.owned:
             with contextlib.suppress(OSError):
-                os.close(self.fd)
+                os.close(fd)
         super().close()
 
 
+def open_append(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+# A million-frame RecursionError would take minutes to format; the last frames tell the story.
+TRACEBACK_FRAMES = 64
+
+
+def format_failure(exc: BaseException) -> str:
+    """The traceback, its last TRACEBACK_FRAMES frames only, chained causes included."""
+    return "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)).rstrip("\n")
+
+
 class _Formatter(JsonFormatter):
+    def formatException(self, ei: Any) -> str:
+        return format_failure(ei[1]) if ei and ei[1] is not None else ""
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # ISO 8601 in UTC with milliseconds: unambiguous for Loki and across hosts.
         moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
@@ -74,14 +87,11 @@ def build_logger(level: str, log_file: Path | None, stdout: bool = True) -> logg
     """A logger private to one app, so two apps in one test process never share handlers."""
     logger = logging.Logger(LOGGER_NAME, level)
     logger.propagate = False
-    formatter = json_formatter()
-    handlers: list[logging.Handler] = []
-    if stdout:
-        handlers.append(AppendHandler(sys.stdout.fileno(), owns_fd=False))
-    if log_file is not None:
-        handlers.append(AppendHandler.for_file(log_file))
-    for handler in handlers:
-        handler.setFormatter(formatter)
+    fds: list[int] = [sys.stdout.fileno()] if stdout else []
+    owned = [open_append(log_file)] if log_file is not None else []
+    if fds or owned:
+        handler = AppendHandler(fds + owned, owned)
+        handler.setFormatter(json_formatter())
         logger.addHandler(handler)
     return logger
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -79,11 +80,37 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.build_info.labels(version).set(1)
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._in_progress_children: dict[str, Any] = {}
         if multiproc_dir is None:
             self.registry = own
         else:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, str(multiproc_dir))
+
+    def in_progress_for(self, zone: str) -> Any:
+        child = self._in_progress_children.get(zone)
+        if child is None:
+            child = self._in_progress_children[zone] = self.in_progress.labels(zone)
+        return child
+
+    def observe_request(
+        self, zone: str, script: str, method: str, status: int, seconds: float
+    ) -> None:
+        """Count one answered request and its duration.
+
+        The label children are cached: prometheus_client's labels() validates and locks
+        on every call, which is most of the cost of counting a request.
+        """
+        key = (zone, script, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(zone, script, method, str(status)),
+                self.duration.labels(zone, script),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Render the registry: text 0.0.4, or OpenMetrics when Accept asks for it."""

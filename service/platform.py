@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from service.describe import describe_route
+from service.observe import state
 from service.resolve import ZONES, list_scripts
 from service.runtime import runtime
 
@@ -13,7 +14,7 @@ bp = Blueprint("platform", __name__, url_prefix="/_platform")
 
 @bp.before_request
 def _label() -> None:
-    g.script = (request.endpoint or "").rpartition(".")[2]
+    state().script = (request.endpoint or "").rpartition(".")[2]
 
 
 def _routes(detail: bool) -> dict[str, list]:

@@ -36,26 +36,37 @@ class ScriptTimeout(BaseException):
     """
 
 
+class _Deadline:
+    """The one armed deadline of this process (the main thread runs one script at a time)."""
+
+    give_up_at = 0.0
+    last_resort: Callable[[], None] | None = None
+    installed = False
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _Deadline.last_resort is not None and time.monotonic() >= _Deadline.give_up_at:
+        _Deadline.last_resort()
+    raise ScriptTimeout()
+
+
 def run_with_deadline(
     func: Callable[[], T], seconds: float, last_resort: Callable[[], None] | None = None
 ) -> T:
     """Run func(); raise ScriptTimeout if it is still running after `seconds`."""
-    if _HAS_ITIMER and threading.current_thread() is threading.main_thread():
-        give_up_at = time.monotonic() + seconds + GRACE_SECONDS
-
-        def on_alarm(signum: int, frame: Any) -> None:
-            if last_resort is not None and time.monotonic() >= give_up_at:
-                last_resort()
-            raise ScriptTimeout()
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
-        try:
-            return func()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-    return _run_in_thread(func, seconds)
+    if not (_HAS_ITIMER and threading.current_thread() is threading.main_thread()):
+        return _run_in_thread(func, seconds)
+    if not _Deadline.installed:
+        signal.signal(signal.SIGALRM, _on_alarm)
+        _Deadline.installed = True
+    _Deadline.give_up_at = time.monotonic() + seconds + GRACE_SECONDS
+    _Deadline.last_resort = last_resort
+    signal.setitimer(signal.ITIMER_REAL, seconds, REPEAT_SECONDS)
+    try:
+        return func()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _Deadline.last_resort = None
 
 
 def _run_in_thread(func: Callable[[], T], seconds: float) -> T:

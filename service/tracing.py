@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 DEFAULT_SERVICE_NAME = "scriptgate"
 TRACER_NAME = "scriptgate"
@@ -36,8 +37,15 @@ def build_tracer_provider(version: str, environ: Mapping[str, str] | None = None
     attributes = {SERVICE_VERSION: version}
     if not env.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = DEFAULT_SERVICE_NAME
-    provider = TracerProvider(resource=Resource.create(attributes))
-    if export_enabled(env):
+    exporting = export_enabled(env)
+    sampler = None
+    if not exporting and not env.get("OTEL_TRACES_SAMPLER"):
+        # Nothing would ever read a recorded span: sample it out. The span still has real
+        # ids (a caller's traceparent is still continued), so X-Trace-Id, traceresponse and
+        # the log's trace_id stay true, and the attribute work is skipped.
+        sampler = ALWAYS_OFF
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    if exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -596,16 +596,6 @@ def body_cases() -> Iterator[Case]:
                body=b"a" * 2000)  # fmt: skip
 
 
-CHUNKED_BUG = (
-    "platform bug: a chunked body over MAX_BODY_BYTES runs the script, which reads it "
-    "silently cut at MAX_BODY_BYTES and answers 200 (expected 413, script not run)"
-)
-
-
-# Cases the platform gets wrong today; strict, so the fix turns them into failures to remove.
-KNOWN_BUGS = {"body-chunked-over-limit": CHUNKED_BUG}
-
-
 def all_cases() -> list:
     cases = [
         *path_cases(),
@@ -617,12 +607,7 @@ def all_cases() -> list:
         *header_size_cases(),
         *body_cases(),
     ]
-    return [
-        pytest.param(c, id=c.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c.id]))
-        if c.id in KNOWN_BUGS
-        else pytest.param(c, id=c.id)
-        for c in cases
-    ]
+    return [pytest.param(c, id=c.id) for c in cases]
 
 
 CASES = all_cases()

@@ -257,14 +257,6 @@ def test_soak_under_churn_and_a_killed_worker(soak_server, request) -> None:
                 assert reply.json() == {"name": name, "version": version, "tag": churn.tag}
 
 
-VANISH_BUG = (
-    "platform bug: a script deleted between lookup and import is answered 500 "
-    "('script vanished before it could be imported', counted as an import error) "
-    "instead of 404"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=VANISH_BUG)
 def test_script_deleted_mid_request_is_404_never_500(tmp_path: Path) -> None:
     """A script flapping between deleted and written: every answer is 200 or 404.
 

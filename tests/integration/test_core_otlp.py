@@ -112,7 +112,10 @@ def test_spans_of_a_request_reach_the_otlp_receiver(receiver, tmp_path: Path):
             what="the request's spans at the OTLP receiver",
         )
         failed = wait_until(
-            lambda: receiver.for_trace(bad.headers["X-Trace-Id"]), timeout=20, what="error spans"
+            lambda: len(receiver.for_trace(bad.headers["X-Trace-Id"])) >= 3
+            and receiver.for_trace(bad.headers["X-Trace-Id"]),
+            timeout=20,
+            what="the failed request's spans",
         )
     assert {s["path"] for s in spans} == {"/v1/traces"}
     by_name = {s["name"]: s for s in spans}
@@ -122,7 +125,9 @@ def test_spans_of_a_request_reach_the_otlp_receiver(receiver, tmp_path: Path):
     assert server_span["service"] == "scriptgate"
     assert by_name["script.import"]["parent"] == server_span["span_id"]
     assert by_name["script.run"]["parent"] == server_span["span_id"]
-    assert any(s["status"] == 2 for s in failed)  # STATUS_CODE_ERROR
+    errored = {s["name"] for s in failed if s["status"] == 2}  # STATUS_CODE_ERROR
+    assert "script.run" in errored
+    assert any(s["kind"] == 2 for s in failed if s["status"] == 2)  # the server span too
 
 
 def test_otel_service_name_is_honoured(receiver, tmp_path: Path):

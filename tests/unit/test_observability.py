@@ -14,11 +14,18 @@ from tests.unit.conftest import API, API_KEY, log_records, write_scripts
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
-@pytest.fixture
-def spans(app):
+def record_spans(app) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     app.extensions["scriptgate_tracer_provider"].add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
+
+
+@pytest.fixture
+def traced(make_app, monkeypatch):
+    """An app whose spans are recorded, as when an exporter is configured."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    app = make_app()
+    return app, record_spans(app)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +69,9 @@ def test_malformed_traceparent_starts_a_new_trace(client, traceparent):
     assert response.headers["X-Trace-Id"] != "0" * 32
 
 
-def test_server_span_with_import_and_run_children(client, spans):
+def test_server_span_with_import_and_run_children(traced):
+    app, spans = traced
+    client = app.test_client()
     response = client.get("/api/hello.py", headers=API)
     by_name = {s.name: s for s in spans.get_finished_spans()}
     assert set(by_name) >= {"script.import", "script.run"}
@@ -78,17 +87,40 @@ def test_server_span_with_import_and_run_children(client, spans):
     assert "script.import" not in {s.name for s in spans.get_finished_spans()}
 
 
-def test_script_exception_is_recorded_on_spans(make_app, scripts_dir):
+def test_script_exception_is_recorded_on_spans(make_app, scripts_dir, monkeypatch):
     write_scripts(scripts_dir, {"bad.py": "def main(request):\n    raise KeyError('x')\n"})
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     app = make_app()
-    exporter = InMemorySpanExporter()
-    app.extensions["scriptgate_tracer_provider"].add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = record_spans(app)
     app.test_client().get("/bad.py")
-    finished = exporter.get_finished_spans()
-    for span in finished:
-        if span.name == "script.run" or span.kind.name == "SERVER":
-            assert span.status.status_code == StatusCode.ERROR
-            assert any(e.name == "exception" for e in span.events)
+    checked = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "script.run" or s.kind.name == "SERVER"
+    ]
+    assert len(checked) == 2
+    for span in checked:
+        assert span.status.status_code == StatusCode.ERROR
+        event = next(e for e in span.events if e.name == "exception")
+        assert event.attributes["exception.type"] == "KeyError"
+        assert "Traceback" in event.attributes["exception.stacktrace"]
+
+
+def test_without_an_exporter_spans_are_sampled_out_but_ids_stay_true(app):
+    exporter = record_spans(app)
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = app.test_client().get(
+        "/hello.py", headers={"traceparent": f"00-{caller}-00f067aa0ba902b7-01"}
+    )
+    assert exporter.get_finished_spans() == ()
+    assert response.headers["X-Trace-Id"] == caller
+    assert int(response.headers["traceresponse"][-2:], 16) & 1 == 0  # not sampled
+
+
+def test_sampled_span_says_so_in_traceresponse(traced):
+    app, _ = traced
+    flags = app.test_client().get("/hello.py").headers["traceresponse"][-2:]
+    assert int(flags, 16) & 1 == 1  # sampled
 
 
 def test_request_log_record(client, log_file):
