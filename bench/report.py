@@ -233,9 +233,13 @@ def side_text(side: dict) -> str:
     cd = side.get("change_detection")
     if cd:
         lines.append(
-            f"change detection (ScriptCache.cached, {cd['files_checked']} files stat'ed): "
+            f"change detection, {cd['hot_path']} ({cd['files_checked']} files stat'ed): "
             f"{cd['cached_us']:.2f} us/request vs dict lookup {cd['dict_lookup_us']:.3f} us "
-            f"(+{cd['stat_check_us']:.2f} us); locate() before it: {cd['locate_us']:.2f} us"
+            f"(+{cd['stat_check_us']:.2f} us)"
+        )
+        lines.append(
+            f"  on a cache miss: locate() {cd['locate_us']:.2f} us + "
+            f"cached(path) {cd['cached_path_us']:.2f} us"
         )
     routes = side.get("routes")
     if routes:

@@ -70,7 +70,7 @@ class Mode:
     budget_seconds: float
 
 
-FULL = Mode(3, 5, 1, 10_000, 1000, 9, 100, 240)
+FULL = Mode(5, 3, 1, 10_000, 1000, 9, 100, 240)
 SMOKE = Mode(1, 1, 0, 2000, 100, 3, 10, 30)
 
 

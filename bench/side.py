@@ -39,18 +39,27 @@ def handle(request):
 
 
 def change_detection(iterations: int) -> dict:
-    """Per-request cost of `ScriptCache.cached()` (the stat check) against a dict lookup."""
+    """Per-request cost of the script cache's change check against a plain dict lookup.
+
+    The hot path is `ScriptCache.cached_target(target)` (one stat per file the script
+    depends on, from the URL's target) where the platform has it, else `cached(path)`
+    after `locate()`. Both are timed, with `locate()` itself, which a miss still pays.
+    """
     from service.loader import ScriptCache
     from service.resolve import locate, parse_target
 
     scripts_dir = BENCH_SCRIPTS.resolve()
     cache = ScriptCache(scripts_dir, 30.0, 60.0)
-    path = locate(scripts_dir, parse_target("/api/hello.py"))
+    target = parse_target("/api/hello.py")
+    path = locate(scripts_dir, target)
     script = cache.load(path)
-    table = {path: script}
+    by_target = hasattr(cache, "cached_target")
+    if by_target:
+        cache.remember(target, script)
     names = {
         "cache": cache,
-        "table": table,
+        "table": {target: script},
+        "target": target,
         "path": path,
         "locate": locate,
         "parse_target": parse_target,
@@ -61,15 +70,22 @@ def change_detection(iterations: int) -> dict:
         timer = timeit.Timer(statement, globals=names)
         return min(timer.repeat(repeat=5, number=iterations)) / iterations * 1e6
 
-    cached_us = best_us("cache.cached(path)")
-    dict_us = best_us("table.get(path)")
+    if by_target:
+        hot, found = "cache.cached_target(target)", cache.cached_target(target)
+    else:
+        hot, found = "cache.cached(locate(scripts_dir, target))", cache.cached(path)
+    if found is not script:
+        raise RuntimeError(f"{hot} did not return the loaded script")
+    hot_us = best_us(hot)
+    dict_us = best_us("table.get(target)")
     return {
+        "hot_path": hot,
         "files_checked": len(script.stamps),
         "iterations": iterations,
-        "cached_us": round(cached_us, 2),
+        "cached_us": round(hot_us, 2),
         "dict_lookup_us": round(dict_us, 3),
-        "stat_check_us": round(cached_us - dict_us, 2),
-        # Not part of the goal, but also paid on every request before cached() runs.
+        "stat_check_us": round(hot_us - dict_us, 2),
+        "cached_path_us": round(best_us("cache.cached(path)"), 2),
         "locate_us": round(best_us("locate(scripts_dir, parse_target('/api/hello.py'))"), 2),
     }
 
