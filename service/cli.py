@@ -22,6 +22,14 @@ def _settings(scripts: str | None) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:  # serve prepares it anyway; creating it here lets validation pass
+        try:
+            Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "PROMETHEUS_MULTIPROC_DIR", f"cannot create {metrics_dir!r}: {exc}"
+            ) from None
     _settings(args.scripts)  # fail here, with one line, before gunicorn starts
     os.environ["SCRIPTGATE_BIND"] = args.bind
     if args.workers:

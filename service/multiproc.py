@@ -108,8 +108,8 @@ def worker_exited(pid: int, directory: Path | None = None) -> None:
     from prometheus_client.mmap_dict import MmapedDict
 
     directory = directory or Path(os.environ[ENV])
-    multiprocess.mark_process_dead(pid, str(directory))
     with _locked(directory, fcntl.LOCK_EX):
+        multiprocess.mark_process_dead(pid, str(directory))
         for path in glob.glob(str(directory / f"*_{pid}.db")):
             target = _archive_name(path)
             if target is not None:
