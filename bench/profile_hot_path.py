@@ -50,6 +50,30 @@ def _bare_app() -> Callable:
     return app
 
 
+def _traced_bare_app() -> Callable:
+    """Bare Flask plus only opentelemetry-instrumentation-flask: what the library costs."""
+    from flask import Flask, request
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    app = Flask("traced_bare")
+
+    @app.route("/api/hello.py")
+    def hello() -> dict:
+        return {"message": f"Hello, {request.args.get('name', 'Guest')}!"}
+
+    FlaskInstrumentor().instrument_app(app, tracer_provider=TracerProvider())
+    return app
+
+
+def _assembly_app(tmp: Path) -> Callable:
+    os.environ["BENCH_LOG_FILE"] = str(tmp / "assembly.log")
+    sys.path.insert(0, str(BENCH / "apps"))
+    from assembly import app
+
+    return app
+
+
 def _scriptgate_app(tmp: Path, **overrides: object) -> Callable:
     from service.app import create_app
     from service.config import Settings, parse_networks
@@ -77,12 +101,17 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = saved
 
 
+FULL = 3  # index of "Scriptgate, everything on" in variants()
+
+
 def variants(tmp: Path) -> list[tuple[str, Callable]]:
-    """Scriptgate with everything on, then with one feature off at a time."""
+    """References, Scriptgate with everything on, then with one feature off at a time."""
     with _env("OTEL_SDK_DISABLED", "true"):  # read once, when the provider is built
         untraced = _scriptgate_app(tmp)
     return [
         ("bare Flask", _bare_app()),
+        ("bare Flask + otel-instrumentation-flask", _traced_bare_app()),
+        ("assembly (bench/apps/assembly.py)", _assembly_app(tmp)),
         ("Scriptgate, everything on", _scriptgate_app(tmp)),
         ("  METRICS=off", _scriptgate_app(tmp, metrics_enabled=False, multiproc_dir=None)),
         ("  no stdout log (file only)", _scriptgate_app(tmp, log_stdout=False)),
@@ -204,15 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         apps = variants(tmp)
         with _stdout_to_devnull():
             costs = per_request_costs(apps, environ, args.loop, args.rounds)
-            stats = profile(apps[1][1], environ, args.requests)
+            stats = profile(apps[FULL][1], environ, args.requests)
 
-    bare_us, full_us = costs[0][1], costs[1][1]
+    bare_us, full_us = costs[0][1], costs[FULL][1]
     print(f"CPU per request, in process, no HTTP (best of {args.rounds} loops of {args.loop}):")
     for label, us in costs:
-        note = f"  {us / bare_us:4.1f}x bare" if label == costs[1][0] else ""
+        note = f"  {us / bare_us:4.1f}x bare" if not label.startswith(" ") else ""
         if label.startswith("  "):
             note = f"  saves {full_us - us:5.0f} us"
-        print(f"  {label:<40} {us:7.0f} us{note}")
+        print(f"  {label:<42} {us:7.0f} us{note}")
     total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
     print(f"\nprofiled own time by library ({args.requests} requests, cProfile inflates it):")
     for name, seconds in by_area(stats):
