@@ -91,25 +91,43 @@ def locate(scripts_dir: Path, target: Target) -> str:
 
 
 def list_scripts(scripts_dir: Path, zone: str) -> list[str]:
-    """Zone-relative paths of every public script of a zone, sorted."""
-    base = zone_dir(scripts_dir, zone)
+    """Zone-relative paths of every public script of a zone, sorted: what would be served.
+
+    Plain files in plain folders are inside the zone by construction; only what a
+    symlink leads to is resolved and checked the way a request would be (`locate`).
+    """
     found: list[str] = []
-    if not base.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(base):
-        rel_dir = os.path.relpath(dirpath, base)
-        if rel_dir == ".":
-            rel_dir = ""
-            if zone == "root":
-                dirnames[:] = [d for d in dirnames if d.lower() not in _RESERVED_ROOT_NAMES]
-        dirnames[:] = [d for d in dirnames if is_public_name(d)]
-        for name in filenames:
-            if is_public_name(name) and name.endswith(SCRIPT_SUFFIX) and name != SCRIPT_SUFFIX:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                try:
-                    locate(scripts_dir, Target(zone, rel.replace(os.sep, "/")))
-                except ScriptNotFound:
-                    continue
-                found.append(rel.replace(os.sep, "/"))
+    _walk(scripts_dir, zone, str(zone_dir(scripts_dir, zone)), "", found, linked=False)
     found.sort()
     return found
+
+
+def _walk(
+    scripts_dir: Path, zone: str, folder: str, rel: str, found: list[str], linked: bool
+) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not is_public_name(name):
+            continue
+        rel_name = f"{rel}/{name}" if rel else name
+        if zone == "root" and not rel and name.lower() in _RESERVED_ROOT_NAMES:
+            continue
+        via_link = linked or entry.is_symlink()
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        if is_dir:
+            if rel_name.count("/") < MAX_SEGMENTS - 1:
+                _walk(scripts_dir, zone, entry.path, rel_name, found, via_link)
+        elif name.endswith(SCRIPT_SUFFIX) and name != SCRIPT_SUFFIX and entry.is_file():
+            if via_link:
+                try:
+                    locate(scripts_dir, Target(zone, rel_name))
+                except ScriptNotFound:
+                    continue
+            found.append(rel_name)

@@ -113,3 +113,19 @@ def test_log_time_is_iso8601_utc(client, log_file):
 
     client.get("/hello.py")
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", log_records(log_file)[-1]["time"])
+
+
+def test_routes_list_what_would_be_served_through_symlinks(make_app, scripts_dir, tmp_path):
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.py").write_text("def main(request):\n    return 'x'\n")
+    os.symlink(outside / "leak.py", scripts_dir / "api" / "leak.py")
+    os.symlink(outside, scripts_dir / "api" / "elsewhere")
+    os.symlink(scripts_dir / "api" / "hello.py", scripts_dir / "api" / "alias.py")
+    os.symlink(scripts_dir / "api" / "reports", scripts_dir / "api" / "more")
+    os.symlink(scripts_dir / "api" / "hello.py", scripts_dir / "sneaky.py")  # root -> api
+    routes = make_app().test_client().get("/_platform/routes").get_json()
+    assert routes["api"] == ["alias.py", "hello.py", "more/daily.py", "reports/daily.py"]
+    assert routes["root"] == ["hello.py"]
