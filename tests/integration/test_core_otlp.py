@@ -112,8 +112,10 @@ def test_spans_of_a_request_reach_the_otlp_receiver(receiver, tmp_path: Path):
             what="the request's spans at the OTLP receiver",
         )
         failed = wait_until(
-            lambda: len(receiver.for_trace(bad.headers["X-Trace-Id"])) >= 3
-            and receiver.for_trace(bad.headers["X-Trace-Id"]),
+            lambda: (
+                len(receiver.for_trace(bad.headers["X-Trace-Id"])) >= 3
+                and receiver.for_trace(bad.headers["X-Trace-Id"])
+            ),
             timeout=20,
             what="the failed request's spans",
         )
