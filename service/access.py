@@ -9,6 +9,7 @@ allowlist and the request is refused (fail closed).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ class AccessDenied(Exception):
         self.status = self.STATUS[reason]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress | None:
     """Parse one address as proxies write it: bare, `[v6]`, `[v6]:port` or `v4:port`."""
     text = text.strip()

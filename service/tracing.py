@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from flask import Flask, Response
 from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -54,7 +55,11 @@ def build_tracer_provider(version: str, environ: Mapping[str, str] | None = None
 
 def instrument(app: Flask, provider: TracerProvider) -> trace.Tracer:
     """Wrap the app in the Flask server span; must run before other before_request hooks."""
-    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    # Its HTTP metrics would go to OpenTelemetry's meter; Prometheus already counts every
+    # request, so they are switched off rather than computed for nobody.
+    FlaskInstrumentor().instrument_app(
+        app, tracer_provider=provider, meter_provider=NoOpMeterProvider()
+    )
     return provider.get_tracer(TRACER_NAME)
 
 
