@@ -42,7 +42,9 @@ class FastMultiProcessCollector:
             parsed = self._parsed[key] = (metric_name, name, labels, help_text, le, base)
         return parsed
 
-    def _merge(self) -> tuple[dict[tuple[str, str], dict[str, float]], list[str]]:
+    def _merge(
+        self, kinds: tuple[str, ...] | None = None
+    ) -> tuple[dict[tuple[str, str], dict[str, float]], list[str]]:
         """Merge all files by raw key: {(type, how): {key: value}}, plus files to leave to
         prometheus_client ('all' and 'mostrecent' gauges keep per-pid detail)."""
         merged: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -50,6 +52,8 @@ class FastMultiProcessCollector:
         for path in glob.glob(os.path.join(self.path, "*.db")):
             parts = os.path.basename(path).split("_")
             typ = parts[0]
+            if kinds is not None and typ not in kinds:
+                continue
             how = "sum"
             if typ == "gauge":
                 mode = parts[1]
@@ -90,6 +94,13 @@ class FastMultiProcessCollector:
         yield from families.values()
         if fallback:
             yield from MultiProcessCollector.merge(fallback, accumulate=True)
+
+    def counter_samples(self) -> Iterator[Sample]:
+        """Every counter series summed over all workers, without touching histograms."""
+        merged, _ = self._merge(kinds=("counter",))
+        for key, value in merged.get(("counter", "sum"), {}).items():
+            _, name, labels, _, _, _ = self._parse(key)
+            yield Sample(name, labels, value)
 
     def render_text(self) -> bytes | None:
         """Text format 0.0.4 straight from the merged values, or None to use the generic

@@ -129,13 +129,15 @@ class Metrics:
         by_area = {"root": 0, "api": 0, "admin": 0}
         errors = 0.0
         with multiproc.reading(self.multiproc_dir):
-            families = list(self.registry.collect())
-        for family in families:
-            for sample in family.samples:
-                if sample.name == "scriptgate_requests_total":
-                    zone = sample.labels.get("zone", "")
-                    if zone in by_area:
-                        by_area[zone] += int(sample.value)
-                elif sample.name == "scriptgate_script_errors_total":
-                    errors += sample.value
+            if self._collector is not None:  # counters only: health skips the histograms
+                samples = list(self._collector.counter_samples())
+            else:
+                samples = [s for family in self.registry.collect() for s in family.samples]
+        for sample in samples:
+            if sample.name == "scriptgate_requests_total":
+                zone = sample.labels.get("zone", "")
+                if zone in by_area:
+                    by_area[zone] += int(sample.value)
+            elif sample.name == "scriptgate_script_errors_total":
+                errors += sample.value
         return Totals(sum(by_area.values()), int(errors), by_area)
