@@ -25,13 +25,17 @@ _MAX_MODES = ("max", "livemax")
 _MIN_MODES = ("min", "livemin")
 _SUM_MODES = ("sum", "livesum")
 
+# One output sample: raw key, `le` value or None, name suffix ("_count" or ""), value.
+Row = tuple[str, str | None, str, float]
+Family = tuple[str, str, list[Row]]  # type, help text, rows
+
 
 class FastMultiProcessCollector:
     def __init__(self, path: str) -> None:
         self.path = path
         # raw key -> (metric name, sample name, labels dict, help text, le or None, base)
         self._parsed: dict[str, tuple[str, str, dict[str, str], str, float | None, tuple]] = {}
-        self._prefixes: dict[tuple[str, str | None, str], str] = {}
+        self._shapes: dict[tuple[str, str | None, str], tuple[str, dict[str, str], str]] = {}
 
     def _parse(self, key: str) -> tuple[str, str, dict[str, str], str, float | None, tuple]:
         parsed = self._parsed.get(key)
@@ -80,18 +84,12 @@ class FastMultiProcessCollector:
 
     def collect(self) -> Iterator[Metric]:
         merged, fallback = self._merge()
-        families: dict[str, Metric] = {}
-        for (typ, _), values in merged.items():
-            if typ == "histogram":
-                self._histograms(values, families)
-                continue
-            for key, value in values.items():
-                metric_name, name, labels, help_text, _, _ = self._parse(key)
-                family = families.get(metric_name)
-                if family is None:
-                    family = families[metric_name] = Metric(metric_name, help_text, typ)
+        for metric_name, (typ, help_text, rows) in self._families(merged).items():
+            family = Metric(metric_name, help_text, typ)
+            for key, le, suffix, value in rows:
+                name, labels, _ = self._shape(key, le, suffix)
                 family.samples.append(Sample(name, labels, value))
-        yield from families.values()
+            yield family
         if fallback:
             yield from MultiProcessCollector.merge(fallback, accumulate=True)
 
@@ -112,92 +110,67 @@ class FastMultiProcessCollector:
         merged, fallback = self._merge()
         if fallback:
             return None
-        blocks: dict[str, tuple[str, str, list[str]]] = {}  # metric -> (type, help, lines)
+        out = []
+        for metric_name, (typ, help_text, rows) in self._families(merged).items():
+            name = metric_name + "_total" if typ == "counter" else metric_name
+            out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {typ}\n")
+            out.extend(
+                self._shape(key, le, suffix)[2] + floatToGoString(value) + "\n"
+                for key, le, suffix, value in rows
+            )
+        return "".join(out).encode("utf-8")
+
+    def _families(self, merged: dict[tuple[str, str], dict[str, float]]) -> dict[str, Family]:
+        """metric name -> (type, help, rows), histograms accumulated as the format wants."""
+        families: dict[str, Family] = {}
         for (typ, _), values in merged.items():
             if typ == "histogram":
-                self._histogram_lines(values, blocks)
+                self._histogram_rows(values, families)
                 continue
             for key, value in values.items():
                 metric_name, _, _, help_text, _, _ = self._parse(key)
-                block = blocks.get(metric_name)
-                if block is None:
-                    block = blocks[metric_name] = (typ, help_text, [])
-                block[2].append(self._prefix(key) + floatToGoString(value))
-        out = []
-        for metric_name, (typ, help_text, lines) in blocks.items():
-            name = metric_name + "_total" if typ == "counter" else metric_name
-            out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {typ}\n")
-            out.append("\n".join(lines))
-            out.append("\n")
-        return "".join(out).encode("utf-8")
-
-    def _prefix(self, key: str, le: str | None = None, suffix: str = "") -> str:
-        cache_key = (key, le, suffix)
-        prefix = self._prefixes.get(cache_key)
-        if prefix is None:
-            _, name, labels, _, _, base = self._parse(key)
-            items = list(base) if le is not None or suffix else sorted(labels.items())
-            if le is not None:
-                items = sorted([*items, ("le", le)])
-            sample = (name.rsplit("_", 1)[0] + suffix) if suffix else name
-            rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in items)
-            prefix = self._prefixes[cache_key] = (
-                f"{sample}{{{rendered}}} " if rendered else f"{sample} "
-            )
-        return prefix
-
-    def _histograms(self, values: dict[str, float], families: dict[str, Metric]) -> None:
-        buckets: dict[tuple[str, tuple], list[tuple[float, float]]] = defaultdict(list)
-        sums: dict[tuple[str, tuple], tuple[str, dict[str, str], float]] = {}
-        helps: dict[str, str] = {}
-        for key, value in values.items():
-            metric_name, name, labels, help_text, le, base = self._parse(key)
-            helps[metric_name] = help_text
-            if le is None:
-                sums[(metric_name, base)] = (name, labels, value)
-            else:
-                buckets[(metric_name, base)].append((le, value))
-        for (metric_name, base), series in buckets.items():
-            family = families.get(metric_name)
-            if family is None:
-                family = families[metric_name] = Metric(
-                    metric_name, helps[metric_name], "histogram"
+                families.setdefault(metric_name, (typ, help_text, []))[2].append(
+                    (key, None, "", value)
                 )
-            labels = dict(base)
-            total = 0.0
-            for le, value in sorted(series):
-                total += value
-                family.samples.append(
-                    Sample(metric_name + "_bucket", {**labels, "le": floatToGoString(le)}, total)
-                )
-            family.samples.append(Sample(metric_name + "_count", labels, total))
-            sum_entry = sums.get((metric_name, base))
-            if sum_entry is not None:
-                family.samples.append(Sample(sum_entry[0], sum_entry[1], sum_entry[2]))
+        return families
 
-    def _histogram_lines(
-        self, values: dict[str, float], blocks: dict[str, tuple[str, str, list[str]]]
-    ) -> None:
-        series: dict[tuple[str, tuple], list[tuple[float, str, float]]] = defaultdict(list)
+    def _histogram_rows(self, values: dict[str, float], families: dict[str, Family]) -> None:
+        """Cumulative buckets, then _count (the last bucket), then _sum, per label set."""
+        buckets: dict[tuple[str, tuple], list[tuple[float, str, float]]] = defaultdict(list)
         sums: dict[tuple[str, tuple], tuple[str, float]] = {}
         for key, value in values.items():
             metric_name, _, _, help_text, le, base = self._parse(key)
-            if metric_name not in blocks:
-                blocks[metric_name] = ("histogram", help_text, [])
+            families.setdefault(metric_name, ("histogram", help_text, []))
             if le is None:
                 sums[(metric_name, base)] = (key, value)
             else:
-                series[(metric_name, base)].append((le, key, value))
-        for (metric_name, base), buckets in series.items():
-            lines = blocks[metric_name][2]
+                buckets[(metric_name, base)].append((le, key, value))
+        for (metric_name, base), series in buckets.items():
+            rows = families[metric_name][2]
             total = 0.0
-            for le, key, value in sorted(buckets):
+            for le, key, value in sorted(series):
                 total += value
-                lines.append(self._prefix(key, floatToGoString(le)) + floatToGoString(total))
-            sum_key, sum_value = sums.get((metric_name, base), (None, 0.0))
-            if sum_key is not None:
-                lines.append(self._prefix(sum_key, suffix="_count") + floatToGoString(total))
-                lines.append(self._prefix(sum_key) + floatToGoString(sum_value))
+                rows.append((key, floatToGoString(le), "", total))
+            rows.append((key, None, "_count", total))
+            if (metric_name, base) in sums:
+                sum_key, sum_value = sums[(metric_name, base)]
+                rows.append((sum_key, None, "", sum_value))
+
+    def _shape(self, key: str, le: str | None, suffix: str) -> tuple[str, dict[str, str], str]:
+        """(sample name, labels, rendered `name{labels} ` prefix) of one row, kept."""
+        cache_key = (key, le, suffix)
+        shape = self._shapes.get(cache_key)
+        if shape is None:
+            _, name, labels, _, _, base = self._parse(key)
+            if le is not None:
+                labels = {**dict(base), "le": le}
+            elif suffix:  # _count of a histogram, named after its bucket series
+                name = name.rsplit("_", 1)[0] + suffix
+                labels = dict(base)
+            rendered = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()))
+            prefix = f"{name}{{{rendered}}} " if rendered else f"{name} "
+            shape = self._shapes[cache_key] = (name, labels, prefix)
+        return shape
 
 
 def _escape_help(text: str) -> str:
