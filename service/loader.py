@@ -148,14 +148,12 @@ class ScriptCache:
         if entry is None:
             return None
         joined, script = entry
-        try:
-            st = os.stat(joined)
-        except OSError:
-            self._targets.pop(target, None)
-            return None
-        own = script.stamps[0]
-        if (st.st_mtime_ns, st.st_size, st.st_ino) != own[1:] or (
-            len(script.stamps) > 1 and not unchanged(script.stamps[1:])
+        # The URL's path may differ from the real path (symlinks): compare all but the path.
+        current = stamp(joined)
+        if (
+            current is None
+            or current[1:] != script.stamps[0][1:]
+            or not unchanged(script.stamps[1:])
         ):
             self._targets.pop(target, None)
             return None
