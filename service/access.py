@@ -1,5 +1,8 @@
 """Who is calling, and may they: client IP behind trusted proxies, allowlists, keys.
 
+Access is decided here and nowhere else: `RealClient` settles who the client is once,
+for every layer below it, and `authorize` applies the contract's checks in order.
+
 Threat model: any client can send any `X-Forwarded-For`. It is only believed when the
 TCP peer is a trusted proxy, and then only up to the right-most address that is not a
 trusted proxy itself: everything left of that was written by the client and may be
@@ -12,23 +15,14 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from service.config import Network, Settings
+from service.errors import AccessDenied
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_LOGGED_ADDRESS = 64
-
-
-class AccessDenied(Exception):
-    """Refused before any script is looked up; `reason` is the contract's reason code."""
-
-    STATUS = {"ip": 403, "zone_disabled": 403, "api_key": 401, "admin_key": 401}
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = self.STATUS[reason]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,12 +98,18 @@ def _header_bytes(value: str) -> bytes:
 ZONE_KEY_HEADERS = {"api": ("X-API-Key", "api_key"), "admin": ("X-Admin-Key", "admin_key")}
 
 
-def check_zone(zone: str, client: str, headers: object, settings: Settings) -> None:
-    """Apply a zone's own allowlist and key; raises AccessDenied.
+def authorize(zone: str, client: str, headers: Any, settings: Settings) -> None:
+    """The contract's checks, in its order; raises AccessDenied.
 
-    The global `API_TRUSTED_IPS` check runs earlier, for every path. A zone whose key is
-    not configured is closed unless its `*_AUTH=off` opens it on purpose.
+    1. `API_TRUSTED_IPS`, for every path, platform endpoints included;
+    2. the zone's own allowlist (`ADMIN_TRUSTED_IPS` for /admin);
+    3. the zone's key. A zone whose key is not configured is closed unless its
+       `*_AUTH=off` opens it on purpose.
+    Script lookup comes after, so without the right key an unknown script looks
+    exactly like a known one.
     """
+    if not ip_allowed(client, settings.api_trusted_ips):
+        raise AccessDenied("ip")
     if zone == "admin" and not ip_allowed(client, settings.admin_trusted_ips):
         raise AccessDenied("ip")
     if zone not in ZONE_KEY_HEADERS:
@@ -123,5 +123,50 @@ def check_zone(zone: str, client: str, headers: object, settings: Settings) -> N
         return
     if not keys:
         raise AccessDenied("zone_disabled")
-    if not key_matches(headers.getlist(header), keys):  # type: ignore[attr-defined]
+    if not key_matches(headers.getlist(header), keys):
         raise AccessDenied(reason)
+
+
+ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"
+
+
+class RealClient:
+    """WSGI middleware: after the trusted-proxy rule, `REMOTE_ADDR` is the client.
+
+    Like werkzeug's ProxyFix, it rewrites the environ once, so the script's
+    `request.remote_addr`, the span, the log and the allowlists all agree, and keeps
+    the originals under `werkzeug.proxy_fix.orig`. ProxyFix itself trusts a fixed number
+    of hops; the contract trusts a set of proxy networks (`TRUSTED_PROXIES`) and takes
+    the right-most address not in it, which ProxyFix cannot express.
+    `X-Forwarded-For` is cut to the hops that were believed (none from an untrusted
+    peer), so `request.access_route` never shows a forged address.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], proxies: Sequence[Network]) -> None:
+        self.app = app
+        self.proxies = tuple(proxies)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if forwarded is not None or self.proxies:
+            peer = environ.get("REMOTE_ADDR", "")
+            environ[ORIGINAL_ENVIRON_KEY] = {
+                "REMOTE_ADDR": peer,
+                "HTTP_X_FORWARDED_FOR": forwarded,
+            }
+            client = client_ip(peer, (forwarded,) if forwarded else (), self.proxies)
+            environ["REMOTE_ADDR"] = client
+            if client == peer:
+                environ.pop("HTTP_X_FORWARDED_FOR", None)
+            else:
+                environ["HTTP_X_FORWARDED_FOR"] = believed_hops(forwarded or "", client)
+        return self.app(environ, start_response)
+
+
+def believed_hops(forwarded: str, client: str) -> str:
+    """`X-Forwarded-For` from the client's entry on: the part trusted proxies wrote."""
+    hops = [hop.strip() for hop in forwarded.split(",")]
+    for index in range(len(hops) - 1, -1, -1):
+        if hops[index][:MAX_LOGGED_ADDRESS] == client:
+            return ", ".join(hops[index:])
+    return client

@@ -1,72 +1,101 @@
-"""The application factory: wires settings, loader, metrics, tracing and logs together."""
+"""The application factory: wires settings, loader, metrics, tracing and logs together.
+
+It owns no logic: every request goes to `pipeline.handle_request`.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from service import observe
+from service.access import RealClient
+from service.bulkhead import Bulkhead
 from service.config import Settings
-from service.dispatch import serve_script
-from service.errors import register_error_handlers
+from service.deadline import RunnerPool
+from service.errors import ScriptFailed, render_error
 from service.loader import ScriptCache
 from service.logs import build_logger
 from service.metrics import Metrics
-from service.platform import bp as platform_bp
+from service.pipeline import handle_request
 from service.runtime import Runtime
-from service.tracing import build_tracer_provider, instrument
-
-STARTED_AT_ENV = "SCRIPTGATE_STARTED_AT"
-SCRIPT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+from service.tracing import build_tracer_provider, instrument, span_ids
 
 
-def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_dir: Path | None = None,
+    started_at: float | None = None,
+    platform_only: bool = False,
+    **overrides: Any,
+) -> Flask:
     """Build an isolated app. Without settings, reads the environment (Settings.from_env).
 
+    `run_dir` is the folder a server's workers share (concurrency slots); `scriptgate
+    serve` passes one, and an app built alone gets a private one removed with it.
+    `platform_only` serves /_platform/* alone (the platform plane, plane.py).
     `overrides` replace single settings fields, which keeps tests short:
     `create_app(settings, api_keys=("k",))`.
     """
     settings = settings or Settings.from_env()
     if overrides:
         settings = replace(settings, **overrides)
-    app = Flask(__name__)
+    app = _ScriptgateFlask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # '//' and case tricks are refused by the resolver, not redirected by the router.
-    app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if run_dir is None:
+        run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
+        weakref.finalize(app, shutil.rmtree, run_dir, ignore_errors=True)
 
     provider = build_tracer_provider(settings.version)
     tracer = instrument(app, provider)  # first: its before_request opens the server span
+    # Outermost, so the span, the log, the allowlists and the script all see the client.
+    app.wsgi_app = RealClient(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
+    log = build_logger(settings.log_level, settings.log_file, settings.log_stdout)
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
     app.extensions["scriptgate"] = Runtime(
         settings=settings,
         scripts=ScriptCache(
-            settings.scripts_dir, settings.script_timeout, settings.max_script_timeout
+            settings.scripts_dir,
+            settings.script_timeout,
+            settings.max_script_timeout,
+            settings.script_concurrency,
+            log,
         ),
         metrics=metrics,
+        tracer_provider=provider,
         tracer=tracer,
-        log=build_logger(settings.log_level, settings.log_file, settings.log_stdout),
-        started_at=float(os.environ.get(STARTED_AT_ENV) or time.time()),
+        log=log,
+        runners=RunnerPool(),
+        bulkhead=Bulkhead(run_dir / "slots"),
+        started_at=started_at or time.time(),
+        platform_only=platform_only,
     )
-    app.extensions["scriptgate_tracer_provider"] = provider
-
-    observe.install(app)
-    register_error_handlers(app)
-    app.register_blueprint(platform_bp)
-    app.add_url_rule(
-        "/", "script_root", serve_script, methods=SCRIPT_METHODS, provide_automatic_options=False
-    )
-    app.add_url_rule(
-        "/<path:url_path>",
-        "script",
-        serve_script,
-        methods=SCRIPT_METHODS,
-        provide_automatic_options=False,
-    )
+    app.register_error_handler(Exception, _outside_pipeline)
     return app
+
+
+class _ScriptgateFlask(Flask):
+    def dispatch_request(self) -> Any:  # type: ignore[override]
+        """Every request goes to the pipeline, which decides what exists and which
+        methods it takes: no URL rules, so no path the router cannot match (a newline
+        in it) and no made-up method escapes the JSON error and the log line."""
+        return handle_request()
+
+
+def _outside_pipeline(exc: Exception) -> Any:
+    """Only for a failure before the pipeline runs (a broken instrumentation hook)."""
+    from flask import current_app
+    from opentelemetry import trace
+
+    current_app.extensions["scriptgate"].log.error("error outside the pipeline", exc_info=exc)
+    return render_error(ScriptFailed(), span_ids(trace.get_current_span())[0])

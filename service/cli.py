@@ -1,4 +1,12 @@
-"""`scriptgate serve|routes|check`: argument parsing only; the work lives elsewhere."""
+"""Scriptgate: every Python file in a folder is an HTTP endpoint.
+
+  scriptgate serve    serve the scripts folder (gunicorn; Ctrl-C stops it)
+  scriptgate routes   list the URLs the scripts folder serves
+  scriptgate check    import every script and report what is broken
+
+Settings come from the environment (see the README's configuration table); the options
+below override them.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +15,42 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from service.config import ConfigError, Settings
-from service.resolve import ZONES, list_scripts, locate, parse_target, zone_dir
+from service.resolve import ZONES, list_scripts
 
 EXIT_CONFIG = 2
 
 
-def _settings(scripts: str | None) -> Settings:
-    if scripts:
-        os.environ["SCRIPTS_DIR"] = scripts
-    return Settings.from_env()
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment, with the command line's options laid over it; built once."""
+    overrides = {
+        "SCRIPTS_DIR": args.scripts,
+        "BIND": getattr(args, "bind", None),
+        "PLATFORM_BIND": getattr(args, "platform_bind", None),
+        "WORKERS": _text(getattr(args, "workers", None)),
+        "THREADS": _text(getattr(args, "threads", None)),
+        "WORKER_CLASS": getattr(args, "worker_class", None),
+    }
+    env = dict(os.environ)
+    env.update({name: value for name, value in overrides.items() if value is not None})
+    if (getattr(args, "bind", None) or "").isdigit():  # `--bind 5055`: say what it needs
+        raise ConfigError("BIND", f"{args.bind!r} is not HOST:PORT (try 127.0.0.1:{args.bind})")
+    return Settings.from_env(env)
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def serve(args: argparse.Namespace) -> int:
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if metrics_dir:  # serve prepares it anyway; creating it here lets validation pass
-        try:
-            Path(metrics_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                "PROMETHEUS_MULTIPROC_DIR", f"cannot create {metrics_dir!r}: {exc}"
-            ) from None
-    _settings(args.scripts)  # fail here, with one line, before gunicorn starts
-    os.environ["SCRIPTGATE_BIND"] = args.bind
-    if args.workers:
-        os.environ["SCRIPTGATE_WORKERS"] = str(args.workers)
-    conf = Path(__file__).with_name("gunicorn_conf.py")
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "service.wsgi:create_app()"]
-    os.execv(sys.executable, argv)  # noqa: S606 - gunicorn replaces this process
-    return 0  # not reached
+    from service.server import serve as run_server
+
+    return run_server(settings_from(args))
 
 
 def routes(args: argparse.Namespace) -> int:
-    settings = _settings(args.scripts)
+    settings = settings_from(args)
     listing = {zone: list_scripts(settings.scripts_dir, zone) for zone in ZONES}
     print(json.dumps(listing, indent=2))
     return 0
@@ -49,41 +58,54 @@ def routes(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Import every script the way a worker would; name each one that fails."""
-    from service.loader import ScriptCache, ScriptLoadError
+    from service.app import create_app
+    from service.describe import describe_route
 
-    settings = _settings(args.scripts)
-    cache = ScriptCache(settings.scripts_dir, settings.script_timeout, settings.max_script_timeout)
-    failures = 0
-    total = 0
+    settings = settings_from(args)
+    app = create_app(settings, log_file=None, log_stdout=False, metrics_enabled=False)
+    rt = app.extensions["scriptgate"]
+    failures = total = 0
     for zone in ZONES:
         for rel in list_scripts(settings.scripts_dir, zone):
             total += 1
-            shown = os.path.join(zone_dir(settings.scripts_dir, zone), rel)
-            try:
-                cache.load(locate(settings.scripts_dir, parse_target(_url(zone, rel))))
-            except ScriptLoadError as exc:
+            entry = describe_route(rt, zone, rel)
+            shown = f"{zone}/{rel}" if zone != "root" else rel
+            if entry["state"] != "ok":
                 failures += 1
-                cause = exc.__cause__
-                detail = f"{exc}: {cause}" if cause is not None else str(exc)
-                print(f"FAIL {shown}: {detail}", file=sys.stderr)
+                print(f"FAIL {shown}: {entry['state']}: {entry['error']}", file=sys.stderr)
+            elif "warning" in entry:
+                print(f"WARN {shown}: {entry['warning']}", file=sys.stderr)
     print(f"{total - failures} of {total} scripts OK")
     return 1 if failures else 0
 
 
-def _url(zone: str, rel: str) -> str:
-    return f"/{rel}" if zone == "root" else f"/{zone}/{rel}"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scriptgate", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the platform under gunicorn")
-    p_serve.add_argument("--bind", default="127.0.0.1:5000", help="HOST:PORT (default %(default)s)")
-    p_serve.add_argument("--workers", type=int, default=None, help="gunicorn workers (default 3)")
+    parser = argparse.ArgumentParser(
+        prog="scriptgate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_serve = sub.add_parser("serve", help="serve the scripts folder")
+    p_serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:5000, $BIND)")
+    p_serve.add_argument(
+        "--platform-bind",
+        help="HOST:PORT for /_platform/* in a process of its own, so health checks and "
+        "scrapes are answered while scripts fill every worker ($PLATFORM_BIND; default off)",
+    )
+    p_serve.add_argument("--workers", type=int, help="worker processes (default 3, $WORKERS)")
+    p_serve.add_argument(
+        "--threads", type=int, help="threads per worker: scripts waiting at once (default 8)"
+    )
+    p_serve.add_argument(
+        "--worker-class",
+        choices=("gthread", "sync"),
+        help="gthread (default): scripts run in threads; sync: one script per process",
+    )
     p_routes = sub.add_parser("routes", help="print the routes as JSON")
     p_check = sub.add_parser("check", help="import every script; non-zero exit on failures")
     for p in (p_serve, p_routes, p_check):
-        p.add_argument("--scripts", default=None, help="scripts folder (default $SCRIPTS_DIR)")
+        p.add_argument("--scripts", help="scripts folder (default ./scripts, $SCRIPTS_DIR)")
     p_serve.set_defaults(func=serve)
     p_routes.set_defaults(func=routes)
     p_check.set_defaults(func=check)
@@ -93,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -16,10 +16,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+from service.multiproc import read_values
 
 _MAX_MODES = ("max", "livemax")
 _MIN_MODES = ("min", "livemin")
@@ -68,10 +69,7 @@ class FastMultiProcessCollector:
                 elif mode not in _SUM_MODES:
                     fallback.append(path)
                     continue
-            try:
-                values = MmapedDict.read_all_values_from_file(path)
-            except FileNotFoundError:  # a live gauge file removed since the glob
-                continue
+            values = read_values(path)
             target = merged[(typ, how)]
             if how == "sum":
                 for key, value, _, _ in values:

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from service import __version__
@@ -20,6 +20,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_SCRIPT_TIMEOUT = 30.0
 DEFAULT_LOG_FILE = "logs/framework.log"
+DEFAULT_BIND = "127.0.0.1:5000"
+DEFAULT_WORKERS = 3
+# Threads per worker: a script waiting on I/O holds a thread, not a process (measured in
+# docs/benchmarks.md: 8 threads x 3 workers serve 24 sleeping scripts for +18% memory).
+DEFAULT_THREADS = 8
+WORKER_CLASSES = ("gthread", "sync")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -78,6 +84,22 @@ def parse_number(variable: str, raw: str | None, default: float, *, integer: boo
     return value
 
 
+def parse_bind(variable: str, raw: str | None, default: str | None) -> str | None:
+    """HOST:PORT, or None for "off" (only where the default allows it)."""
+    value = (raw or "").strip() or default
+    if value is None or value.lower() == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(variable, f"{value!r} is not HOST:PORT (for example 127.0.0.1:5000)")
+    return value
+
+
+def default_max_timeout(script_timeout: float) -> float:
+    """Twice SCRIPT_TIMEOUT, and at least 30 s above it (60 s by default)."""
+    return max(script_timeout * 2, script_timeout + 30)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the platform is configured with; build it with `Settings.from_env()`."""
@@ -92,22 +114,39 @@ class Settings:
     admin_auth: bool = True
     trusted_proxies: tuple[Network, ...] = ()
     script_timeout: float = DEFAULT_SCRIPT_TIMEOUT
+    # The longest a script's own TIMEOUT may ask for; 0 means default_max_timeout().
+    max_script_timeout: float = 0.0
+    script_concurrency: int = 0  # per script, across a server's workers; 0 = no limit
     log_file: Path | None = None
     log_level: str = "INFO"
     log_stdout: bool = True
     metrics_enabled: bool = True
     multiproc_dir: Path | None = None
     version: str = __version__
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # How `scriptgate serve` runs gunicorn.
+    bind: str = DEFAULT_BIND
+    platform_bind: str | None = None
+    workers: int = DEFAULT_WORKERS
+    threads: int = DEFAULT_THREADS
+    worker_class: str = "gthread"
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    server_log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not self.max_script_timeout:
+            object.__setattr__(self, "max_script_timeout", default_max_timeout(self.script_timeout))
 
     @property
-    def max_script_timeout(self) -> float:
-        """The longest a script's own TIMEOUT may ask for.
+    def worker_timeout(self) -> int:
+        """gunicorn's own worker timeout: above every script deadline, so the platform
+        answers 504 itself and gunicorn only steps in for a worker frozen in C code."""
+        return int(self.max_script_timeout + 10)
 
-        gunicorn's worker timeout sits above this (see gunicorn_conf), so the platform's
-        504 always answers before gunicorn kills the worker.
-        """
-        return max(self.script_timeout * 2, self.script_timeout + 30)
+    @property
+    def proxy_timeout(self) -> int:
+        """What a reverse proxy in front must wait at least (Apache's ProxyTimeout)."""
+        return int(self.max_script_timeout + 5)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,18 +163,36 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         multiproc = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
-        if multiproc and not Path(multiproc).is_dir():
+        # `scriptgate serve` creates it when missing; anything else in its place is an error.
+        if multiproc and Path(multiproc).exists() and not Path(multiproc).is_dir():
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", f"{multiproc!r} is not a directory")
+        script_timeout = parse_number(
+            "SCRIPT_TIMEOUT", env.get("SCRIPT_TIMEOUT"), DEFAULT_SCRIPT_TIMEOUT
+        )
+        max_timeout = parse_number(
+            "MAX_SCRIPT_TIMEOUT",
+            env.get("MAX_SCRIPT_TIMEOUT"),
+            default_max_timeout(script_timeout),
+        )
+        if max_timeout < script_timeout:
+            raise ConfigError(
+                "MAX_SCRIPT_TIMEOUT", f"{max_timeout:g} is below SCRIPT_TIMEOUT {script_timeout:g}"
+            )
+        worker_class = (env.get("WORKER_CLASS") or "gthread").strip().lower()
+        if worker_class not in WORKER_CLASSES:
+            raise ConfigError(
+                "WORKER_CLASS", f"{worker_class!r} is not one of {', '.join(WORKER_CLASSES)}"
+            )
+
+        def count(variable: str, default: int, *, zero: bool = False) -> int:
+            raw = env.get(variable)
+            if zero and raw is not None and raw.strip() == "0":
+                return 0
+            return int(parse_number(variable, raw, default, integer=True))
+
         return cls(
             scripts_dir=scripts_dir.resolve(),
-            max_body_bytes=int(
-                parse_number(
-                    "MAX_BODY_BYTES",
-                    env.get("MAX_BODY_BYTES"),
-                    DEFAULT_MAX_BODY_BYTES,
-                    integer=True,
-                )
-            ),
+            max_body_bytes=count("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             api_trusted_ips=parse_networks("API_TRUSTED_IPS", env.get("API_TRUSTED_IPS")),
             admin_trusted_ips=parse_networks("ADMIN_TRUSTED_IPS", env.get("ADMIN_TRUSTED_IPS")),
             api_keys=parse_keys(env.get("API_KEY")),
@@ -143,11 +200,19 @@ class Settings:
             api_auth=parse_switch("API_AUTH", env.get("API_AUTH"), True),
             admin_auth=parse_switch("ADMIN_AUTH", env.get("ADMIN_AUTH"), True),
             trusted_proxies=parse_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES")),
-            script_timeout=parse_number(
-                "SCRIPT_TIMEOUT", env.get("SCRIPT_TIMEOUT"), DEFAULT_SCRIPT_TIMEOUT
-            ),
+            script_timeout=script_timeout,
+            max_script_timeout=max_timeout,
+            script_concurrency=count("SCRIPT_CONCURRENCY", 0, zero=True),
             log_file=Path(log_file_raw) if log_file_raw.strip() else None,
             log_level=log_level,
             metrics_enabled=parse_switch("METRICS", env.get("METRICS"), True),
             multiproc_dir=Path(multiproc) if multiproc else None,
+            bind=parse_bind("BIND", env.get("BIND"), DEFAULT_BIND) or DEFAULT_BIND,
+            platform_bind=parse_bind("PLATFORM_BIND", env.get("PLATFORM_BIND"), None),
+            workers=count("WORKERS" if env.get("WORKERS") else "WEB_CONCURRENCY", DEFAULT_WORKERS),
+            threads=count("THREADS", DEFAULT_THREADS),
+            worker_class=worker_class,
+            max_requests=count("SCRIPTGATE_MAX_REQUESTS", 0, zero=True),
+            max_requests_jitter=count("SCRIPTGATE_MAX_REQUESTS_JITTER", 0, zero=True),
+            server_log_level=(env.get("GUNICORN_LOG_LEVEL") or "warning").strip().lower(),
         )

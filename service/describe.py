@@ -1,56 +1,78 @@
-"""Route details for /_platform/routes?detail=1, read without running the script.
+"""Route details for /_platform/routes?detail=1 and `scriptgate check`.
 
-The summary and METHODS come from the source's syntax tree (literals only), so listing
-routes never executes script code and works even for a script that fails at import.
+One reader of the script module contract: the loader. A script is imported (under the
+import deadline, as a request would) and its state reported, so a script that fails to
+import shows as broken here instead of looking healthy.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import os
-from pathlib import Path
-from typing import Any
+import traceback
+from typing import TYPE_CHECKING, Any
 
-from service.loader import DEFAULT_METHODS, stamp
-from service.resolve import zone_dir
+from service.deadline import ScriptTimeout
+from service.errors import NotFound
+from service.loader import DEFAULT_METHODS, ScriptLoadError
+from service.resolve import locate, parse_target, url_for_script
 
-
-def url_for_script(zone: str, path: str) -> str:
-    return f"/{path}" if zone == "root" else f"/{zone}/{path}"
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
 
-def describe_route(scripts_dir: Path, zone: str, path: str) -> dict[str, Any]:
-    real = os.path.join(zone_dir(scripts_dir, zone), path)
-    methods, summary = _static_info(stamp(real))
-    return {"path": path, "url": url_for_script(zone, path), "methods": methods, "summary": summary}
-
-
-@functools.lru_cache(maxsize=4096)
-def _static_info(file_stamp: tuple | None) -> tuple[list[str], str]:
-    """(methods, summary); keyed by the file's stamp so an edit is seen at once."""
-    default = sorted(DEFAULT_METHODS)
-    if file_stamp is None:
-        return default, ""
+def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
+    """{path, url, methods, summary, state, timeout[, error]} for one listed script."""
+    url = url_for_script(zone, path)
+    entry: dict[str, Any] = {"path": path, "url": url}
+    settings = rt.settings
     try:
-        with open(file_stamp[0], "rb") as source:
-            tree = ast.parse(source.read())
-    except (OSError, SyntaxError, ValueError):
-        return default, ""
-    doc = (ast.get_docstring(tree) or "").strip()
-    summary = doc.splitlines()[0].strip() if doc else ""
-    methods = default
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "METHODS" for t in node.targets
-        ):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-            if isinstance(value, list | tuple) and all(isinstance(m, str) for m in value):
-                found = {m.upper() for m in value}
-                if "GET" in found:
-                    found.add("HEAD")
-                methods = sorted(found)
-    return methods, summary
+        real = locate(settings.scripts_dir, parse_target(url))
+        script = rt.scripts.cached(real) or rt.runners.run(
+            lambda: rt.scripts.load(real), settings.script_timeout
+        )
+    except ScriptLoadError as exc:
+        entry.update(
+            methods=sorted(DEFAULT_METHODS),
+            summary="",
+            state=exc.state,
+            timeout=settings.script_timeout,
+            error=describe_error(exc, real, str(settings.scripts_dir)),
+        )
+        return entry
+    except (ScriptTimeout, NotFound) as exc:
+        entry.update(
+            methods=sorted(DEFAULT_METHODS),
+            summary="",
+            state="import_error",
+            timeout=settings.script_timeout,
+            error="deleted" if isinstance(exc, NotFound) else "import timed out",
+        )
+        return entry
+    entry.update(
+        methods=sorted(script.methods),
+        summary=script.summary,
+        state="ok",
+        timeout=script.timeout,
+    )
+    if script.timeout_capped:
+        entry["warning"] = (
+            f"TIMEOUT = {script.requested_timeout:g} is over MAX_SCRIPT_TIMEOUT; "
+            f"{script.timeout:g} s applies"
+        )
+    return entry
+
+
+def describe_error(exc: ScriptLoadError, path: str, scripts_dir: str) -> str:
+    """The cause's type and message, and its line in the script: never a stack, never
+    a path outside the scripts folder."""
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc)
+    where = ""
+    if isinstance(cause, SyntaxError) and cause.lineno:
+        where = f" (line {cause.lineno})"
+    else:
+        lines = [f.lineno for f in traceback.extract_tb(cause.__traceback__) if f.filename == path]
+        if lines:
+            where = f" (line {lines[-1]})"
+    message = str(cause).replace(scripts_dir + "/", "")
+    return f"{type(cause).__name__}: {message}{where}"

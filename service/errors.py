@@ -1,88 +1,100 @@
-"""The one JSON error body, and the Flask handlers that turn exceptions into it.
+"""The one family of errors a request can end in, and the one function that renders them.
 
-Every error a client can see is built by `error_response`, so each carries the trace id
-and none carries a stack trace, a file path or a secret.
+Every error a client sees is built by `render_error`, so each carries the trace id and
+none carries a stack trace, a file path or a secret. Stages raise; the pipeline renders.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app
-from werkzeug.exceptions import HTTPException
+from collections.abc import Mapping
 
-from service.access import AccessDenied
-from service.observe import state
-from service.resolve import ScriptNotFound
-from service.tracing import current_trace_id
-
-ERROR_MESSAGES = {
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not found",
-    405: "method not allowed",
-    413: "payload too large",
-    500: "internal error",
-    504: "timeout",
-}
+from flask import Response, current_app
 
 
-class ScriptFailed(Exception):
-    """A script raised, failed to import or had no handler; `kind` is the metric label."""
+class RequestError(Exception):
+    """An answer other than the script's own: status, `error` text and optional reason."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
+    status = 500
+    error = "internal error"
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        error: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason or error or self.error)
+        self.reason = reason
+        if error is not None:
+            self.error = error
+        self.headers = dict(headers or {})
 
 
-class ScriptTimedOut(Exception):
-    """A script ran past its TIMEOUT (answered 504)."""
+class NotFound(RequestError):
+    """Unknown, private or escaping path; never says which."""
+
+    status, error = 404, "not found"
 
 
-class MethodNotAllowed(Exception):
+class AccessDenied(RequestError):
+    """Refused before any script is looked up; `reason` is the contract's reason code."""
+
+    STATUS = {"ip": 403, "zone_disabled": 403, "api_key": 401, "admin_key": 401}
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.status = self.STATUS[reason]
+        self.error = "unauthorized" if self.status == 401 else "forbidden"
+
+
+class MethodNotAllowed(RequestError):
+    status, error = 405, "method not allowed"
+
     def __init__(self, allowed: frozenset[str]) -> None:
-        super().__init__(", ".join(sorted(allowed)))
-        self.allowed = allowed
+        super().__init__(headers={"Allow": ", ".join(sorted(allowed))})
 
 
-def error_response(status: int, reason: str | None = None, *, error: str | None = None) -> Response:
-    """Build the contract's JSON error body for `status`."""
-    body: dict[str, str] = {"error": error or ERROR_MESSAGES.get(status, "error")}
-    if reason is not None:
-        body["reason"] = reason
-    body["trace_id"] = current_trace_id()
+class PayloadTooLarge(RequestError):
+    status, error = 413, "payload too large"
+
+
+class TooManyRequests(RequestError):
+    """Over a limit: answered at once, never queued."""
+
+    status, error = 429, "too many requests"
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason, headers={"Retry-After": str(retry_after)})
+
+
+class ScriptFailed(RequestError):
+    """A script raised, failed to import or had no handler (logged with its stack)."""
+
+    status, error = 500, "internal error"
+
+
+class ScriptTimedOut(RequestError):
+    status, error = 504, "timeout"
+
+
+class CallerError(RequestError):
+    """A werkzeug HTTPException a script raised (`abort(400, ...)`, bad JSON): the
+    caller's error, answered with its own status and description."""
+
+    def __init__(self, status: int, description: str, headers: Mapping[str, str]) -> None:
+        super().__init__(error=description, headers=headers)
+        self.status = status
+
+
+def render_error(exc: RequestError, trace_id: str) -> Response:
+    """The contract's JSON error body: `error`, `reason` when there is one, `trace_id`."""
+    body: dict[str, str] = {"error": exc.error}
+    if exc.reason is not None:
+        body["reason"] = exc.reason
+    body["trace_id"] = trace_id
     response = current_app.json.response(body)
-    response.status_code = status
+    response.status_code = exc.status
+    for name, value in exc.headers.items():
+        response.headers[name] = value
     return response
-
-
-def _access_denied(exc: AccessDenied) -> Response:
-    state().denied_reason = exc.reason
-    return error_response(exc.status, exc.reason)
-
-
-def _method_not_allowed(exc: MethodNotAllowed) -> Response:
-    response = error_response(405)
-    response.headers["Allow"] = ", ".join(sorted(exc.allowed))
-    return response
-
-
-def _http_exception(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    response = error_response(status, error=ERROR_MESSAGES.get(status) or (exc.name or "").lower())
-    if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
-    return response
-
-
-def _unexpected(exc: Exception) -> Response:
-    current_app.extensions["scriptgate"].log.error("unhandled error", exc_info=exc)
-    return error_response(500)
-
-
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(AccessDenied, _access_denied)
-    app.register_error_handler(ScriptNotFound, lambda exc: error_response(404))
-    app.register_error_handler(ScriptFailed, lambda exc: error_response(500))
-    app.register_error_handler(ScriptTimedOut, lambda exc: error_response(504))
-    app.register_error_handler(MethodNotAllowed, _method_not_allowed)
-    app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(Exception, _unexpected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import logging
 import math
 import os
 import sys
@@ -20,8 +21,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from service.resolve import ScriptNotFound, Target, zone_dir
-from service.timeouts import ScriptTimeout
+from service.deadline import ScriptTimeout
+from service.errors import NotFound
+from service.resolve import Target, zone_dir
 
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
 LIB_DIR = "_lib"
@@ -31,7 +33,14 @@ Stamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
 
 class ScriptLoadError(Exception):
-    """A script that cannot be imported or has no usable handler; the cause is chained."""
+    """A script that cannot be imported or has no usable handler; the cause is chained.
+
+    `state` is what routes and `scriptgate check` show: import_error or no_handler.
+    """
+
+    def __init__(self, message: str, state: str = "import_error") -> None:
+        super().__init__(message)
+        self.state = state
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,15 @@ class LoadedScript:
     module: ModuleType
     handler: Callable[[Any], Any]
     methods: frozenset[str]
-    timeout: float
+    timeout: float  # effective: the script's TIMEOUT, capped at MAX_SCRIPT_TIMEOUT
+    requested_timeout: float | None  # the script's own TIMEOUT, when it set one
+    concurrency: int  # 0: no limit
     summary: str
     stamps: tuple[Stamp, ...]
+
+    @property
+    def timeout_capped(self) -> bool:
+        return self.requested_timeout is not None and self.requested_timeout > self.timeout
 
 
 def stamp(path: str) -> Stamp | None:
@@ -113,25 +128,43 @@ def _methods(module: ModuleType) -> frozenset[str]:
     return frozenset(methods)
 
 
-def _timeout(module: ModuleType, default: float, cap: float) -> float:
+def _timeout(module: ModuleType) -> float | None:
     raw = getattr(module, "TIMEOUT", None)
     if raw is None:
-        return default
+        return None
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         raise ScriptLoadError("TIMEOUT must be a number of seconds")
     if raw <= 0:
         raise ScriptLoadError("TIMEOUT must be greater than 0")
-    return min(float(raw), cap)
+    return float(raw)
+
+
+def _concurrency(module: ModuleType, default: int) -> int:
+    raw = getattr(module, "CONCURRENCY", None)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ScriptLoadError("CONCURRENCY must be a whole number of at least 1")
+    return raw
 
 
 class ScriptCache:
     """Per-worker cache of loaded scripts, keyed by real path and checked by stat."""
 
-    def __init__(self, scripts_dir: Path, default_timeout: float, max_timeout: float) -> None:
+    def __init__(
+        self,
+        scripts_dir: Path,
+        default_timeout: float,
+        max_timeout: float,
+        default_concurrency: int = 0,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.root = str(scripts_dir)
         self.lib_dir = os.path.join(self.root, LIB_DIR)
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
+        self.default_concurrency = default_concurrency
+        self.log = log or logging.getLogger("scriptgate")
         self._scripts: dict[str, LoadedScript] = {}
         self._targets: dict[Target, tuple[str, LoadedScript]] = {}
         # Imports mutate sys.meta_path and sys.modules: one load at a time per process.
@@ -185,7 +218,7 @@ class ScriptCache:
     def _import(self, path: str) -> LoadedScript:
         own = stamp(path)
         if own is None:  # deleted between lookup and import: as if it never existed
-            raise ScriptNotFound(path)
+            raise NotFound(path)
         name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
         finder = _HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
         before = set(sys.modules)
@@ -205,7 +238,7 @@ class ScriptCache:
             except BaseException as exc:  # SystemExit, KeyboardInterrupt: the script's fault
                 sys.modules.pop(name, None)
                 if isinstance(exc, FileNotFoundError) and exc.filename == path:
-                    raise ScriptNotFound(path) from None
+                    raise NotFound(path) from None
                 raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
         finally:
             sys.meta_path.remove(finder)
@@ -214,16 +247,27 @@ class ScriptCache:
             (getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))), None
         )
         if handler is None:
-            raise ScriptLoadError("no handle(request) or main(request) function")
-        return LoadedScript(
+            raise ScriptLoadError("no handle(request) or main(request) function", "no_handler")
+        requested = _timeout(module)
+        script = LoadedScript(
             path=path,
             module=module,
             handler=handler,
             methods=_methods(module),
-            timeout=_timeout(module, self.default_timeout, self.max_timeout),
+            timeout=min(requested or self.default_timeout, self.max_timeout),
+            requested_timeout=requested,
+            concurrency=_concurrency(module, self.default_concurrency),
             summary=_summary(module),
             stamps=(own, *helpers),
         )
+        if script.timeout_capped:
+            self.log.warning(
+                "%s asks for TIMEOUT = %g s; it gets MAX_SCRIPT_TIMEOUT, %g s",
+                os.path.relpath(path, self.root),
+                requested,
+                script.timeout,
+            )
+        return script
 
     def _detach_helpers(self, new_names: set[str]) -> list[Stamp]:
         """Stamp the helpers a script imported, then drop them from sys.modules.

@@ -7,6 +7,8 @@ so every worker writes its values to files there and a scrape sums them (see
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from service.collector import FastMultiProcessCollector
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
 # and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.
+ERROR_KINDS = ("exception", "import", "timeout")
 BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -72,6 +75,19 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        self.rejected = Counter(
+            "scriptgate_requests_rejected",
+            "Requests refused at once by a limit, by reason (concurrency, rate_limit).",
+            ["zone", "script", "reason"],
+            registry=own,
+        )
+        self.script_in_progress = Gauge(
+            "scriptgate_script_requests_in_progress",
+            "Calls of a script running now, summed over live workers.",
+            ["zone", "script"],
+            registry=own,
+            multiprocess_mode="livesum",
+        )
         self.build_info = Gauge(
             "scriptgate_build_info",
             "Always 1; the version label says which Scriptgate runs.",
@@ -95,6 +111,15 @@ class Metrics:
         if child is None:
             child = self._in_progress_children[zone] = self.in_progress.labels(zone)
         return child
+
+    @contextlib.contextmanager
+    def script_in_flight(self, zone: str, script: str) -> Iterator[None]:
+        gauge = self.script_in_progress.labels(zone, script)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
 
     def observe_request(
         self, zone: str, script: str, method: str, status: int, seconds: float

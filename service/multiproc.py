@@ -7,12 +7,13 @@ merged into one `*_archive.db` per type and removed. Scrapes hold a shared lock 
 merge an exclusive one, so no scrape ever sees a worker counted twice or not at all,
 and counters never go down.
 
-Recipe (what `scriptgate serve` and gunicorn_conf do, in this order):
-1. `prepare_dir()` before prometheus_client is imported anywhere: creates a private
-   directory when PROMETHEUS_MULTIPROC_DIR is unset, wipes it, and takes a lock on it
-   for the server's lifetime so a second server cannot share it.
-2. `worker_exited(pid)` from gunicorn's child_exit hook.
-3. `cleanup()` from gunicorn's on_exit hook removes a private directory.
+Recipe (what `scriptgate serve` does, in this order; see server.py):
+1. `MetricsDir.prepare(configured)` before prometheus_client is imported anywhere:
+   creates a private directory when none is configured, wipes it, takes a lock on it for
+   the server's lifetime so a second server cannot share it, and exports
+   PROMETHEUS_MULTIPROC_DIR (prometheus_client reads it, once, at import in each worker).
+2. `worker_exited(pid, directory)` from gunicorn's child_exit hook.
+3. `MetricsDir.cleanup()` from gunicorn's on_exit hook removes a private directory.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import fcntl
 import glob
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-PRIVATE_ENV = "SCRIPTGATE_PRIVATE_METRICS_DIR"
 READ_LOCK = ".scrape.lock"
 SERVER_LOCK = ".server.lock"
 ARCHIVE = "archive"
@@ -38,37 +39,39 @@ class DirectoryInUse(RuntimeError):
     """Another running server holds this metrics directory."""
 
 
-_server_lock_fd: int | None = None
+class MetricsDir:
+    """The server's metrics directory, prepared once in the master."""
 
+    def __init__(self, path: Path, private: bool, lock_fd: int) -> None:
+        self.path = path
+        self.private = private
+        self._lock_fd = lock_fd
 
-def prepare_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
-    """Make PROMETHEUS_MULTIPROC_DIR ready for a new server and export it to workers."""
-    global _server_lock_fd
-    configured = environ.get(ENV)
-    if configured:
-        directory = Path(configured)
-        directory.mkdir(parents=True, exist_ok=True)
-    else:
-        directory = Path(tempfile.mkdtemp(prefix="scriptgate-metrics-"))
-        environ[PRIVATE_ENV] = str(directory)
-    fd = os.open(directory / SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DirectoryInUse(f"{ENV}: {directory} is used by another running server") from None
-    # Left over from a previous run: counting it again would make counters jump.
-    for stale in glob.glob(str(directory / "*.db")):
-        os.remove(stale)
-    _server_lock_fd = fd
-    environ[ENV] = str(directory)
-    return directory
+    @classmethod
+    def prepare(cls, configured: Path | None) -> MetricsDir:
+        if configured is not None:
+            directory = configured
+            directory.mkdir(parents=True, exist_ok=True)
+        else:
+            directory = Path(tempfile.mkdtemp(prefix="scriptgate-metrics-"))
+        fd = os.open(directory / SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if configured is None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise DirectoryInUse(f"{ENV}: {directory} is used by another running server") from None
+        # Left over from a previous run: counting it again would make counters jump.
+        for stale in glob.glob(str(directory / "*.db")):
+            os.remove(stale)
+        # prometheus_client's only interface for this: read once, at import, per process.
+        os.environ[ENV] = str(directory)
+        return cls(directory, configured is None, fd)
 
-
-def cleanup(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
-    private = environ.get(PRIVATE_ENV)
-    if private:
-        shutil.rmtree(private, ignore_errors=True)
+    def cleanup(self) -> None:
+        if self.private:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -102,12 +105,11 @@ def _archive_name(path: str) -> tuple[str, str] | None:
     return None  # live gauges vanish with their worker; 'all'/'mostrecent' are per pid
 
 
-def worker_exited(pid: int, directory: Path | None = None) -> None:
+def worker_exited(pid: int, directory: Path) -> None:
     """Fold a dead worker's values into the archive files and remove its files."""
     from prometheus_client import multiprocess
     from prometheus_client.mmap_dict import MmapedDict
 
-    directory = directory or Path(os.environ[ENV])
     with _locked(directory, fcntl.LOCK_EX):
         multiprocess.mark_process_dead(pid, str(directory))
         for path in glob.glob(str(directory / f"*_{pid}.db")):
@@ -117,12 +119,27 @@ def worker_exited(pid: int, directory: Path | None = None) -> None:
                 archive = MmapedDict(str(directory / archive_name))
                 try:
                     current = {key: value for key, value, _ in archive.read_all_values()}
-                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                    for key, value, timestamp, _ in read_values(path):
                         merged = _merge(how, current.get(key), value)
                         archive.write_value(key, merged, timestamp)
                 finally:
                     archive.close()
             os.remove(path)
+
+
+def read_values(path: str) -> list[tuple[str, float, float, int]]:
+    """A metrics file's values; none for a file that is gone or not yet sized.
+
+    A starting worker creates its file empty and sizes it a moment later; reading it in
+    between must neither fail a scrape nor crash the master's merge
+    (prometheus/client_python#1199).
+    """
+    from prometheus_client.mmap_dict import MmapedDict
+
+    try:
+        return list(MmapedDict.read_all_values_from_file(path))
+    except (FileNotFoundError, struct.error):
+        return []
 
 
 def _merge(how: str, old: float | None, new: float) -> float:

@@ -1,37 +1,35 @@
-"""The /_platform blueprint: health, routes and metrics, over the data the app itself uses."""
+"""The /_platform endpoints: health, routes and metrics, over the data the app itself uses.
+
+Plain functions in a table, so the pipeline runs them through the same stages as a
+script (access, method check, record) and a script can never shadow one.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import Request, Response, jsonify
 
 from service.describe import describe_route
-from service.observe import state
-from service.resolve import ZONES, list_scripts
-from service.runtime import runtime
+from service.errors import NotFound
+from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 
-bp = Blueprint("platform", __name__, url_prefix="/_platform")
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
-
-@bp.before_request
-def _label() -> None:
-    state().script = (request.endpoint or "").rpartition(".")[2]
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _routes(detail: bool) -> dict[str, list]:
-    settings = runtime().settings
-    routes: dict[str, list] = {}
-    for zone in ZONES:
-        paths = list_scripts(settings.scripts_dir, zone)
-        if detail:
-            routes[zone] = [describe_route(settings.scripts_dir, zone, p) for p in paths]
-        else:
-            routes[zone] = paths
-    return routes
+@dataclass(frozen=True)
+class PlatformView:
+    name: str
+    func: Callable[[Runtime, Request], Response]
+    methods: frozenset[str] = READ_METHODS
 
 
-@bp.get("/health")
-def health() -> Response:
-    rt = runtime()
+def health(rt: Runtime, req: Request) -> Response:
     totals = rt.metrics.totals() if rt.metrics is not None else None
     scripts = sum(len(list_scripts(rt.settings.scripts_dir, zone)) for zone in ZONES)
     return jsonify(
@@ -44,18 +42,19 @@ def health() -> Response:
     )
 
 
-@bp.get("/routes")
-def routes() -> Response:
-    detail = request.args.get("detail", "").lower() in ("1", "true", "yes")
-    return jsonify(_routes(detail))
+def routes(rt: Runtime, req: Request) -> Response:
+    detail = req.args.get("detail", "").lower() in ("1", "true", "yes")
+    listing: dict[str, list] = {}
+    for zone in ZONES:
+        paths = list_scripts(rt.settings.scripts_dir, zone)
+        listing[zone] = [describe_route(rt, zone, p) for p in paths] if detail else paths
+    return jsonify(listing)
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
-    rt = runtime()
+def metrics(rt: Runtime, req: Request) -> Response:
     if rt.metrics is None:
         return Response("metrics are turned off (METRICS=off)\n", 404, content_type="text/plain")
-    if request.args.get("format") == "json":
+    if req.args.get("format") == "json":
         totals = rt.metrics.totals()
         return jsonify(
             uptime_sec=rt.uptime(),
@@ -63,5 +62,22 @@ def metrics() -> Response:
             requests_by_area=totals.requests_by_area,
             errors_total=totals.errors_total,
         )
-    body, content_type = rt.metrics.exposition(request.headers.get("Accept"))
+    body, content_type = rt.metrics.exposition(req.headers.get("Accept"))
     return Response(body, content_type=content_type)
+
+
+VIEWS = {
+    f"{PLATFORM_PREFIX}/{view.name}": view
+    for view in (
+        PlatformView("health", health),
+        PlatformView("routes", routes),
+        PlatformView("metrics", metrics),
+    )
+}
+
+
+def platform_view(path: str) -> PlatformView:
+    view = VIEWS.get(path)
+    if view is None:
+        raise NotFound(path)
+    return view

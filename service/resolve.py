@@ -12,17 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import NotFound
+
 ZONES = ("root", "api", "admin")
 PLATFORM_ZONE = "platform"
+PLATFORM_PREFIX = "/_platform"
 UNMATCHED = "__unmatched__"
 SCRIPT_SUFFIX = ".py"
 MAX_SEGMENTS = 32
 MAX_SEGMENT_LENGTH = 255
 _RESERVED_ROOT_NAMES = frozenset({"api", "admin"})
-
-
-class ScriptNotFound(LookupError):
-    """No public script answers this path (unknown, private or escaping)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,8 @@ class Target:
 
 def zone_of(url_path: str) -> tuple[str, str]:
     """Split a URL path into (zone, rest); the first segment alone decides the zone."""
+    if url_path == PLATFORM_PREFIX or url_path.startswith(PLATFORM_PREFIX + "/"):
+        return PLATFORM_ZONE, url_path[len(PLATFORM_PREFIX) + 1 :]
     path = url_path[1:] if url_path.startswith("/") else url_path
     first, _, rest = path.partition("/")
     if first in ("api", "admin"):
@@ -48,21 +49,28 @@ def is_public_name(name: str) -> bool:
 
 
 def parse_target(url_path: str) -> Target:
-    """Validate a URL path's shape; raises ScriptNotFound for anything not servable."""
+    """Validate a URL path's shape; raises NotFound for anything not servable."""
     zone, rest = zone_of(url_path)
     segments = rest.split("/")
-    if not rest or len(segments) > MAX_SEGMENTS:
-        raise ScriptNotFound(url_path)
+    if zone == PLATFORM_ZONE or not rest or len(segments) > MAX_SEGMENTS:
+        raise NotFound(url_path)
     for segment in segments:
         if not is_public_name(segment) or len(segment) > MAX_SEGMENT_LENGTH:
-            raise ScriptNotFound(url_path)
+            raise NotFound(url_path)
     name = segments[-1]
     if not name.endswith(SCRIPT_SUFFIX) or name == SCRIPT_SUFFIX:
-        raise ScriptNotFound(url_path)
+        raise NotFound(url_path)
     # /API/x.py must not reach scripts/api/x.py on a case-insensitive filesystem.
     if zone == "root" and segments[0].lower() in _RESERVED_ROOT_NAMES:
-        raise ScriptNotFound(url_path)
+        raise NotFound(url_path)
     return Target(zone, rest)
+
+
+def url_for_script(zone: str, path: str) -> str:
+    """The URL of a zone-relative path (a platform endpoint's name for zone platform)."""
+    if zone == PLATFORM_ZONE:
+        return f"{PLATFORM_PREFIX}/{path}"
+    return f"/{path}" if zone == "root" else f"/{zone}/{path}"
 
 
 def zone_dir(scripts_dir: Path, zone: str) -> Path:
@@ -70,23 +78,23 @@ def zone_dir(scripts_dir: Path, zone: str) -> Path:
 
 
 def locate(scripts_dir: Path, target: Target) -> str:
-    """Return the real path of the target's file, or raise ScriptNotFound.
+    """Return the real path of the target's file, or raise NotFound.
 
     `scripts_dir` must already be absolute and resolved (Settings does that).
     """
     base = str(zone_dir(scripts_dir, target.zone))
     real = os.path.realpath(os.path.join(base, target.rel_path))
     if not real.startswith(base + os.sep):
-        raise ScriptNotFound(target.rel_path)
+        raise NotFound(target.rel_path)
     inside = real[len(base) + 1 :].split(os.sep)
     # A symlink may point elsewhere inside the zone, but never at a private file or,
     # from the root zone, into api/ or admin/.
     if not all(is_public_name(part) for part in inside):
-        raise ScriptNotFound(target.rel_path)
+        raise NotFound(target.rel_path)
     if target.zone == "root" and inside[0].lower() in _RESERVED_ROOT_NAMES:
-        raise ScriptNotFound(target.rel_path)
+        raise NotFound(target.rel_path)
     if not real.endswith(SCRIPT_SUFFIX) or not os.path.isfile(real):
-        raise ScriptNotFound(target.rel_path)
+        raise NotFound(target.rel_path)
     return real
 
 
@@ -128,6 +136,6 @@ def _walk(
             if via_link:
                 try:
                     locate(scripts_dir, Target(zone, rel_name))
-                except ScriptNotFound:
+                except NotFound:
                     continue
             found.append(rel_name)

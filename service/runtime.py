@@ -7,9 +7,12 @@ import time
 from dataclasses import dataclass
 
 from flask import current_app
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from service.bulkhead import Bulkhead
 from service.config import Settings
+from service.deadline import RunnerPool
 from service.loader import ScriptCache
 from service.metrics import Metrics
 
@@ -19,13 +22,17 @@ class Runtime:
     settings: Settings
     scripts: ScriptCache
     metrics: Metrics | None
+    tracer_provider: TracerProvider
     tracer: Tracer
     log: logging.Logger
+    runners: RunnerPool
+    bulkhead: Bulkhead
     started_at: float
+    platform_only: bool = False
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)
 
 
 def runtime() -> Runtime:
-    return current_app.extensions["scriptgate"]
+    return current_app.extensions["scriptgate"]  # type: ignore[no-any-return]

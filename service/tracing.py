@@ -63,18 +63,18 @@ def instrument(app: Flask, provider: TracerProvider) -> trace.Tracer:
     return provider.get_tracer(TRACER_NAME)
 
 
-def current_trace_id() -> str:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x")
+def span_ids(span: trace.Span) -> tuple[str, str]:
+    """(trace id, span id) as the logs and headers write them: lowercase hex."""
+    context = span.get_span_context()
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-def add_trace_headers(response: Response) -> Response:
-    """X-Trace-Id and a W3C traceresponse header, from the active server span."""
-    context = trace.get_current_span().get_span_context()
+def add_trace_headers(response: Response, span: trace.Span) -> None:
+    """X-Trace-Id and a W3C traceresponse header, from the server span."""
+    context = span.get_span_context()
     if context.is_valid:
-        trace_id = format(context.trace_id, "032x")
+        trace_id, span_id = span_ids(span)
         response.headers["X-Trace-Id"] = trace_id
         response.headers["traceresponse"] = (
-            f"00-{trace_id}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+            f"00-{trace_id}-{span_id}-{int(context.trace_flags):02x}"
         )
-    return response

@@ -31,6 +31,9 @@ from tests.servers import Gunicorn, gunicorn, wait_until
 
 WORKERS = 3
 KEYS = {"API_KEY": API_KEY, "ADMIN_API_KEY": ADMIN_KEY}
+# One thread per worker: a worker then accepts one connection at a time, so WORKERS
+# concurrent calls are sure to land one on each worker.
+ONE_THREAD = ("--threads", "1")
 
 
 def gather_on_every_worker(server: Gunicorn, folder: Path) -> set[int]:
@@ -49,7 +52,7 @@ def gather_on_every_worker(server: Gunicorn, folder: Path) -> set[int]:
 
 def test_health_and_metrics_agree_exactly_and_sum_every_worker(tmp_path: Path) -> None:
     scripts = write_scripts(tmp_path / "scripts")
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS, extra_args=ONE_THREAD) as server:
         pids = gather_on_every_worker(server, tmp_path / "gather")
         assert len(pids) == WORKERS
         sent = WORKERS
@@ -86,7 +89,7 @@ def test_sigkilled_worker_never_lowers_a_counter_and_drops_its_in_progress(
     scripts = write_scripts(tmp_path / "scripts")
     hold = tmp_path / "hold"
     hold.mkdir()
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS, extra_args=ONE_THREAD) as server:
         gather_on_every_worker(server, tmp_path / "gather")  # every worker has counts
         for _ in range(9):
             assert server.get("/api/pid.py", headers=API).ok
@@ -135,7 +138,7 @@ def test_workers_dying_together_are_all_replaced_and_merged(tmp_path: Path) -> N
     its own flock. Every worker must come back and every count survive.
     """
     scripts = write_scripts(tmp_path / "scripts")
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS, extra_args=ONE_THREAD) as server:
         gather_on_every_worker(server, tmp_path / "gather")
         for _ in range(30):
             assert call(server, "/hello.py")[0] == 200
@@ -177,7 +180,7 @@ def test_max_requests_recycling_keeps_exact_monotonic_totals(tmp_path: Path) -> 
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     total = 200
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env, extra_args=ONE_THREAD) as server:
         first_workers = server.worker_pids()
         served_by: set[int] = set()
         samples: list[dict[frozenset, float]] = []
@@ -226,7 +229,7 @@ def test_scrapes_racing_worker_recycling_never_lose_or_double_count(tmp_path: Pa
     readings: list[tuple[int, int, int]] = []  # (answered before, scraped, begun after)
     done = threading.Event()
 
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env, extra_args=ONE_THREAD) as server:
 
         def scrape_until_done() -> None:
             while not done.wait(0.01) and len(readings) < 2000:

@@ -16,7 +16,7 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 def record_spans(app) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
-    app.extensions["scriptgate_tracer_provider"].add_span_processor(SimpleSpanProcessor(exporter))
+    app.extensions["scriptgate"].tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 

@@ -45,6 +45,8 @@ def test_routes_detail(client):
         "url": "/api/hello.py",
         "methods": ["GET", "HEAD"],
         "summary": "Say hello. Second line is not the summary.",
+        "state": "ok",
+        "timeout": 2.0,
     }
     assert api[1]["methods"] == ["GET", "HEAD", "POST"]
 

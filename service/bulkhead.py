@@ -1,0 +1,74 @@
+"""Per-script concurrency limits (`CONCURRENCY = n`), exact across a server's workers.
+
+A script with a limit of n has n slot files in the server's run directory; a call takes
+a slot with a non-blocking `flock`, or is refused at once. The kernel holds the locks,
+so the count is exact across worker processes without a shared server, and a worker
+that dies (killed, segfault) releases its slots with its file descriptors: a slot can
+never leak. Threads of one worker share their descriptors, so a per-process set tells
+which slots this process already holds (two threads' flock on one descriptor would not
+exclude each other). No library was used: `limits` and Flask-Limiter count requests in a
+window, they do not hold a slot for a request's duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class Bulkhead:
+    """Slots under `directory`, shared by every process that uses the same directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[tuple[str, int], int] = {}
+        self._held: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def slot(self, name: str, limit: int) -> Iterator[bool]:
+        """Yield True holding one of `limit` slots of `name`, or False when all are taken."""
+        taken = self._take(name, limit)
+        try:
+            yield taken is not None
+        finally:
+            if taken is not None:
+                self._release(taken)
+
+    def _take(self, name: str, limit: int) -> tuple[str, int] | None:
+        key = hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:20]
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's descriptors are not ours
+                self._fds.clear()
+                self._held.clear()
+                self._pid = os.getpid()
+            for index in range(limit):
+                slot = (key, index)
+                if slot in self._held:
+                    continue
+                fd = self._fds.get(slot)
+                if fd is None:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    path = self.directory / f"{key}.{index}"
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    self._fds[slot] = fd
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                self._held.add(slot)
+                return slot
+        return None
+
+    def _release(self, slot: tuple[str, int]) -> None:
+        with self._lock:
+            self._held.discard(slot)
+            fd = self._fds.get(slot)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)

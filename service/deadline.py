@@ -1,0 +1,192 @@
+"""Run a script's code under a deadline, in any thread, under any gunicorn worker class.
+
+The code runs on a runner thread while the request's own thread waits for it with a
+timeout. At the deadline the request thread answers 504 through the ordinary pipeline
+(logged, counted, traced like any response) and the runner is handed to the reaper,
+which raises `ScriptTimeout` inside it every REPEAT_SECONDS
+(`PyThreadState_SetAsyncExc`). A script that swallows every one of them, or waits
+inside a C call (a `sleep`, a socket read) past GRACE_SECONDS, cannot be stopped: the
+reaper asks `recycle` to replace the worker once its other requests are answered.
+
+Why not the standard library: a ThreadPoolExecutor cannot tell which thread runs a
+job, cannot leave a stuck thread behind (its threads are joined at exit), and its
+futures cost more than the two C-level locks used here. SIGALRM, the previous design,
+only reaches the main thread, so it cannot serve a threaded worker.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from service import recycle
+
+T = TypeVar("T")
+REPEAT_SECONDS = 0.05
+GRACE_SECONDS = 2.0
+
+_RUNNING, _ABANDONED, _DONE = 0, 1, 2
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+# c_void_p, not py_object: clearing a pending exception takes NULL, which py_object
+# cannot pass (None would become Py_None and be raised).
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+
+
+class ScriptTimeout(BaseException):
+    """Raised inside a script at its deadline.
+
+    A BaseException so that a script's `except Exception:` does not swallow it.
+    """
+
+
+class _Job:
+    __slots__ = ("call", "done", "error", "give_up_at", "lock", "runner", "state", "value")
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call = call
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.lock = threading.Lock()  # guards state against the reaper's injections
+        self.state = _RUNNING
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.runner: _Runner | None = None
+        self.give_up_at = 0.0
+
+
+class _Runner:
+    """One thread that runs jobs one at a time; idle runners wait in the pool."""
+
+    def __init__(self, pool: RunnerPool) -> None:
+        self.pool = pool
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+        self.job: _Job | None = None
+        self.thread = threading.Thread(target=self._loop, name="scriptgate-runner", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self.wakeup.acquire()
+            job = self.job
+            assert job is not None
+            try:
+                try:
+                    job.value = job.call()
+                except BaseException as exc:  # handed to the waiting request thread
+                    job.error = exc
+            except ScriptTimeout as exc:  # injected between the script's end and here
+                job.error = job.error or exc
+            self._settle(job)
+            job.done.release()
+            self.job = None
+            self.pool.put_back(self)
+
+    def _settle(self, job: _Job) -> None:
+        """Mark the job done, and drop an injected ScriptTimeout still pending for us.
+
+        The reaper injects only while holding job.lock and seeing the job unfinished,
+        so once this returns no exception can reach the next job.
+        """
+        while True:
+            try:
+                with job.lock:
+                    job.state = _DONE
+                    _set_async_exc(self.thread.ident, None)
+                return
+            except ScriptTimeout:
+                continue
+
+
+class RunnerPool:
+    """The runner threads of one process, reused across requests."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Runner] = []
+        self._lock = threading.Lock()
+        self._reaper: _Reaper | None = None
+
+    def put_back(self, runner: _Runner) -> None:
+        with self._lock:
+            self._idle.append(runner)
+
+    def run(self, func: Callable[[], T], seconds: float) -> T:
+        """Run func() in this request's context; raise ScriptTimeout after `seconds`."""
+        context = contextvars.copy_context()  # Flask's request and the current span
+        job = _Job(lambda: context.run(func))
+        with self._lock:
+            runner = self._idle.pop() if self._idle else None
+        if runner is None:
+            runner = _Runner(self)
+        job.runner = runner
+        runner.job = job
+        runner.wakeup.release()
+        if not job.done.acquire(timeout=seconds):
+            with job.lock:
+                if job.state != _DONE:
+                    job.state = _ABANDONED
+            if job.state == _ABANDONED:
+                job.give_up_at = time.monotonic() + GRACE_SECONDS
+                where = _stack_of(runner.thread)
+                self._reap(job)
+                raise ScriptTimeout(
+                    f"deadline of {seconds:g} s passed; the script was at:\n{where}"
+                )
+            job.done.acquire()  # finished right at the deadline: its answer stands
+        if job.error is not None:
+            error, job.error = job.error, None
+            raise error
+        return job.value  # type: ignore[no-any-return]
+
+    def _reap(self, job: _Job) -> None:
+        with self._lock:
+            if self._reaper is None:
+                self._reaper = _Reaper()
+        self._reaper.add(job)
+
+
+def _stack_of(thread: threading.Thread, limit: int = 32) -> str:
+    """Where a running thread is now: what the log shows for a timeout."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return ""
+    return "".join(traceback.format_stack(frame, limit=limit)).rstrip("\n")
+
+
+class _Reaper:
+    """One thread per process that keeps interrupting abandoned scripts."""
+
+    def __init__(self) -> None:
+        self._jobs: list[_Job] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="scriptgate-reaper", daemon=True).start()
+
+    def add(self, job: _Job) -> None:
+        with self._lock:
+            self._jobs.append(job)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                jobs = [job for job in self._jobs if job.state != _DONE]
+                self._jobs = jobs
+            if not jobs:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            for job in jobs:
+                with job.lock:
+                    if job.state == _ABANDONED and job.runner is not None:
+                        _set_async_exc(job.runner.thread.ident, id(ScriptTimeout))
+                if job.state == _ABANDONED and now >= job.give_up_at:
+                    recycle.request("a script outlived its deadline and could not be stopped")
+            time.sleep(REPEAT_SECONDS)

@@ -1,0 +1,120 @@
+"""Record what happened to a request: trace headers, span attributes, metrics, log lines.
+
+Nothing here decides anything; the pipeline calls it with the outcome. Every response,
+a refusal or a 504 included, goes through `record_request` exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Request, Response
+from opentelemetry.trace import Span, Status, StatusCode
+
+from service.logs import format_failure, redact_query
+from service.resolve import UNMATCHED, url_for_script
+from service.tracing import add_trace_headers, span_ids
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
+# Any other method name is counted as "other", so made-up methods cannot add series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestContext:
+    """What the pipeline learns about one request, handed from stage to stage."""
+
+    __slots__ = (
+        "client_ip",
+        "denied_reason",
+        "rejected_reason",
+        "script",
+        "server_span",
+        "span_id",
+        "started",
+        "trace_id",
+        "zone",
+    )
+
+    def __init__(self, zone: str, client_ip: str, server_span: Span) -> None:
+        self.started = time.perf_counter()
+        self.zone = zone
+        self.script = UNMATCHED
+        self.client_ip = client_ip
+        self.server_span = server_span
+        self.trace_id, self.span_id = span_ids(server_span)
+        self.denied_reason: str | None = None  # an AccessDenied reason
+        self.rejected_reason: str | None = None  # a TooManyRequests reason
+
+
+def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Response) -> None:
+    """Trace headers, counters and the one request log record."""
+    add_trace_headers(response, ctx.server_span)
+    duration = time.perf_counter() - ctx.started
+    status = response.status_code
+    span = ctx.server_span
+    if span.is_recording():
+        span.set_attribute("scriptgate.script", ctx.script)
+        if ctx.script != UNMATCHED:  # `GET /api/hello.py`: one name per script, bounded
+            route = url_for_script(ctx.zone, ctx.script)
+            span.update_name(f"{req.method} {route}")
+            span.set_attribute("http.route", route)
+    metrics = rt.metrics
+    if metrics is not None:
+        method = req.method if req.method in KNOWN_METHODS else "other"
+        metrics.observe_request(ctx.zone, ctx.script, method, status, duration)
+        if ctx.denied_reason is not None:
+            metrics.auth_denied.labels(ctx.zone, ctx.denied_reason).inc()
+        if ctx.rejected_reason is not None:
+            metrics.rejected.labels(ctx.zone, ctx.script, ctx.rejected_reason).inc()
+    rt.log.info(
+        "request",
+        extra={
+            "trace_id": ctx.trace_id,
+            "span_id": ctx.span_id,
+            "zone": ctx.zone,
+            "script": ctx.script,
+            "method": req.method,
+            "path": req.path,
+            "query": redact_query(req.args.to_dict(flat=False)) if req.query_string else {},
+            "client_ip": ctx.client_ip,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+        },
+    )
+
+
+def record_failure(
+    rt: Runtime, ctx: RequestContext, span: Any, kind: str, exc: BaseException
+) -> None:
+    """A script failure on both spans, in the error counter and in an ERROR log record."""
+    stack = None
+    for s in (span, ctx.server_span):
+        if s is not None and s.is_recording():
+            # The SDK's record_exception would format the whole stack, unbounded.
+            stack = stack or format_failure(exc)
+            s.add_event(
+                "exception",
+                {
+                    "exception.type": type(exc).__name__,
+                    "exception.message": str(exc)[:1000],
+                    "exception.stacktrace": stack,
+                },
+            )
+            s.set_status(Status(StatusCode.ERROR, f"script {kind}"))
+    if rt.metrics is not None:
+        rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind).inc()
+    trace_id, span_id = span_ids(span) if span is not None else (ctx.trace_id, ctx.span_id)
+    rt.log.error(
+        f"script {kind}",
+        exc_info=exc,
+        extra={
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "zone": ctx.zone,
+            "script": ctx.script,
+            "kind": kind,
+        },
+    )

@@ -1,0 +1,165 @@
+"""`scriptgate serve`: gunicorn, configured from one Settings object handed over in memory.
+
+The master prepares the shared folders (metrics, concurrency slots), then gunicorn forks
+the workers, each of which builds its own app (tracer threads and log descriptors must
+belong to the process that uses them). No value travels through environment variables
+except PROMETHEUS_MULTIPROC_DIR, which is prometheus_client's own interface.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from service import multiproc, plane, recycle
+from service.config import ConfigError, Settings
+
+# gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
+# error); a script calling os._exit(3) must only cost its own worker.
+_HALTING_EXIT_CODES = (3, 4)
+
+
+class ScriptgateServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with the platform's configuration and hooks."""
+
+    def __init__(self, settings: Settings, run_dir: Path, metrics_dir: Any) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.metrics_dir = metrics_dir
+        self.started_at = time.time()
+        self.plane_pid: int | None = None
+        self.plane_socket = plane.bind(settings.platform_bind) if settings.platform_bind else None
+        super().__init__()
+
+    def gunicorn_options(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "bind": [s.bind],
+            "workers": s.workers,
+            "worker_class": s.worker_class,
+            "threads": s.threads,
+            # A worker accepts no more connections than it has threads, so a call never
+            # queues behind busy threads while another worker is idle; connections close
+            # after each response (as under the sync worker), or an idle kept-alive one
+            # would hold a slot.
+            "worker_connections": s.threads,
+            # Above every script deadline: gunicorn only steps in for a frozen worker.
+            "timeout": s.worker_timeout,
+            # A stopping or recycled worker answers every call it holds first.
+            "graceful_timeout": int(s.max_script_timeout + 5),
+            "keepalive": 0,
+            "max_requests": s.max_requests,
+            "max_requests_jitter": s.max_requests_jitter,
+            # No files in the user's home or the working tree: no pid file, no control
+            # socket, and the heartbeat files in memory.
+            "pidfile": None,
+            "control_socket_disable": True,
+            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+            "accesslog": None,  # the platform writes its own JSON request log line
+            "errorlog": "-",
+            "loglevel": s.server_log_level,
+            "proc_name": "scriptgate",
+            # The platform reads X-Forwarded-For itself, from TRUSTED_PROXIES only.
+            "forwarded_allow_ips": "",
+            "post_fork": self.post_fork,
+            "worker_exit": self.worker_exit,
+            "child_exit": self.child_exit,
+            "when_ready": self.when_ready,
+            "on_exit": self.on_exit,
+        }
+
+    def load_config(self) -> None:
+        for key, value in self.gunicorn_options().items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from service.app import create_app
+
+        return create_app(self.settings, run_dir=self.run_dir, started_at=self.started_at)
+
+    # gunicorn hooks: (server, worker) signatures are gunicorn's.
+    def post_fork(self, server: Any, worker: Any) -> None:
+        recycle.attach(worker)
+        real_exit = os._exit
+
+        def _exit(code: int) -> None:
+            real_exit(1 if code in _HALTING_EXIT_CODES else code)
+
+        os._exit = _exit  # type: ignore[assignment]
+
+    def worker_exit(self, server: Any, worker: Any) -> None:
+        app = getattr(worker, "wsgi", None)
+        extensions = getattr(app, "extensions", {})
+        provider = extensions["scriptgate"].tracer_provider if "scriptgate" in extensions else None
+        recycle.exit_if_requested(lambda: provider and provider.force_flush(2000))
+
+    def child_exit(self, server: Any, worker: Any) -> None:
+        if self.metrics_dir is not None:
+            multiproc.worker_exited(worker.pid, self.metrics_dir.path)
+
+    def when_ready(self, server: Any) -> None:
+        s = self.settings
+        if self.plane_socket is not None:
+            self.plane_pid = plane.start(self, server.LISTENERS)
+            self.plane_socket.close()  # the plane's now
+        plane_note = f", platform plane on http://{s.platform_bind}" if s.platform_bind else ""
+        print(
+            f"Scriptgate listening on http://{s.bind} ({s.workers} workers x {s.threads} "
+            f"threads, {s.worker_class}){plane_note}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_exit(self, server: Any) -> None:
+        if self.plane_pid is not None:
+            plane.stop(self.plane_pid)
+            if self.metrics_dir is not None:
+                multiproc.worker_exited(self.plane_pid, self.metrics_dir.path)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.metrics_dir is not None:
+            self.metrics_dir.cleanup()
+
+
+def serve(settings: Settings) -> int:
+    """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+    metrics_dir = None
+    if settings.metrics_enabled:
+        try:
+            metrics_dir = multiproc.MetricsDir.prepare(settings.multiproc_dir)
+        except multiproc.DirectoryInUse as exc:
+            raise ConfigError("PROMETHEUS_MULTIPROC_DIR", str(exc).partition(": ")[2]) from None
+        except OSError as exc:
+            raise ConfigError("PROMETHEUS_MULTIPROC_DIR", str(exc)) from None
+        settings = replace(settings, multiproc_dir=metrics_dir.path)
+    # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
+    # forked worker starts with it loaded (about half a second of CPU per worker).
+    import service.app  # noqa: F401
+
+    run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
+    master = os.getpid()
+    try:
+        server = ScriptgateServer(settings, run_dir, metrics_dir)
+    except ConfigError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
+        raise
+    try:
+        server.run()
+    finally:
+        # Workers leave through here too (gunicorn exits them with SystemExit): only
+        # the master owns the folders.
+        if os.getpid() == master:
+            server.cleanup()
+    return 0
