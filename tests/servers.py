@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -144,6 +145,31 @@ def gunicorn(
         yield server
     finally:
         stop_process(proc)
+
+
+def log_records(*servers: Gunicorn) -> list[dict]:
+    """Every JSON record the servers have written to their LOG_FILE so far."""
+    records = []
+    for server in servers:
+        if server.log_file.exists():
+            records += [json.loads(line) for line in server.log_file.read_text().splitlines()]
+    return records
+
+
+def request_record(trace_id: str, *servers: Gunicorn) -> dict:
+    """The platform's request log record for one trace id (waits for the write).
+
+    Found by trace id, never by position: health checks and other requests write
+    records of their own, before and after the one a test is looking for.
+    """
+
+    def find() -> dict | None:
+        for record in log_records(*servers):
+            if record.get("message") == "request" and record.get("trace_id") == trace_id:
+                return record
+        return None
+
+    return wait_until(find, timeout=5, what=f"request log record of trace {trace_id}")
 
 
 def copy_scripts(source: Path, dest: Path) -> Path:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import Gunicorn, gunicorn, wait_until
+from tests.servers import Gunicorn, gunicorn, log_records, request_record, wait_until
 from tests.stack import apache
 from tests.stack.conftest import make_scripts
 
@@ -57,26 +57,6 @@ def call(url: str, path: str, source: str = CLIENT, headers: dict[str, str] | No
         return Reply(response.status, response.headers, response.read())
     finally:
         conn.close()
-
-
-def log_records(*servers: Gunicorn) -> list[dict]:
-    records = []
-    for server in servers:
-        if server.log_file.exists():
-            records += [json.loads(line) for line in server.log_file.read_text().splitlines()]
-    return records
-
-
-def request_record(trace_id: str, *servers: Gunicorn) -> dict:
-    """The platform's request log line for one trace id (waits for the write)."""
-
-    def find() -> dict | None:
-        for record in log_records(*servers):
-            if record.get("message") == "request" and record.get("trace_id") == trace_id:
-                return record
-        return None
-
-    return wait_until(find, timeout=5, what=f"request log line of trace {trace_id}")
 
 
 def access_record(front: apache.ApacheFront, trace_id: str) -> dict[str, str]:
