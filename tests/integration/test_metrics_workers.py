@@ -10,12 +10,12 @@ import os
 import re
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
+from service import multiproc
 from tests.integration.prom import (
     ADMIN,
     ADMIN_KEY,
@@ -128,22 +128,44 @@ def test_sigkilled_worker_never_lowers_a_counter_and_drops_its_in_progress(
 
 
 def test_workers_dying_together_are_all_replaced_and_merged(tmp_path: Path) -> None:
-    """Deaths a few ms apart make child_exit run while the previous merge is in progress.
+    """Workers that die while an earlier death is being merged all come back, counts intact.
 
-    gunicorn 23 ran child_exit inside its SIGCHLD handler, so that overlap re-entered the
-    merge: the master crashed on a half-imported prometheus_client or blocked forever on
-    its own flock. Every worker must come back and every count survive.
+    gunicorn 23 ran child_exit inside its SIGCHLD handler, so a death during a merge
+    re-entered the merge: the master crashed on a half-imported prometheus_client or
+    blocked forever on its own flock. The test makes that overlap certain instead of
+    staggering kills by a few ms: it holds the shared lock a scrape holds, so the
+    master's merge of the first dead worker waits inside child_exit, and only once that
+    is seen does it kill the others and see them die unreaped, before letting go.
     """
     scripts = write_scripts(tmp_path / "scripts")
-    with gunicorn(scripts, tmp_path, workers=WORKERS, env=KEYS) as server:
-        gather_on_every_worker(server, tmp_path / "gather")
+    metrics_dir = tmp_path / "multiproc"
+    metrics_dir.mkdir()
+    env = {**KEYS, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
+        gather_on_every_worker(server, tmp_path / "gather")  # every worker has files to merge
         for _ in range(30):
             assert call(server, "/hello.py")[0] == 200
         before = script_requests(requests_by_series(server))
-        victims = server.worker_pids()
-        for pid in sorted(victims):
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.004)  # a deliberate stagger: the next death lands mid-merge
+        first, *others = sorted(server.worker_pids())
+        victims = {first, *others}
+        with multiproc.reading(metrics_dir):  # as a slow scrape would: merges must wait
+            os.kill(first, signal.SIGKILL)
+            # Reaped but its files still there: the master is inside child_exit, waiting.
+            wait_until(
+                lambda: (
+                    first not in server.worker_pids() and first in file_pids(metrics_dir).values()
+                ),
+                10,
+                what="the master to reap the first worker and wait to merge its files",
+            )
+            for pid in others:
+                os.kill(pid, signal.SIGKILL)
+            # Zombies: they died while the master was still busy with the first one.
+            wait_until(
+                lambda: all(unreaped(pid) for pid in others),
+                10,
+                what="the other workers to die while the first one's merge is in progress",
+            )
         wait_until(
             lambda: len(server.worker_pids()) == WORKERS and not server.worker_pids() & victims,
             20,
@@ -151,8 +173,19 @@ def test_workers_dying_together_are_all_replaced_and_merged(tmp_path: Path) -> N
         )
         after = script_requests(requests_by_series(server))
         health = server.get("/_platform/health").json()
+        merged = not victims & set(file_pids(metrics_dir).values())
 
     assert before == after == health["requests_total"] == WORKERS + 30
+    assert merged, "a dead worker's files were never merged"
+
+
+def unreaped(pid: int) -> bool:
+    """Dead, and not yet waited for by its parent (a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def file_pids(directory: Path) -> dict[str, int]:
