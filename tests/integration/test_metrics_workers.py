@@ -10,7 +10,9 @@ import os
 import re
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -246,47 +248,131 @@ def test_max_requests_recycling_keeps_exact_monotonic_totals(tmp_path: Path) -> 
     assert not (served_by - live) & pids_with_files, "a dead worker's files are still read"
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One scrape, bracketed by the calls: answered before it began, begun after it ended."""
+
+    answered: int
+    scraped: int
+    begun: int
+    workers: frozenset[int]  # the live workers as it began
+
+
+class BackToBackScrapes(threading.Thread):
+    """Scrapes without a pause until stopped (bounded in count and time).
+
+    `scrape_after_now()` returns once a scrape has begun after it was called, so the
+    test decides where scrapes must fall instead of hoping they happen to.
+    """
+
+    def __init__(self, server: Gunicorn, progress: dict[str, int]) -> None:
+        super().__init__(name="scrapes")
+        self.server = server
+        self.progress = progress
+        self.readings: list[Reading] = []
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        self.began = threading.Condition()
+        self.mark = 0  # bumped by scrape_after_now()
+        self.seen = 0  # the mark as the latest scrape began
+        self.ended = False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        try:
+            while (
+                not self.stopping.is_set()
+                and len(self.readings) < 3000
+                and time.monotonic() < deadline
+            ):
+                with self.began:
+                    self.seen = self.mark
+                    answered = self.progress["answered"]
+                    workers = frozenset(self.server.worker_pids())
+                    self.began.notify_all()
+                scraped = int(script_requests(requests_by_series(self.server)))
+                self.readings.append(Reading(answered, scraped, self.progress["begun"], workers))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            with self.began:
+                self.ended = True
+                self.began.notify_all()
+
+    def scrape_after_now(self, timeout: float = 10) -> None:
+        with self.began:
+            self.mark += 1
+            mark = self.mark
+            self.began.wait_for(lambda: self.seen >= mark or self.ended, timeout)
+            began = self.seen >= mark
+        if self.error is not None:
+            raise AssertionError(
+                f"scrape {len(self.readings) + 1} failed: {self.error!r}"
+            ) from self.error
+        assert began, f"no scrape began within {timeout} s ({len(self.readings)} so far)"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+
+
 def test_scrapes_racing_worker_recycling_never_lose_or_double_count(tmp_path: Path) -> None:
     """A scrape that overlaps a dead worker's merge sees each call exactly once.
 
     Calls go one at a time, so a scrape must report at least the calls answered before
-    it began and at most the calls begun before it ended.
+    it began and at most the calls begun before it ended. Scrapes run back to back from
+    before the first call until the recycling has demonstrably ended (every dead worker
+    replaced and its files merged), and each call waits for a scrape to begin after the
+    previous answer: a scrape starts right behind every call, including the one after
+    which its worker exits, and the readings cover every stage of the run.
     """
     scripts = write_scripts(tmp_path / "scripts")
-    env = {**KEYS, "SCRIPTGATE_MAX_REQUESTS": "10", "SCRIPTGATE_MAX_REQUESTS_JITTER": "6"}
+    metrics_dir = tmp_path / "multiproc"
+    metrics_dir.mkdir()
+    env = {
+        **KEYS,
+        "SCRIPTGATE_MAX_REQUESTS": "10",
+        "SCRIPTGATE_MAX_REQUESTS_JITTER": "6",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
     calls = 45
     progress = {"begun": 0, "answered": 0}
-    readings: list[tuple[int, int, int]] = []  # (answered before, scraped, begun after)
-    done = threading.Event()
 
     with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
-
-        def scrape_until_done() -> None:
-            while not done.wait(0.01) and len(readings) < 2000:
-                low = progress["answered"]
-                scraped = script_requests(requests_by_series(server))
-                readings.append((low, int(scraped), progress["begun"]))
-
-        scraper = threading.Thread(target=scrape_until_done)
-        scraper.start()
+        first_workers = server.worker_pids()
+        scrapes = BackToBackScrapes(server, progress)
+        scrapes.start()
         served_by = set()
         try:
+            scrapes.scrape_after_now()  # one before any call, hence before any recycling
             for _ in range(calls):
                 progress["begun"] += 1
                 status, body = call(server, "/api/pid.py", API)
                 assert status == 200
                 served_by.add(body["pid"])
                 progress["answered"] += 1
+                scrapes.scrape_after_now()
+
+            def recycled_and_merged() -> bool:
+                live = {pid for pid in server.worker_pids() if not unreaped(pid)}
+                return len(live) == WORKERS and set(file_pids(metrics_dir).values()) <= live
+
+            wait_until(recycled_and_merged, 15, what="dead workers replaced and merged")
+            scrapes.scrape_after_now()  # and one after the recycling is over
         finally:
-            done.set()
-            scraper.join(30)
+            scrapes.stop()
+        readings = scrapes.readings
         final = script_requests(requests_by_series(server))
 
     assert len(served_by) > WORKERS, "no worker was recycled during the run"
-    stages = {scraped for _, scraped, _ in readings}
+    assert readings[0].workers == first_workers, "the scrapes began after a recycling"
+    assert first_workers - readings[-1].workers, "the scrapes ended before any recycling"
+    stages = {r.scraped for r in readings}
     assert len(stages) >= 3, f"scrapes saw only {sorted(stages)}: too few overlapped the run"
-    for low, scraped, high in readings:
-        assert low <= scraped <= high, f"scrape said {scraped}, expected {low}..{high}"
-    scraped_values = [scraped for _, scraped, _ in readings]
+    for r in readings:
+        assert r.answered <= r.scraped <= r.begun, (
+            f"scrape said {r.scraped}, expected {r.answered}..{r.begun}"
+        )
+    scraped_values = [r.scraped for r in readings]
     assert scraped_values == sorted(scraped_values), "a scrape went backwards"
     assert final == calls
