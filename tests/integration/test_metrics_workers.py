@@ -35,6 +35,20 @@ WORKERS = 3
 KEYS = {"API_KEY": API_KEY, "ADMIN_API_KEY": ADMIN_KEY}
 
 
+def env_with_metrics_dir(
+    tmp_path: Path, max_requests: int = 0, jitter: int = 0
+) -> tuple[dict[str, str], Path]:
+    """The keys and a metrics directory the test can look into; with `max_requests`,
+    workers are recycled after that many requests (plus up to `jitter` more)."""
+    metrics_dir = tmp_path / "multiproc"
+    metrics_dir.mkdir()
+    env = {**KEYS, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    if max_requests:
+        env["SCRIPTGATE_MAX_REQUESTS"] = str(max_requests)
+        env["SCRIPTGATE_MAX_REQUESTS_JITTER"] = str(jitter)
+    return env, metrics_dir
+
+
 def gather_on_every_worker(server: Gunicorn, folder: Path) -> set[int]:
     """Put one call on each worker at the same time; return the pids that answered."""
     folder.mkdir()
@@ -140,9 +154,7 @@ def test_workers_dying_together_are_all_replaced_and_merged(tmp_path: Path) -> N
     is seen does it kill the others and see them die unreaped, before letting go.
     """
     scripts = write_scripts(tmp_path / "scripts")
-    metrics_dir = tmp_path / "multiproc"
-    metrics_dir.mkdir()
-    env = {**KEYS, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env, metrics_dir = env_with_metrics_dir(tmp_path)
     with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
         gather_on_every_worker(server, tmp_path / "gather")  # every worker has files to merge
         for _ in range(30):
@@ -203,14 +215,7 @@ def file_pids(directory: Path) -> dict[str, int]:
 
 def test_max_requests_recycling_keeps_exact_monotonic_totals(tmp_path: Path) -> None:
     scripts = write_scripts(tmp_path / "scripts")
-    metrics_dir = tmp_path / "multiproc"
-    metrics_dir.mkdir()
-    env = {
-        **KEYS,
-        "SCRIPTGATE_MAX_REQUESTS": "20",
-        "SCRIPTGATE_MAX_REQUESTS_JITTER": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
+    env, metrics_dir = env_with_metrics_dir(tmp_path, max_requests=20, jitter=0)
     total = 200
     with gunicorn(scripts, tmp_path, workers=WORKERS, env=env) as server:
         first_workers = server.worker_pids()
@@ -327,14 +332,7 @@ def test_scrapes_racing_worker_recycling_never_lose_or_double_count(tmp_path: Pa
     which its worker exits, and the readings cover every stage of the run.
     """
     scripts = write_scripts(tmp_path / "scripts")
-    metrics_dir = tmp_path / "multiproc"
-    metrics_dir.mkdir()
-    env = {
-        **KEYS,
-        "SCRIPTGATE_MAX_REQUESTS": "10",
-        "SCRIPTGATE_MAX_REQUESTS_JITTER": "6",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
+    env, metrics_dir = env_with_metrics_dir(tmp_path, max_requests=10, jitter=6)
     calls = 45
     progress = {"begun": 0, "answered": 0}
 
