@@ -32,15 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report, side
 from bench.loadgen import WRK, run_wrk, wrk_version
+from bench.procs import REPO, free_port, scriptgate_argv
 from bench.servers import (
     BENCH,
-    REPO,
     Server,
-    free_port,
     gunicorn_argv,
     launch,
     rss_mb,
-    scriptgate_argv,
     stop,
     stop_all,
     wait_ready,
