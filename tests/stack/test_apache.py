@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bench import apache
 from tests.servers import Gunicorn, gunicorn, log_records, request_record, wait_until
-from tests.stack import apache
 from tests.stack.conftest import make_scripts
 
 CLIENT = "127.0.0.2"
