@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
 DEBS := apache2 prometheus prometheus-alertmanager wrk
 
-.PHONY: run test lint fmt install debs bench bench-smoke soak clean
+.PHONY: run test check lint fmt install debs bench bench-smoke soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: install
 fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# A few seconds, before every commit: lint and the unit tests only (no servers started).
+check: lint
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 test: install debs lint
 	$(PY) -m pytest -q -p no:cacheprovider

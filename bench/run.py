@@ -30,17 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report, side
+from bench import apache, report, side
 from bench.loadgen import WRK, run_wrk, wrk_version
+from bench.procs import REPO, free_port, scriptgate_argv
 from bench.servers import (
     BENCH,
-    REPO,
     Server,
-    free_port,
     gunicorn_argv,
     launch,
     rss_mb,
-    scriptgate_argv,
     stop,
     stop_all,
     wait_ready,
@@ -175,15 +173,6 @@ def measure_round(server: Server, seconds: int, connections: int, threads: int) 
     return row
 
 
-def apache_helper() -> Callable | None:
-    """tests/stack/apache.py's apache_front(backends, tmp_path), once someone has written it."""
-    try:
-        from tests.stack.apache import apache_front
-    except ImportError:
-        return None
-    return apache_front
-
-
 def run_contenders(mode: Mode, args: argparse.Namespace, tmp: Path, deadline: float) -> dict:
     results: dict = {c.key: {"label": c.label, "rounds": []} for c in CONTENDERS}
     results[APACHE_KEY] = {"label": APACHE_LABEL, "rounds": []}
@@ -241,22 +230,21 @@ def start_apache(
     stack: contextlib.ExitStack, backend: Server, tmp: Path, entry: dict
 ) -> Server | None:
     """Contender 5: the shipped vhost in front of the Scriptgate contender, if available."""
-    apache_front = apache_helper()
-    if apache_front is None:
-        entry["skipped"] = "skipped: no apache helper yet (tests/stack/apache.py)"
+    if not apache.available():
+        entry["skipped"] = "skipped: apache2 with mod_proxy_balancer is not installed"
         return None
     workdir = tmp / "apache"
     workdir.mkdir()
     try:
-        url = stack.enter_context(apache_front([f"127.0.0.1:{backend.port}"], workdir))
-    except Exception as exc:  # someone else's helper: report it, keep the other figures
+        url = stack.enter_context(apache.apache_front([f"127.0.0.1:{backend.port}"], workdir))
+    except Exception as exc:  # report it, keep the other figures
         entry["skipped"] = f"skipped: Apache did not start ({type(exc).__name__}: {exc})"[:300]
         return None
     server = Server(
         APACHE_KEY,
         None,
         int(str(url).rsplit(":", 1)[1]),
-        Path(getattr(url, "error_log", workdir / "error.log")),
+        url.error_log,
         backend.workers,
         dict(HEADERS),
         master_pid=backend.proc.pid if backend.proc else None,

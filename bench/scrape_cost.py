@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from tests.servers import Gunicorn, gunicorn, wait_until  # noqa: E402
+from bench.procs import Gunicorn, gunicorn, wait_until  # noqa: E402
 
 GOAL_MS = 100.0
 GOAL_RATIO = 1.5

@@ -7,7 +7,6 @@ stall the workers mid-benchmark). Readiness is polled with a deadline, never sle
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import sys
@@ -15,27 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.servers import free_port, stop_process, wait_until  # noqa: E402
+from bench.procs import REPO, child_pids, clean_env, stop_process, wait_until
 
 BENCH = REPO / "bench"
-BIN = Path(sys.executable).parent
-# Inherited settings that would change what a contender does are dropped.
-_SCRUBBED_PREFIXES = ("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_", "prometheus_")
-
-__all__ = [
-    "Server",
-    "free_port",
-    "http_get",
-    "launch",
-    "stop",
-    "stop_all",
-    "wait_ready",
-    "wait_until",
-]
 
 
 @dataclass
@@ -57,10 +38,7 @@ class Server:
     def worker_pids(self) -> list[int]:
         """gunicorn workers are the master's children."""
         pid = self.master_pid or (self.proc.pid if self.proc else None)
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        if pid is None or not children.exists():
-            return []
-        return sorted(int(p) for p in children.read_text().split())
+        return sorted(child_pids(pid)) if pid is not None else []
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
         return http_get(self.port, path, self.headers, timeout)
@@ -77,13 +55,6 @@ def http_get(
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
-
-
-def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
 
 
 def gunicorn_argv(module: str, port: int, workers: int) -> list[str]:
@@ -105,19 +76,6 @@ def gunicorn_argv(module: str, port: int, workers: int) -> list[str]:
         "--pythonpath",
         str(BENCH / "apps"),
         module,
-    ]
-
-
-def scriptgate_argv(port: int, workers: int, scripts: Path) -> list[str]:
-    return [
-        str(BIN / "scriptgate"),
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "--scripts",
-        str(scripts),
     ]
 
 

@@ -14,8 +14,8 @@ import timeit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.servers import BENCH, Server, launch, rss_mb, scriptgate_argv, wait_ready
-from bench.servers import free_port as _free_port
+from bench.procs import free_port, scriptgate_argv
+from bench.servers import BENCH, Server, launch, rss_mb, wait_ready
 
 BENCH_SCRIPTS = BENCH / "scripts"
 HELLO = BENCH_SCRIPTS / "api" / "hello.py"
@@ -186,7 +186,7 @@ def launch_tree_server(
 ) -> tuple[Server, list[str]]:
     """Write `count` scripts under `root` and start (not await) a server over them."""
     urls = _write_tree(root, count)
-    port = _free_port()
+    port = free_port()
     env = {"API_KEY": API_KEY, "LOG_FILE": str(workdir / "side.log")}
     argv = scriptgate_argv(port, workers, root)
     server = launch("side", argv, port, env, workdir, workers, {"X-API-Key": API_KEY})

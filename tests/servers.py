@@ -1,149 +1,64 @@
-"""Real servers for tests: free ports, readiness by polling with a deadline, always stopped."""
+"""Real servers for tests: free ports, readiness by polling with a deadline, always stopped.
+
+Starting and stopping servers lives in bench/procs.py, shared with the benchmarks; this
+adds what only tests need: finding a request's log record by its trace id.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import requests
+from bench.procs import (
+    BIN,
+    REPO,
+    SCRIPTGATE,
+    Gunicorn,
+    free_port,
+    gunicorn,
+    stop_process,
+    wait_until,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-SCRIPTGATE = str(BIN / "scriptgate")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = 15.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> Any:
-    """Poll until predicate() is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # not ready yet
-            last_error = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+__all__ = [
+    "BIN",
+    "REPO",
+    "SCRIPTGATE",
+    "Gunicorn",
+    "copy_scripts",
+    "free_port",
+    "gunicorn",
+    "log_records",
+    "request_record",
+    "stop_process",
+    "wait_until",
+]
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+def log_records(*servers: Gunicorn) -> list[dict]:
+    """Every JSON record the servers have written to their LOG_FILE so far."""
+    records = []
+    for server in servers:
+        if server.log_file.exists():
+            records += [json.loads(line) for line in server.log_file.read_text().splitlines()]
+    return records
 
 
-@dataclass
-class Gunicorn:
-    """A running `scriptgate serve`."""
+def request_record(trace_id: str, *servers: Gunicorn) -> dict:
+    """The platform's request log record for one trace id (waits for the write).
 
-    proc: subprocess.Popen
-    port: int
-    log_file: Path
-    output: Path
-    env: dict[str, str] = field(default_factory=dict)
+    Found by trace id, never by position: health checks and other requests write
+    records of their own, before and after the one a test is looking for.
+    """
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def find() -> dict | None:
+        for record in log_records(*servers):
+            if record.get("message") == "request" and record.get("trace_id") == trace_id:
+                return record
+        return None
 
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 30)
-        return requests.get(self.url + path, **kwargs)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 30)
-        return requests.request(method, self.url + path, **kwargs)
-
-    def worker_pids(self) -> set[int]:
-        """The live worker processes (children of the gunicorn master)."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return {int(p) for p in children.read_text().split()} if children.exists() else set()
-
-
-@contextlib.contextmanager
-def gunicorn(
-    scripts: Path,
-    tmp: Path,
-    *,
-    workers: int = 3,
-    env: dict[str, str] | None = None,
-    extra_args: tuple[str, ...] = (),
-) -> Iterator[Gunicorn]:
-    """Start `scriptgate serve` on a free port; stop it however the test ends."""
-    port = free_port()
-    log_file = tmp / "logs" / "framework.log"
-    output = tmp / f"gunicorn-{port}.out"
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_"))
-    }
-    full_env.update({"LOG_FILE": str(log_file), "PYTHONUNBUFFERED": "1"})
-    full_env.update(env or {})
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                SCRIPTGATE,
-                "serve",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--scripts",
-                str(scripts),
-                *extra_args,
-            ],
-            env=full_env,
-            cwd=tmp,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Gunicorn(proc, port, log_file, output, full_env)
-    try:
-        # Any answer below 500 means the server is up (an allowlist may refuse us: 403).
-        wait_until(
-            lambda: (
-                proc.poll() is not None
-                or server.get("/_platform/health", timeout=2).status_code < 500
-            ),
-            timeout=30,
-            what="gunicorn to answer",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited early:\n{output.read_text()[-3000:]}")
-        wait_until(
-            lambda: len(server.worker_pids()) >= workers, timeout=30, what=f"{workers} workers"
-        )
-        yield server
-    finally:
-        stop_process(proc)
+    return wait_until(find, timeout=5, what=f"request log record of trace {trace_id}")
 
 
 def copy_scripts(source: Path, dest: Path) -> Path:

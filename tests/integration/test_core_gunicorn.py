@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import REPO, gunicorn, wait_until
+from tests.servers import REPO, gunicorn, request_record, wait_until
 
 KEY = "integration-key-5f1c"
 API = {"X-API-Key": KEY}
@@ -141,8 +141,7 @@ def test_runaway_script_gets_504_and_its_worker_is_replaced(scripts, tmp_path):
         assert {r.status_code for r in call_many(server, "/whoami.py", 20)} == {200}
         health = server.get("/_platform/health").json()
         assert health["errors_total"] == 1
-        records = [json.loads(x) for x in server.log_file.read_text().splitlines()]
-        assert any(r["status"] == 504 for r in records if r["message"] == "request")
+        assert request_record(response.headers["X-Trace-Id"], server)["status"] == 504
 
 
 def test_script_calling_os_exit_3_does_not_halt_the_server(scripts, tmp_path):

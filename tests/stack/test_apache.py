@@ -19,13 +19,18 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import Gunicorn, gunicorn, wait_until
-from tests.stack import apache
+from bench import apache
+from tests.servers import Gunicorn, gunicorn, log_records, request_record, wait_until
 from tests.stack.conftest import make_scripts
 
 CLIENT = "127.0.0.2"
 PROXY = "127.0.0.1"
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+# One line of the shipped `scriptgate` LogFormat (observability/apache/scriptgate.conf).
+ACCESS_LINE = re.compile(
+    r'^(?P<client>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \S+ \d+ '
+    r'"(?P<forwarded_for>[^"]*)" trace_id=(?P<trace_id>\S+) backend=(?P<backend>\S+)$'
+)
 
 pytestmark = pytest.mark.skipif(not apache.available(), reason="apache2 not installed")
 
@@ -54,24 +59,22 @@ def call(url: str, path: str, source: str = CLIENT, headers: dict[str, str] | No
         conn.close()
 
 
-def log_records(*servers: Gunicorn) -> list[dict]:
-    records = []
-    for server in servers:
-        if server.log_file.exists():
-            records += [json.loads(line) for line in server.log_file.read_text().splitlines()]
-    return records
+def access_record(front: apache.ApacheFront, trace_id: str) -> dict[str, str]:
+    """Apache's access log line for one trace id, parsed (waits for the write).
 
+    Apache logs a request after the client has its response, so the line may not be
+    there yet when the reply arrives; and the log also holds the health checks made
+    while starting, so only the line with this trace id will do.
+    """
 
-def request_record(trace_id: str, *servers: Gunicorn) -> dict:
-    """The platform's request log line for one trace id (waits for the write)."""
-
-    def find() -> dict | None:
-        for record in log_records(*servers):
-            if record.get("message") == "request" and record.get("trace_id") == trace_id:
-                return record
+    def find() -> dict[str, str] | None:
+        for line in front.access_log.read_text().splitlines():
+            match = ACCESS_LINE.match(line)
+            if match and match["trace_id"] == trace_id:
+                return match.groupdict()
         return None
 
-    return wait_until(find, timeout=5, what=f"request log line of trace {trace_id}")
+    return wait_until(find, timeout=5, what=f"Apache access log line of trace {trace_id}")
 
 
 @contextlib.contextmanager
@@ -108,7 +111,12 @@ def test_request_passes_through_with_trace_id_and_real_client_ip(front) -> None:
     # Apache appended the real peer; the platform took it, not the forged left part.
     assert record["client_ip"] == CLIENT
     assert record["status"] == 200
-    assert f"trace_id={trace_id}" in url.access_log.read_text()
+    # Apache's own line for this request leads to the same trace, with the real peer.
+    logged = access_record(url, trace_id)
+    assert logged["client"] == CLIENT
+    assert logged["request"] == "GET /hello.py?name=Rico HTTP/1.1"
+    assert logged["status"] == "200"
+    assert logged["backend"] in {f"http://127.0.0.1:{s.port}" for s in servers}
 
 
 def test_client_on_the_proxy_address_is_logged_as_itself(front) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench import apache
 from tests.servers import BIN, REPO
-from tests.stack import apache, prom, queries
+from tests.stack import prom, queries
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"

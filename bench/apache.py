@@ -3,8 +3,8 @@
 `apache_front(backends, tmp)` writes a minimal server config for Debian's apache2 that
 loads the proxy modules and Includes `observability/apache/scriptgate.conf` as shipped;
 only the listen port and the backends' host:port are filled in (Apache `Define`s), plus
-one BalancerMember line per backend when there are not exactly two. Other suites (the
-benchmarks) import it to put the same proxy in front of their servers.
+one BalancerMember line per backend when there are not exactly two. The benchmarks put
+it in front of the Scriptgate contender; tests/stack tests the vhost through it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import REPO, free_port, stop_process, wait_until
+from bench.procs import REPO, free_port, stop_process, wait_until
 
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
