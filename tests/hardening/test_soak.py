@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.config import DEFAULT_THREADS
 from tests.hardening.harness import Dropped, fetch, read_log, record_figure, write_script
 from tests.servers import Gunicorn, gunicorn, wait_until
 
@@ -229,7 +230,9 @@ def test_soak_under_churn_and_a_killed_worker(soak_server, request) -> None:
         f"(boom 500s seen {seen.boom_500})",
     )
     assert not seen.unexpected, seen.unexpected[:10]
-    assert lost <= 1, f"more than the killed worker's in-flight request: {lost}"
+    # A SIGKILLed worker loses the calls it was running: at most one per thread, and never
+    # more than the clients that were waiting at that moment.
+    assert lost <= min(DEFAULT_THREADS, CLIENTS), f"more than the killed worker held: {lost}"
     assert health_total == json_total == text_total
     # The killed worker may have counted (and logged) its in-flight request, or not.
     assert seen.answered <= health_total <= seen.answered + len(seen.failures)
