@@ -88,6 +88,13 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        self.concurrency_limit = Gauge(
+            "scriptgate_script_concurrency_limit",
+            "A script's CONCURRENCY (calls at once across the server); absent: no limit.",
+            ["zone", "script"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
         self.build_info = Gauge(
             "scriptgate_build_info",
             "Always 1; the version label says which Scriptgate runs.",

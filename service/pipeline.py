@@ -117,6 +117,8 @@ def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
         # Error series start at 0, so increase() sees a script's first failure too.
         for kind in ERROR_KINDS:
             rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind)
+        if script.concurrency:
+            rt.metrics.concurrency_limit.labels(ctx.zone, ctx.script).set(script.concurrency)
     return script
 
 
