@@ -206,14 +206,23 @@ class ScriptCache:
         return None
 
     def load(self, path: str) -> LoadedScript:
-        """Import (or re-import) a script; raises ScriptLoadError with the cause chained."""
-        with self._lock:
+        """Import (or re-import) a script; raises ScriptLoadError with the cause chained.
+
+        Imports take turns: helper names are global in sys.modules. Waiting is bounded,
+        so an import stuck past every deadline (its worker is then recycled) cannot hold
+        a waiting thread forever.
+        """
+        if not self._lock.acquire(timeout=self.max_timeout):
+            raise ScriptTimeout("another script's import is still running")
+        try:
             script = self.cached(path)
             if script is None:
                 self._scripts.pop(path, None)
                 script = self._import(path)
                 self._scripts[path] = script
             return script
+        finally:
+            self._lock.release()
 
     def _import(self, path: str) -> LoadedScript:
         own = stamp(path)

@@ -185,7 +185,19 @@ def caller_error(exc: HTTPException) -> Response:
         return exc.get_response()
     if status == PayloadTooLarge.status:
         raise PayloadTooLarge()
-    default = type(exc).description
-    description = exc.description if exc.description != default else (exc.name or "").lower()
+    description = _own_description(exc) or _own_description(exc.__cause__) or exc.name
+    description = description if description != exc.name else description.lower()
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
     raise CallerError(status, description or "error", headers)
+
+
+def _own_description(exc: BaseException | None) -> str | None:
+    """An HTTPException's description when someone wrote one, not its class default.
+
+    Flask re-raises a bad JSON body as a bare BadRequest outside debug mode; the cause
+    keeps the parser's message ("Failed to decode JSON object: ..."), which names no
+    path and no secret and tells the caller what to fix.
+    """
+    if isinstance(exc, HTTPException) and exc.description != type(exc).description:
+        return exc.description
+    return None

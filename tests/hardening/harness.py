@@ -118,6 +118,14 @@ def error_record(log_file: Path, trace_id: str) -> dict:
     raise AssertionError(f"no ERROR record with trace_id {trace_id} in {log_file}")
 
 
+def request_duration(log_file: Path, trace_id: str) -> float:
+    """duration_ms of the request record the platform wrote for a trace id."""
+    for record in read_log(log_file):
+        if record.get("message") == "request" and record.get("trace_id") == trace_id:
+            return float(record["duration_ms"])
+    raise AssertionError(f"no request record with trace_id {trace_id} in {log_file}")
+
+
 def assert_clean_error(reply: Reply, *forbidden: str) -> None:
     """The contract's error body: JSON, the response's trace id, no trace or file path."""
     assert reply.from_app, f"answered by gunicorn, not the platform: {reply.body[:200]!r}"

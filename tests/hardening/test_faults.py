@@ -9,7 +9,6 @@ the server-wide counters have not lost a single request, even when a worker died
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tests.hardening.harness import (
     fetch,
     read_log,
     record_figure,
+    request_duration,
     write_script,
 )
 from tests.servers import Gunicorn, gunicorn, wait_until
@@ -149,13 +149,10 @@ def test_fault_is_answered_logged_and_survived(
     server: Gunicorn, base: Path, script: str, status: int, kind: str, cause: str
 ) -> None:
     requests_before, errors_before = totals(server)
-    started = time.monotonic()
     reply = fetch(server.port, f"/{script}")
-    elapsed = time.monotonic() - started
 
     assert reply.status == status, reply.body[:300]
     assert_clean_error(reply, SECRET, str(base))
-    assert elapsed < 5, f"took {elapsed:.1f}s"
     record = error_record(server.log_file, reply.headers["x-trace-id"])
     assert (record["kind"], record["script"], record["zone"]) == (kind, script, "root")
     assert "Traceback (most recent call last)" in record["exc_info"]
@@ -174,7 +171,7 @@ def test_megabytes_on_stdout_do_not_disturb_the_worker(server: Gunicorn) -> None
 
 
 def worker_answers(server: Gunicorn, pid: int, rounds: int = 10) -> bool:
-    """Keep all workers busy at once (3 slow requests in parallel) until `pid` answers."""
+    """Send slow calls, 3 at a time, until `pid` answers one (at most `rounds` times)."""
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         for _ in range(rounds):
             replies = list(pool.map(lambda _: fetch(server.port, "/slow.py"), range(3)))
@@ -185,15 +182,14 @@ def worker_answers(server: Gunicorn, pid: int, rounds: int = 10) -> bool:
 
 
 def test_endless_loop_is_504_and_the_same_worker_serves_again(server: Gunicorn, base: Path):
-    started = time.monotonic()
     reply = fetch(server.port, "/loop.py")
-    elapsed = time.monotonic() - started
 
     assert reply.status == 504
     assert_clean_error(reply, str(base))
-    assert 1.0 <= elapsed < 3.0, elapsed
     record = error_record(server.log_file, reply.headers["x-trace-id"])
     assert record["kind"] == "timeout" and "Traceback" in record["exc_info"]
+    # Stopped by its own deadline, inside its loop.
+    assert "deadline of 1 s passed" in record["exc_info"] and "loop.py" in record["exc_info"]
     pid = int((base / "pid").read_text())
     assert pid in server.worker_pids(), "the worker was replaced instead of interrupted"
     assert worker_answers(server, pid), f"worker {pid} never answered after its 504"
@@ -229,14 +225,11 @@ def test_script_swallowing_every_timeout_still_gets_504(
     worker; gunicorn replaces it. The request is logged and counted like any timeout.
     """
     requests_before, errors_before = totals(server)
-    started = time.monotonic()
     reply = fetch(server.port, f"/{script}")
-    elapsed = time.monotonic() - started
     pid = int((base / "pid").read_text())
 
     assert reply.status == 504
     assert_clean_error(reply, str(base))
-    assert elapsed < 5, f"took {elapsed:.1f}s"
     record = error_record(server.log_file, reply.headers["x-trace-id"])
     assert (record["kind"], record["script"]) == ("timeout", script)
     wait_until(
@@ -248,6 +241,7 @@ def test_script_swallowing_every_timeout_still_gets_504(
     assert totals(server) == (requests_before + 1 + AFTER, errors_before + 1)
     record_figure(
         request.config,
-        f"faults: {script} (swallows every ScriptTimeout) got its 504 after {elapsed:.1f}s "
-        "and its worker was replaced",
+        f"faults: {script} (swallows every ScriptTimeout) got its 504 at its deadline "
+        f"({request_duration(server.log_file, reply.headers['x-trace-id']):.0f} ms) and its "
+        "worker was replaced",
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -111,23 +110,23 @@ def test_faults_get_contract_error_and_next_request_works(make_app, scripts_dir,
     source, status, kind = FAULTS[name]
     write_scripts(scripts_dir, {f"api/fault_{name}.py": source})
     client = make_app(script_timeout=0.5).test_client()
-    started = time.monotonic()
     response = client.get(f"/api/fault_{name}.py", headers=API)
-    elapsed = time.monotonic() - started
     assert response.status_code == status
     body = response.get_json()
     assert body["error"] == ("timeout" if status == 504 else "internal error")
     assert len(body["trace_id"]) == 32
     text = response.get_data(as_text=True)
     assert "Traceback" not in text and "/etc/secret" not in text and str(scripts_dir) not in text
-    if status == 504:
-        assert elapsed < 5  # the deadline stopped it, not something slower
     # The platform is fine afterwards.
     assert client.get("/api/hello.py", headers=API).status_code == 200
     errors = [r for r in log_records(log_file) if r["level"] == "ERROR"]
     assert errors[-1]["trace_id"] == body["trace_id"]
     assert errors[-1]["kind"] == kind
     assert "Traceback" in errors[-1]["exc_info"]
+    if status == 504:  # the script's own deadline answered, and the log shows where it was
+        deadline = 0.3 if "TIMEOUT = 0.3" in source else 0.5
+        assert f"deadline of {deadline:g} s passed" in errors[-1]["exc_info"]
+        assert f"fault_{name}.py" in errors[-1]["exc_info"]
 
 
 def test_fault_is_counted_by_kind(make_app, scripts_dir):
