@@ -90,7 +90,10 @@ def test_a_redirect_from_a_script_is_answered_as_it_is(make_app, scripts_dir: Pa
     assert response.headers["Location"] == "/hello.py"
 
 
-ECHO = "def main(request):\n    return {'remote': request.remote_addr, 'route': request.access_route}\n"
+ECHO = """
+def main(request):
+    return {"remote": request.remote_addr, "route": request.access_route}
+"""
 
 
 @pytest.mark.parametrize(
