@@ -32,9 +32,13 @@ class RequestError(Exception):
 
 
 class NotFound(RequestError):
-    """Unknown, private or escaping path; never says which."""
+    """Unknown, private or escaping path; the answer never says which, or what path."""
 
     status, error = 404, "not found"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__()
+        self.detail = detail  # for a debugger, never for the client
 
 
 class AccessDenied(RequestError):

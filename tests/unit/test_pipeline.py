@@ -246,3 +246,12 @@ def test_routes_detail_shows_each_scripts_state_and_effective_timeout(
     assert str(scripts_dir) not in str(detail)
     warnings = [r for r in log_records(log_file) if r["level"] == "WARNING"]
     assert any("TIMEOUT = 150" in r["message"] for r in warnings)
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope.py", "/_platform/nope", "/api/../etc/passwd.py", "/api/_private.py"]
+)
+def test_a_404_body_is_exactly_error_and_trace_id(client, path: str) -> None:
+    response = client.get(path, headers=API)
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "not found", "trace_id": response.headers["X-Trace-Id"]}
