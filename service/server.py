@@ -25,6 +25,7 @@ from service.config import ConfigError, Settings
 # gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
 # error); a script calling os._exit(3) must only cost its own worker.
 _HALTING_EXIT_CODES = (3, 4)
+WORKER_NICENESS = 5
 
 
 class ScriptgateServer(BaseApplication):  # type: ignore[misc]
@@ -88,6 +89,9 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
     # gunicorn hooks: (server, worker) signatures are gunicorn's.
     def post_fork(self, server: Any, worker: Any) -> None:
         recycle.attach(worker)
+        # Scripts run in the workers: when they spin on every core, the master and the
+        # platform plane still get the CPU first, so health checks and scrapes answer.
+        os.nice(WORKER_NICENESS)
         real_exit = os._exit
 
         def _exit(code: int) -> None:

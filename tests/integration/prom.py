@@ -172,8 +172,12 @@ class Prometheus:
 
     def scrape(self, server: Gunicorn) -> None:
         """Point the job at `server` (file service discovery, picked up within ~5 s)."""
+        self.scrape_port(server.port)
+
+    def scrape_port(self, port: int) -> None:
+        """Point the job at 127.0.0.1:`port` (a server's main port or its platform plane)."""
         staged = self.targets.with_suffix(".tmp")
-        staged.write_text(json.dumps([{"targets": [f"127.0.0.1:{server.port}"]}]))
+        staged.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
         staged.replace(self.targets)  # atomic, so Prometheus never reads half a file
 
     def query(self, expr: str) -> list[dict[str, Any]]:
