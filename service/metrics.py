@@ -43,11 +43,18 @@ class Metrics:
     def __init__(self, version: str, max_timeout: float, multiproc_dir: Path | None) -> None:
         self.multiproc_dir = multiproc_dir
         own = CollectorRegistry()
-        self.requests = Counter(
+
+        def counter(name: str, labels: str, doc: str) -> Counter:
+            return Counter(name, doc, labels.split(), registry=own)
+
+        def gauge(name: str, labels: str, mode: str, doc: str) -> Gauge:
+            # live*: a dead worker's value vanishes with it (it is no longer in flight).
+            return Gauge(name, doc, labels.split(), registry=own, multiprocess_mode=mode)
+
+        self.requests = counter(
             "scriptgate_requests",
+            "zone script method status",
             "Requests answered, by zone, script, method and HTTP status.",
-            ["zone", "script", "method", "status"],
-            registry=own,
         )
         self.duration = Histogram(
             "scriptgate_request_duration_seconds",
@@ -56,51 +63,44 @@ class Metrics:
             buckets=buckets_for(max_timeout),
             registry=own,
         )
-        self.script_errors = Counter(
+        self.script_errors = counter(
             "scriptgate_script_errors",
+            "zone script kind",
             "Script failures by kind: exception, import, timeout.",
-            ["zone", "script", "kind"],
-            registry=own,
         )
-        self.auth_denied = Counter(
+        self.auth_denied = counter(
             "scriptgate_auth_denied",
+            "zone reason",
             "Requests refused before any script ran, by reason.",
-            ["zone", "reason"],
-            registry=own,
         )
-        self.in_progress = Gauge(
-            "scriptgate_requests_in_progress",
-            "Requests being handled now, summed over live workers.",
-            ["zone"],
-            registry=own,
-            multiprocess_mode="livesum",
-        )
-        self.rejected = Counter(
+        self.rejected = counter(
             "scriptgate_requests_rejected",
+            "zone script reason",
             "Requests refused at once by a limit, by reason (concurrency, rate_limit).",
-            ["zone", "script", "reason"],
-            registry=own,
         )
-        self.script_in_progress = Gauge(
+        self.in_progress = gauge(
+            "scriptgate_requests_in_progress",
+            "zone",
+            "livesum",
+            "Requests being handled now, summed over live workers.",
+        )
+        self.script_in_progress = gauge(
             "scriptgate_script_requests_in_progress",
+            "zone script",
+            "livesum",
             "Calls of a script running now, summed over live workers.",
-            ["zone", "script"],
-            registry=own,
-            multiprocess_mode="livesum",
         )
-        self.concurrency_limit = Gauge(
+        self.concurrency_limit = gauge(
             "scriptgate_script_concurrency_limit",
+            "zone script",
+            "livemax",
             "A script's CONCURRENCY (calls at once across the server); absent: no limit.",
-            ["zone", "script"],
-            registry=own,
-            multiprocess_mode="livemax",
         )
-        self.build_info = Gauge(
+        self.build_info = gauge(
             "scriptgate_build_info",
+            "version",
+            "livemax",
             "Always 1; the version label says which Scriptgate runs.",
-            ["version"],
-            registry=own,
-            multiprocess_mode="livemax",
         )
         self.build_info.labels(version).set(1)
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
