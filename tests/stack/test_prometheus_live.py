@@ -1,5 +1,8 @@
 """Real Prometheus, with the shipped config and rules, scraping real gunicorn under traffic.
 
+As in docker-compose.yml, Prometheus scrapes the server's platform plane (PLATFORM_BIND),
+not the port the scripts are served on.
+
 Every PromQL expression of every dashboard panel, dashboard variable and rule is run
 through Prometheus's HTTP API and must return data. A failing script must bring the 5xx
 alert to pending, and a firing alert must reach a real Alertmanager.
@@ -44,6 +47,7 @@ pytestmark = pytest.mark.skipif(not prom.PROMETHEUS.exists(), reason="prometheus
 @dataclass(frozen=True)
 class Stack:
     server: Gunicorn
+    target: str  # the platform plane Prometheus scrapes
     prometheus: prom.Prometheus
     dead_target: str
     alertmanager: str | None
@@ -96,16 +100,15 @@ def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) 
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
-    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5"}
+    target = f"127.0.0.1:{free_port()}"
+    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5", "PLATFORM_BIND": target}
     with contextlib.ExitStack() as stack_:
         server = stack_.enter_context(gunicorn(scripts, tmp, workers=6, env=env))
         am = None
         if prom.ALERTMANAGER.exists():
             am = stack_.enter_context(prom.alertmanager(tmp))
         dead = f"127.0.0.1:{free_port()}"  # nothing listens: ScriptgateInstanceDown
-        prometheus = stack_.enter_context(
-            prom.prometheus(tmp, [f"127.0.0.1:{server.port}", dead], alertmanager=am)
-        )
+        prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         statuses = _run(_calls(server, round_two=False))
         assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
         wait_until(
@@ -119,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             timeout=15,
             what="Prometheus to scrape the second round",
         )
-        yield Stack(server, prometheus, dead, am)
+        yield Stack(server, target, prometheus, dead, am)
 
 
 def _all_queries() -> list[queries.Query]:
@@ -181,8 +184,7 @@ def test_unreachable_replica_makes_instance_down_pending(stack: Stack) -> None:
         timeout=20,
         what="ScriptgateInstanceDown pending for the dead target",
     )
-    live = f"127.0.0.1:{stack.server.port}"
-    assert _alert(stack, "ScriptgateInstanceDown", "pending", instance=live) is None
+    assert _alert(stack, "ScriptgateInstanceDown", "pending", instance=stack.target) is None
 
 
 def test_firing_alert_reaches_alertmanager(stack: Stack) -> None:

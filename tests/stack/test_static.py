@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from tests.servers import BIN, REPO
 from tests.stack import prom, queries
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 RUNBOOK = REPO / "docs" / "runbook.md"
 ALLOY = REPO / "observability" / "alloy" / "config.alloy"
@@ -55,6 +57,28 @@ def compose_config(*env_args: str) -> subprocess.CompletedProcess[str]:
     binary = compose_binary()
     needs(binary)
     return run([str(binary), "-f", str(COMPOSE_FILE), *env_args, "config", "--format", "json"])
+
+
+def compose_services(env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
+    """The services as docker-compose resolves them with `env_file`."""
+    result = compose_config("--env-file", str(env_file))
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def dockerfile() -> dict[str, list[str]]:
+    """Each Dockerfile instruction's arguments, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, arguments = line.strip().partition(" ")
+            found.setdefault(instruction.upper(), []).append(arguments)
+    return found
+
+
+def port_of(bind: str) -> str:
+    return bind.rpartition(":")[2]
 
 
 # -- the tools' own checks -------------------------------------------------------------
@@ -158,7 +182,7 @@ def test_hadolint_dockerfile() -> None:
     if not hadolint.exists() and shutil.which("hadolint") is None:
         pytest.skip("hadolint not installed")
     binary = str(hadolint) if hadolint.exists() else "hadolint"
-    result = run([binary, str(REPO / "Dockerfile")])
+    result = run([binary, str(DOCKERFILE)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -174,7 +198,7 @@ def test_docker_build_context_has_what_the_dockerfile_copies() -> None:
         if line.strip() and not line.startswith("#")
     ]
     copied: set[str] = set()
-    for line in (REPO / "Dockerfile").read_text().splitlines():
+    for line in DOCKERFILE.read_text().splitlines():
         words = line.split()
         if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
             continue
@@ -275,11 +299,25 @@ def test_every_alert_has_a_runbook_section() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning")
 
 
+def test_image_health_check_asks_the_platform_plane() -> None:
+    """The image runs the plane, exposes its port, and its health check asks it."""
+    image = dockerfile()
+    (cmd,) = image["CMD"]
+    argv = yaml.safe_load(cmd)
+    main_port = port_of(argv[argv.index("--bind") + 1])
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(image["ENV"])))
+    plane_port = port_of(env["PLATFORM_BIND"])
+    assert plane_port != main_port
+    assert set(" ".join(image["EXPOSE"]).split()) == {main_port, plane_port}
+    (healthcheck,) = image["HEALTHCHECK"]
+    assert f"'http://127.0.0.1:{plane_port}/_platform/health'" in healthcheck
+
+
 def test_compose_wires_the_services_together() -> None:
-    result = compose_config("--env-file", str(ENV_EXAMPLE))
-    config = yaml.safe_load(result.stdout)
-    services = config["services"]
+    services = compose_services()
     replicas = ["scriptgate-1", "scriptgate-2"]
+    argv = yaml.safe_load(dockerfile()["CMD"][0])
+    main_port = port_of(argv[argv.index("--bind") + 1])
     apache_ip = services["apache"]["networks"]["scriptgate"]["ipv4_address"]
     for name in replicas:
         env = services[name]["environment"]
@@ -289,16 +327,21 @@ def test_compose_wires_the_services_together() -> None:
         # The log file lies on the volume Alloy reads, under the glob it watches.
         logs = next(v for v in services[name]["volumes"] if v["source"] == "scriptgate-logs")
         assert env["LOG_FILE"].startswith(logs["target"] + "/") and env["LOG_FILE"].endswith(".log")
-        assert services[name]["healthcheck"]["test"]
+        # Health is asked of the platform plane, which answers while scripts fill the workers.
+        plane_port = port_of(env["PLATFORM_BIND"])
+        assert plane_port != main_port
+        health = " ".join(services[name]["healthcheck"]["test"])
+        assert f"'http://127.0.0.1:{plane_port}/_platform/health'" in health
     alloy_mount = next(v for v in services["alloy"]["volumes"] if v["source"] == "scriptgate-logs")
     assert f'"{alloy_mount["target"]}/*.log"' in ALLOY.read_text()
     apache_env = services["apache"]["environment"]
+    # Clients reach the scripts on the main port; Prometheus scrapes the plane.
     assert [apache_env["SCRIPTGATE_BACKEND_1"], apache_env["SCRIPTGATE_BACKEND_2"]] == [
-        f"{name}:8000" for name in replicas
+        f"{name}:{main_port}" for name in replicas
     ]
     scrape = yaml.safe_load(prom.PROM_CONFIG.read_text())["scrape_configs"][0]
     assert scrape["metrics_path"] == "/_platform/metrics"
-    assert scrape["static_configs"][0]["targets"] == [f"{name}:8000" for name in replicas]
+    assert scrape["static_configs"][0]["targets"] == [f"{name}:{plane_port}" for name in replicas]
     for source in queries.datasources().values():
         host = re.match(r"http://([\w-]+):", source["url"]).group(1)
         assert host in services, f"datasource {source['uid']} points at unknown service {host}"
