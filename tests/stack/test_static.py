@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from bench import apache
+from service.config import Settings
 from tests.servers import BIN, REPO
 from tests.stack import prom, queries
 
@@ -64,6 +65,39 @@ def compose_services(env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
     result = compose_config("--env-file", str(env_file))
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)["services"]
+
+
+def example_env(tmp_path: Path, changes: dict[str, str | None]) -> Path:
+    """An env file: .env.example with `changes` (a value of None drops the variable)."""
+    lines = [
+        line
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.partition("=")[0] not in changes
+    ]
+    lines += [f"{name}={value}" for name, value in changes.items() if value is not None]
+    env_file = tmp_path / "test.env"
+    env_file.write_text("\n".join(lines) + "\n")
+    return env_file
+
+
+def run_apache_command(
+    service: dict[str, Any], tmp_path: Path, httpd_foreground: str
+) -> subprocess.CompletedProcess[str]:
+    """The apache service's command, run by the real /bin/sh with the service's environment.
+
+    The image's `httpd-foreground` (which runs `httpd -DFOREGROUND "$@"`) is replaced by
+    a shell script with the body `httpd_foreground`, which gets the same arguments.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "httpd-foreground"
+    stub.write_text(f"#!/bin/sh\n{httpd_foreground}\n")
+    stub.chmod(0o755)
+    # `config` writes each $ as $$ again, so that its output is a valid compose file;
+    # the container gets one.
+    argv = [arg.replace("$$", "$") for arg in service["command"]]
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin", **service["environment"]}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
 
 
 def dockerfile() -> dict[str, list[str]]:
@@ -129,7 +163,8 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
     """observability/apache/httpd.conf as the httpd:2.4 image reads it, env vars and all.
 
     Only what differs on Debian changes: ServerRoot, and module paths (Debian compiles
-    some of them in). The placeholders come from the environment, as in Docker.
+    some of them in). The placeholders come from the environment and the command line
+    that docker-compose.yml gives the apache service, as in Docker.
     """
     if not apache.available():
         pytest.skip("apache2 not installed")
@@ -145,19 +180,9 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
     )
     conf = tmp_path / "httpd.conf"
     conf.write_text(text)
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/bin",
-        "SCRIPTGATE_PORT": "8080",
-        "SCRIPTGATE_BACKEND_1": "scriptgate-1:8000",
-        "SCRIPTGATE_BACKEND_2": "scriptgate-2:8000",
-    }
-    result = subprocess.run(
-        [str(apache.APACHE), "-t", "-f", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    # Started as the apache service starts it: its command and environment, from compose.
+    service = compose_services()["apache"]
+    result = run_apache_command(service, tmp_path, f'exec {apache.APACHE} -t -f {conf} "$@"')
     assert result.returncode == 0, result.stderr
     assert "not defined" not in result.stderr, result.stderr
 
@@ -169,10 +194,7 @@ def test_docker_compose_config_is_valid_with_the_example_env() -> None:
 
 @pytest.mark.parametrize("secret", ["API_KEY", "ADMIN_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
 def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) -> None:
-    lines = ENV_EXAMPLE.read_text().splitlines()
-    env_file = tmp_path / "partial.env"
-    env_file.write_text("\n".join(line for line in lines if not line.startswith(f"{secret}=")))
-    result = compose_config("--env-file", str(env_file))
+    result = compose_config("--env-file", str(example_env(tmp_path, {secret: None})))
     assert result.returncode != 0
     assert f"required variable {secret} is missing" in result.stderr
 
@@ -297,6 +319,40 @@ def test_every_alert_has_a_runbook_section() -> None:
         assert path == "docs/runbook.md", url
         assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in docs/runbook.md"
         assert rule["labels"]["severity"] in ("critical", "warning")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, 75),
+        ({"SCRIPT_TIMEOUT": "100", "MAX_SCRIPT_TIMEOUT": "250"}, 265),
+        ({"MAX_SCRIPT_TIMEOUT": None}, 75),  # compose's own default
+        ({"MAX_SCRIPT_TIMEOUT": "90.5"}, 105),  # whole seconds for Apache
+    ],
+    ids=["example", "raised", "unset", "fraction"],
+)
+def test_apache_waits_longer_than_the_replicas_may_take(
+    tmp_path: Path, changes: dict[str, str | None], expected: int
+) -> None:
+    """Compose, the apache command and the vhost agree: Apache's ProxyTimeout is
+    computed from the replicas' own MAX_SCRIPT_TIMEOUT and outlasts everything the
+    platform may take, so a caller gets the platform's JSON 504, never Apache's."""
+    services = compose_services(example_env(tmp_path, changes))
+    apache_env = services["apache"]["environment"]
+    replica_envs = [services[name]["environment"] for name in ("scriptgate-1", "scriptgate-2")]
+    assert {env["MAX_SCRIPT_TIMEOUT"] for env in replica_envs} == {apache_env["MAX_SCRIPT_TIMEOUT"]}
+    # The replica's settings, read the way the platform reads them.
+    settings = Settings.from_env({**replica_envs[0], "SCRIPTS_DIR": str(tmp_path)})
+    result = run_apache_command(services["apache"], tmp_path, 'printf "%s\\n" "$@"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-C", f"Define SCRIPTGATE_PROXY_TIMEOUT {expected}"]
+    assert expected > settings.worker_timeout >= settings.max_script_timeout
+    assert expected >= settings.proxy_timeout
+    # The Apache the tests run (bench/apache.py) computes the same value.
+    assert apache.proxy_timeout(settings.max_script_timeout) == expected
+    vhost = [line.split() for line in apache.VHOST.read_text().splitlines()]
+    proxy_timeouts = [words for words in vhost if words[:1] == ["ProxyTimeout"]]
+    assert proxy_timeouts == [["ProxyTimeout", "${SCRIPTGATE_PROXY_TIMEOUT}"]]
 
 
 def test_image_health_check_asks_the_platform_plane() -> None:
