@@ -10,7 +10,8 @@ import pytest
 from tests.servers import REPO
 
 # Scripts that make each metric and alert move: a raise, a run past SCRIPT_TIMEOUT, and
-# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT.
+# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT; and one that
+# shows what a script sees of its caller.
 EXTRA_SCRIPTS = {
     "boom.py": '''"""Always raises: a 500, an exception in the metrics and the log."""
 
@@ -36,6 +37,12 @@ TIMEOUT = 10
 def main(request):
     time.sleep(2.6)
     return "slow ok\\n"
+''',
+    "whoami.py": '''"""The caller's address as the script sees it."""
+
+
+def main(request):
+    return {"remote_addr": request.remote_addr, "access_route": request.access_route}
 ''',
 }
 

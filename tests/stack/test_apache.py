@@ -129,6 +129,14 @@ def test_request_passes_through_with_trace_id_and_real_client_ip(front) -> None:
     assert logged["backend"] in {f"http://127.0.0.1:{s.port}" for s in servers}
 
 
+def test_script_sees_the_real_client_and_not_the_forged_address(front) -> None:
+    url, _ = front
+    reply = call(url, "/whoami.py", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert reply.status == 200
+    # Only what Apache wrote: the forged hop is in neither view of the request.
+    assert reply.json() == {"remote_addr": CLIENT, "access_route": [CLIENT]}
+
+
 def test_client_on_the_proxy_address_is_logged_as_itself(front) -> None:
     url, servers = front
     reply = call(url, "/hello.py", source=PROXY)
