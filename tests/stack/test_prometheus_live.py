@@ -192,6 +192,20 @@ def test_failing_script_makes_the_5xx_alert_pending(stack: Stack) -> None:
     assert _alert(stack, "ScriptgateHighErrorRatio", "pending", zone="api") is None
 
 
+def test_refused_calls_make_the_concurrency_alert_pending(stack: Stack) -> None:
+    alert = wait_until(
+        lambda: _alert(stack, "ScriptgateConcurrencyLimitFull", "pending", script="limited.py"),
+        timeout=20,
+        what="ScriptgateConcurrencyLimitFull pending for limited.py",
+    )
+    assert alert["labels"]["zone"] == "root"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#scriptgateconcurrencylimitfull"
+    # Only the script that refused calls: the others have no limit, or room under it.
+    alerts = stack.prometheus.alerts()
+    named = [a for a in alerts if a["labels"]["alertname"] == "ScriptgateConcurrencyLimitFull"]
+    assert [a["labels"]["script"] for a in named] == ["limited.py"]
+
+
 def test_unreachable_replica_makes_instance_down_pending(stack: Stack) -> None:
     wait_until(
         lambda: _alert(stack, "ScriptgateInstanceDown", "pending", instance=stack.dead_target),
