@@ -89,21 +89,15 @@ def _refuse_one(server: Gunicorn, gate: Gate) -> list[int]:
     return [held[0].result().status_code, refused.status_code]
 
 
-def _value(prometheus: prom.Prometheus, expr: str) -> float:
-    result = prometheus.query(expr)
-    return float(result[0]["value"][1]) if result else 0.0
-
-
 def _scraped(
     prometheus: prom.Prometheus, slow: int, denials: int, errors: int, refused: int
 ) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
     return (
-        _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
-        >= slow
-        and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
+        prometheus.value('sum(scriptgate_request_duration_seconds_count{script="slow.py"})') >= slow
+        and prometheus.value('sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
-        and _value(prometheus, "sum(scriptgate_requests_rejected_total)") >= refused
+        and prometheus.value("sum(scriptgate_requests_rejected_total)") >= refused
     )
 
 
@@ -246,5 +240,5 @@ def test_firing_alert_reaches_alertmanager(stack: Stack) -> None:
 def test_metrics_seen_by_prometheus_match_the_traffic(stack: Stack, expr: str, sent: int) -> None:
     """The scrape sums all workers: Prometheus counts every request sent, no more."""
     # The last scrape may have begun while the last calls were still in flight.
-    wait_until(lambda: _value(stack.prometheus, expr) >= sent, timeout=10, what=expr)
-    assert _value(stack.prometheus, expr) == sent
+    wait_until(lambda: stack.prometheus.value(expr) >= sent, timeout=10, what=expr)
+    assert stack.prometheus.value(expr) == sent
