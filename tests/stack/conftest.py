@@ -16,7 +16,7 @@ from tests.servers import REPO, wait_until
 T = TypeVar("T")
 GATE_VARIABLE = "STACK_GATE_DIR"
 # How long a gated script waits for the gate at most, so no call outlives a failed test.
-GATE_SECONDS = 8
+GATE_SECONDS = 12
 
 # Scripts that make each metric and alert move: a raise, a run past SCRIPT_TIMEOUT, and
 # one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT; one that
@@ -70,22 +70,22 @@ def hold():
         time.sleep(0.01)
     return "released\\n"
 ''',
-    "held.py": '''"""Holds a worker thread until the test opens the gate."""
+    "held.py": f'''"""Holds a worker thread until the test opens the gate."""
 
 from _gate import hold
 
-TIMEOUT = 10
+TIMEOUT = {GATE_SECONDS + 5}
 
 
 def main(request):
     return hold()
 ''',
-    "limited.py": '''"""One call at a time: while one waits at the gate, another is a 429."""
+    "limited.py": f'''"""One call at a time: while one waits at the gate, another is a 429."""
 
 from _gate import hold
 
 CONCURRENCY = 1
-TIMEOUT = 10
+TIMEOUT = {GATE_SECONDS + 5}
 
 
 def main(request):

@@ -48,6 +48,9 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
         gunicorn(scripts, tmp, workers=1, env=env, extra_args=extra) as server,
         prom.prometheus(tmp, [plane]) as prometheus,
     ):
+        # Prometheus applies new targets some seconds after it starts: wait for a scrape.
+        up = f'up{{instance="{plane}"}}'
+        wait_until(lambda: prometheus.value(up) == 1, timeout=20, what="a first scrape")
         yield Replica(server, plane, prometheus, gate)
 
 
@@ -67,7 +70,7 @@ def test_prometheus_sees_the_calls_that_hold_every_worker_thread(replica: Replic
     with replica.hold_every_thread():
         wait_until(
             lambda: replica.prometheus.value(in_flight) == THREADS,
-            timeout=GATE_SECONDS - 3,
+            timeout=GATE_SECONDS - 4,
             what="Prometheus to scrape both held calls",
         )
         assert replica.prometheus.value(f'up{{instance="{replica.plane}"}}') == 1
