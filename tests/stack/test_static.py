@@ -9,6 +9,8 @@ cannot run here.
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 import yaml
 
 from bench import apache
+from service import logs
 from service.config import Settings
 from tests.servers import BIN, REPO
 from tests.stack import prom, queries
@@ -308,6 +311,17 @@ def test_log_queries_match_the_labels_alloy_sets() -> None:
             selector = re.match(r"\{(.*?)\}", query.expr).group(1)
             used = set(re.findall(r"(\w+)\s*=~?", selector))
             assert used <= stream_labels, f"{query.where} selects on {used - stream_labels}"
+
+
+def test_alloy_reads_the_time_the_platform_writes() -> None:
+    """A time Alloy cannot parse is replaced by the time it read the line (silently)."""
+    record = logging.LogRecord("scriptgate", logging.INFO, __file__, 1, "request", None, None)
+    written = json.loads(logs.json_formatter().format(record))["time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", written)
+    stage = re.search(r"stage\.timestamp\s*\{(.*?)\}", ALLOY.read_text(), re.S).group(1)
+    assert re.search(r'source\s*=\s*"time"', stage)
+    # Go's RFC 3339 layouts; RFC3339Nano takes any number of fractional digits, or none.
+    assert re.search(r'format\s*=\s*"RFC3339Nano"', stage)
 
 
 def test_every_alert_has_a_runbook_section() -> None:
