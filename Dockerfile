@@ -1,6 +1,7 @@
 # Scriptgate: drop Python files into /app/scripts and they are HTTP endpoints.
 #   docker build -t scriptgate .
 #   docker run -p 8000:8000 -e API_KEY=... -v "$PWD/scripts:/app/scripts:ro" scriptgate
+# Port 8000 serves the scripts (and /_platform/*); port 8001 serves /_platform/* only.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SCRIPTS_DIR=/app/scripts \
-    LOG_FILE=/app/logs/framework.log
+    LOG_FILE=/app/logs/framework.log \
+    PLATFORM_BIND=0.0.0.0:8001
 
 WORKDIR /app
 
@@ -31,11 +33,16 @@ RUN mkdir -p /app/logs && chown scriptgate:scriptgate /app/logs
 VOLUME ["/app/scripts", "/app/logs"]
 
 USER 10001:10001
-EXPOSE 8000
+# 8000: the scripts, for clients (publish this one, or put Apache in front).
+# 8001: the platform plane (PLATFORM_BIND): /_platform/health, routes and metrics from a
+# process that runs no script, so the health check and Prometheus are answered even while
+# slow scripts hold every worker thread. For the health check and the scraper only.
+EXPOSE 8000 8001
 
-# No curl in the slim image: Python's urllib asks the platform's own health endpoint.
-# (If API_TRUSTED_IPS is set, it must admit 127.0.0.1.)
+# No curl in the slim image: Python's urllib asks the plane's health endpoint. (If
+# API_TRUSTED_IPS is set, it must admit 127.0.0.1; with PLATFORM_BIND=off, give the
+# container a health check on port 8000 instead.)
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/_platform/health', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8001/_platform/health', timeout=4).status != 200)"]
 
 CMD ["scriptgate", "serve", "--bind", "0.0.0.0:8000"]

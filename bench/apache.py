@@ -2,9 +2,10 @@
 
 `apache_front(backends, tmp)` writes a minimal server config for Debian's apache2 that
 loads the proxy modules and Includes `observability/apache/scriptgate.conf` as shipped;
-only the listen port and the backends' host:port are filled in (Apache `Define`s), plus
-one BalancerMember line per backend when there are not exactly two. The benchmarks put
-it in front of the Scriptgate contender; tests/stack tests the vhost through it.
+only the listen port, the backends' host:port and the proxy timeout are filled in (Apache
+`Define`s), plus one BalancerMember line per backend when there are not exactly two. The
+benchmarks put it in front of the Scriptgate contender; tests/stack tests the vhost
+through it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import requests
 
 from bench.procs import REPO, free_port, stop_process, wait_until
+from service.config import DEFAULT_SCRIPT_TIMEOUT, default_max_timeout
 
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
@@ -35,6 +37,12 @@ PROXY_MODULES = {
     "proxy_balancer_module": "mod_proxy_balancer.so",
     "lbmethod_byrequests_module": "mod_lbmethod_byrequests.so",
 }
+# Seconds Apache waits for a replica beyond the replicas' MAX_SCRIPT_TIMEOUT: past
+# gunicorn's worker timeout (MAX_SCRIPT_TIMEOUT + 10), so the platform always answers
+# first. docker-compose.yml's apache command adds the same (tests/stack checks both).
+PROXY_TIMEOUT_MARGIN = 15
+# The platform's own default, for backends started without MAX_SCRIPT_TIMEOUT.
+DEFAULT_MAX_SCRIPT_TIMEOUT = default_max_timeout(DEFAULT_SCRIPT_TIMEOUT)
 _MEMBER = re.compile(r"^(\s*BalancerMember\b.*)\$\{SCRIPTGATE_BACKEND_(\d+)\}(.*)$", re.M)
 
 
@@ -57,8 +65,27 @@ def render_vhost(backends: list[str]) -> str:
     return text[:start] + lines + text[end:]
 
 
-def server_config(tmp: Path, port: int, backends: list[str], vhost: Path) -> str:
-    """A minimal httpd.conf: modules, Defines for the placeholders, logs in `tmp`."""
+def proxy_timeout(max_script_timeout: float) -> int:
+    """SCRIPTGATE_PROXY_TIMEOUT for replicas with this MAX_SCRIPT_TIMEOUT.
+
+    Whole seconds, the fraction dropped, as the container's shell computes it:
+    `$((${MAX_SCRIPT_TIMEOUT%.*} + 15))`.
+    """
+    return int(max_script_timeout) + PROXY_TIMEOUT_MARGIN
+
+
+def server_config(
+    tmp: Path,
+    port: int,
+    backends: list[str],
+    vhost: Path,
+    max_script_timeout: float = DEFAULT_MAX_SCRIPT_TIMEOUT,
+) -> str:
+    """A minimal httpd.conf: modules, Defines for the placeholders, logs in `tmp`.
+
+    `max_script_timeout` is the backends' MAX_SCRIPT_TIMEOUT; Apache's ProxyTimeout
+    follows from it as in docker-compose.yml.
+    """
     loads = "\n".join(
         f"<IfModule !{name}>\n    LoadModule {name} {MODULES / so}\n</IfModule>"
         for name, so in PROXY_MODULES.items()
@@ -75,6 +102,7 @@ PidFile "{tmp}/httpd.pid"
 ServerName 127.0.0.1
 {loads}
 {user}Define SCRIPTGATE_PORT {port}
+Define SCRIPTGATE_PROXY_TIMEOUT {proxy_timeout(max_script_timeout)}
 {defines}
 Listen 127.0.0.1:{port}
 ErrorLog "{tmp}/error.log"
@@ -92,9 +120,14 @@ class ApacheFront(str):
 
 
 @contextlib.contextmanager
-def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
+def apache_front(
+    backends: list[str],
+    tmp_path: Path,
+    max_script_timeout: float = DEFAULT_MAX_SCRIPT_TIMEOUT,
+) -> Iterator[ApacheFront]:
     """Run Apache on a free 127.0.0.1 port in front of `backends` ("host:port" each).
 
+    `max_script_timeout` is the backends' MAX_SCRIPT_TIMEOUT (ProxyTimeout follows it).
     Yields the base URL; Apache is stopped however the caller ends.
     """
     if not backends:
@@ -105,7 +138,7 @@ def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
     vhost = tmp / "scriptgate.conf"
     vhost.write_text(render_vhost(backends))
     conf = tmp / "httpd.conf"
-    conf.write_text(server_config(tmp, port, backends, vhost))
+    conf.write_text(server_config(tmp, port, backends, vhost, max_script_timeout))
     check = subprocess.run(
         [str(APACHE), "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30
     )

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from tests.servers import REPO
+from tests.servers import REPO, wait_until
+
+T = TypeVar("T")
+GATE_VARIABLE = "STACK_GATE_DIR"
+# How long a gated script waits for the gate at most, so no call outlives a failed test.
+GATE_SECONDS = 12
 
 # Scripts that make each metric and alert move: a raise, a run past SCRIPT_TIMEOUT, and
-# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT.
+# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT; one that
+# shows what a script sees of its caller; and two that wait at a gate the test opens,
+# one of them with a concurrency limit of 1.
 EXTRA_SCRIPTS = {
     "boom.py": '''"""Always raises: a 500, an exception in the metrics and the log."""
 
@@ -37,6 +48,49 @@ def main(request):
     time.sleep(2.6)
     return "slow ok\\n"
 ''',
+    "whoami.py": '''"""The caller's address as the script sees it."""
+
+
+def main(request):
+    return {"remote_addr": request.remote_addr, "access_route": request.access_route}
+''',
+    "_gate.py": f'''"""Wait until the file {GATE_VARIABLE}/open exists, {GATE_SECONDS} s at most."""
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+
+def hold():
+    gate = Path(os.environ["{GATE_VARIABLE}"])
+    (gate / f"held-{{uuid.uuid4().hex}}").touch()
+    deadline = time.monotonic() + {GATE_SECONDS}
+    while not (gate / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "released\\n"
+''',
+    "held.py": f'''"""Holds a worker thread until the test opens the gate."""
+
+from _gate import hold
+
+TIMEOUT = {GATE_SECONDS + 5}
+
+
+def main(request):
+    return hold()
+''',
+    "limited.py": f'''"""One call at a time: while one waits at the gate, another is a 429."""
+
+from _gate import hold
+
+CONCURRENCY = 1
+TIMEOUT = {GATE_SECONDS + 5}
+
+
+def main(request):
+    return hold()
+''',
 }
 
 
@@ -51,3 +105,39 @@ def make_scripts(dest: Path) -> Path:
 @pytest.fixture
 def stack_scripts(tmp_path: Path) -> Path:
     return make_scripts(tmp_path / "scripts")
+
+
+class Gate:
+    """The folder the gated scripts (held.py, limited.py) wait on; give `env` to the server."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.env = {GATE_VARIABLE: str(directory)}
+
+    def waiting(self) -> int:
+        return len(list(self.directory.glob("held-*")))
+
+    @contextlib.contextmanager
+    def holding(
+        self, call: Callable[[], T], count: int
+    ) -> Iterator[list[concurrent.futures.Future[T]]]:
+        """Start `count` calls; yield once all of them wait at the gate, then open it.
+
+        On the way out the gate is opened, the calls' answers awaited (bounded by the
+        scripts' own GATE_SECONDS) and the gate closed again for the next use.
+        """
+        with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+            futures = [pool.submit(call) for _ in range(count)]
+            try:
+                wait_until(
+                    lambda: self.waiting() >= count,
+                    timeout=10,
+                    what=f"{count} calls waiting at the gate",
+                )
+                yield futures
+            finally:
+                (self.directory / "open").touch()
+                concurrent.futures.wait(futures, timeout=GATE_SECONDS + 5)
+                for path in self.directory.iterdir():
+                    path.unlink()

@@ -40,6 +40,11 @@ class Prometheus:
         data = body["data"]
         return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
 
+    def value(self, expr: str) -> float:
+        """The first sample's value of an instant query; 0 when it returns nothing."""
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else 0.0
+
     def series(self, match: str) -> list[dict[str, str]]:
         response = requests.get(f"{self.url}/api/v1/series", params={"match[]": match}, timeout=10)
         body = response.json()

@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from tests.stack.conftest import make_scripts
 
 CLIENT = "127.0.0.2"
 PROXY = "127.0.0.1"
+# Small, so that a call past its deadline is quick. The replicas and Apache are both
+# configured from MAX_SCRIPT_TIMEOUT, as in docker-compose.yml (ProxyTimeout 17 s).
+SCRIPT_TIMEOUT = 1
+MAX_SCRIPT_TIMEOUT = 2
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 # One line of the shipped `scriptgate` LogFormat (observability/apache/scriptgate.conf).
 ACCESS_LINE = re.compile(
@@ -92,10 +97,15 @@ def replicas(tmp_path: Path, count: int, env: dict[str, str]) -> Iterator[list[G
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Gunicorn]]]:
     tmp_path = tmp_path_factory.mktemp("apache-front")
-    env = {"TRUSTED_PROXIES": PROXY, "API_KEY": "k"}
+    env = {
+        "TRUSTED_PROXIES": PROXY,
+        "API_KEY": "k",
+        "SCRIPT_TIMEOUT": str(SCRIPT_TIMEOUT),
+        "MAX_SCRIPT_TIMEOUT": str(MAX_SCRIPT_TIMEOUT),
+    }
     with replicas(tmp_path, 2, env) as servers:
         backends = [f"127.0.0.1:{s.port}" for s in servers]
-        with apache.apache_front(backends, tmp_path) as url:
+        with apache.apache_front(backends, tmp_path, MAX_SCRIPT_TIMEOUT) as url:
             yield url, servers
 
 
@@ -117,6 +127,14 @@ def test_request_passes_through_with_trace_id_and_real_client_ip(front) -> None:
     assert logged["request"] == "GET /hello.py?name=Rico HTTP/1.1"
     assert logged["status"] == "200"
     assert logged["backend"] in {f"http://127.0.0.1:{s.port}" for s in servers}
+
+
+def test_script_sees_the_real_client_and_not_the_forged_address(front) -> None:
+    url, _ = front
+    reply = call(url, "/whoami.py", headers={"X-Forwarded-For": "10.1.2.3"})
+    assert reply.status == 200
+    # Only what Apache wrote: the forged hop is in neither view of the request.
+    assert reply.json() == {"remote_addr": CLIENT, "access_route": [CLIENT]}
 
 
 def test_client_on_the_proxy_address_is_logged_as_itself(front) -> None:
@@ -164,14 +182,32 @@ def test_forged_forwarded_for_does_not_pass_the_allowlist(tmp_path: Path) -> Non
         assert allowed.status == 200
 
 
-def test_proxy_timeout_is_above_the_platforms_longest_answer() -> None:
-    """Apache must wait longer than gunicorn's worker timeout at the default SCRIPT_TIMEOUT."""
-    from service.config import DEFAULT_SCRIPT_TIMEOUT, Settings
+@pytest.mark.parametrize(
+    ("path", "deadline"),
+    [
+        ("/sleep.py", SCRIPT_TIMEOUT),  # no TIMEOUT of its own
+        ("/slow.py", MAX_SCRIPT_TIMEOUT),  # asks for TIMEOUT = 10, gets the longest allowed
+    ],
+)
+def test_script_past_its_deadline_gets_the_platforms_504_through_apache(
+    front, path: str, deadline: int
+) -> None:
+    """The platform answers first, with its JSON body and trace id, not Apache's HTML."""
+    url, servers = front
+    started = time.monotonic()
+    reply = call(url, path)
+    elapsed = time.monotonic() - started
+    assert reply.status == 504
+    assert reply.headers["Content-Type"] == "application/json"
+    trace_id = reply.headers["X-Trace-Id"]
+    assert reply.json() == {"error": "timeout", "trace_id": trace_id}
+    assert deadline <= elapsed < apache.proxy_timeout(MAX_SCRIPT_TIMEOUT)
+    assert request_record(trace_id, *servers)["status"] == 504
+    assert access_record(url, trace_id)["status"] == "504"
 
+
+def test_vhost_leaves_the_trace_headers_alone() -> None:
+    """No `Header unset` may drop X-Trace-Id or traceresponse on the way out."""
     text = apache.VHOST.read_text()
-    proxy_timeout = float(re.search(r"^\s*ProxyTimeout\s+(\d+)", text, re.M).group(1))
-    settings = Settings(scripts_dir=Path("."), script_timeout=DEFAULT_SCRIPT_TIMEOUT)
-    gunicorn_timeout = int(settings.max_script_timeout + 10)  # as in service/gunicorn_conf.py
-    assert proxy_timeout > gunicorn_timeout
     directives = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert not [line for line in directives if "unset" in line.lower()]

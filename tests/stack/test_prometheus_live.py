@@ -1,5 +1,8 @@
 """Real Prometheus, with the shipped config and rules, scraping real gunicorn under traffic.
 
+As in docker-compose.yml, Prometheus scrapes the server's platform plane (PLATFORM_BIND),
+not the port the scripts are served on.
+
 Every PromQL expression of every dashboard panel, dashboard variable and rule is run
 through Prometheus's HTTP API and must return data. A failing script must bring the 5xx
 alert to pending, and a firing alert must reach a real Alertmanager.
@@ -7,7 +10,8 @@ alert to pending, and a firing alert must reach a real Alertmanager.
 Traffic runs in two rounds. A counter series is born at its first increment, and
 rate()/increase() cannot see the step from "no series" to 1; so the first round
 creates every series, Prometheus scrapes it, and the second round makes the increases
-the alerts look for.
+the alerts look for. Each round also has limited.py (CONCURRENCY = 1) refuse one call
+while another holds its slot.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import requests
 
 from tests.servers import Gunicorn, free_port, gunicorn, wait_until
 from tests.stack import prom, queries
-from tests.stack.conftest import make_scripts
+from tests.stack.conftest import Gate, make_scripts
 
 API_KEY = "stack-test-key"
 # What the dashboards' template variables are set to: boom.py has traffic, errors and
@@ -44,6 +48,7 @@ pytestmark = pytest.mark.skipif(not prom.PROMETHEUS.exists(), reason="prometheus
 @dataclass(frozen=True)
 class Stack:
     server: Gunicorn
+    target: str  # the platform plane Prometheus scrapes
     prometheus: prom.Prometheus
     dead_target: str
     alertmanager: str | None
@@ -77,18 +82,22 @@ def _run(calls: list[Callable[[], requests.Response]]) -> list[int]:
         return [response.status_code for response in pool.map(lambda call: call(), calls)]
 
 
-def _value(prometheus: prom.Prometheus, expr: str) -> float:
-    result = prometheus.query(expr)
-    return float(result[0]["value"][1]) if result else 0.0
+def _refuse_one(server: Gunicorn, gate: Gate) -> list[int]:
+    """limited.py called while its one slot is held: [the holder's status, the other's]."""
+    with gate.holding(lambda: server.get("/limited.py"), 1) as held:
+        refused = server.get("/limited.py")
+    return [held[0].result().status_code, refused.status_code]
 
 
-def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) -> bool:
+def _scraped(
+    prometheus: prom.Prometheus, slow: int, denials: int, errors: int, refused: int
+) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
     return (
-        _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
-        >= slow
-        and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
+        prometheus.value('sum(scriptgate_request_duration_seconds_count{script="slow.py"})') >= slow
+        and prometheus.value('sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
+        and prometheus.value("sum(scriptgate_requests_rejected_total)") >= refused
     )
 
 
@@ -96,30 +105,32 @@ def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) 
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
-    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5"}
+    target = f"127.0.0.1:{free_port()}"
+    gate = Gate(tmp / "gate")
+    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5", "PLATFORM_BIND": target, **gate.env}
     with contextlib.ExitStack() as stack_:
         server = stack_.enter_context(gunicorn(scripts, tmp, workers=6, env=env))
         am = None
         if prom.ALERTMANAGER.exists():
             am = stack_.enter_context(prom.alertmanager(tmp))
         dead = f"127.0.0.1:{free_port()}"  # nothing listens: ScriptgateInstanceDown
-        prometheus = stack_.enter_context(
-            prom.prometheus(tmp, [f"127.0.0.1:{server.port}", dead], alertmanager=am)
-        )
+        prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         statuses = _run(_calls(server, round_two=False))
         assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
+        assert _refuse_one(server, gate) == [200, 429]
         wait_until(
-            lambda: _scraped(prometheus, slow=1, denials=1, errors=2),
+            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, refused=1),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
         _run(_calls(server, round_two=True))
+        assert _refuse_one(server, gate) == [200, 429]
         wait_until(
-            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2),
+            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2, refused=2),
             timeout=15,
             what="Prometheus to scrape the second round",
         )
-        yield Stack(server, prometheus, dead, am)
+        yield Stack(server, target, prometheus, dead, am)
 
 
 def _all_queries() -> list[queries.Query]:
@@ -175,14 +186,27 @@ def test_failing_script_makes_the_5xx_alert_pending(stack: Stack) -> None:
     assert _alert(stack, "ScriptgateHighErrorRatio", "pending", zone="api") is None
 
 
+def test_refused_calls_make_the_concurrency_alert_pending(stack: Stack) -> None:
+    alert = wait_until(
+        lambda: _alert(stack, "ScriptgateConcurrencyLimitFull", "pending", script="limited.py"),
+        timeout=20,
+        what="ScriptgateConcurrencyLimitFull pending for limited.py",
+    )
+    assert alert["labels"]["zone"] == "root"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#scriptgateconcurrencylimitfull"
+    # Only the script that refused calls: the others have no limit, or room under it.
+    alerts = stack.prometheus.alerts()
+    named = [a for a in alerts if a["labels"]["alertname"] == "ScriptgateConcurrencyLimitFull"]
+    assert [a["labels"]["script"] for a in named] == ["limited.py"]
+
+
 def test_unreachable_replica_makes_instance_down_pending(stack: Stack) -> None:
     wait_until(
         lambda: _alert(stack, "ScriptgateInstanceDown", "pending", instance=stack.dead_target),
         timeout=20,
         what="ScriptgateInstanceDown pending for the dead target",
     )
-    live = f"127.0.0.1:{stack.server.port}"
-    assert _alert(stack, "ScriptgateInstanceDown", "pending", instance=live) is None
+    assert _alert(stack, "ScriptgateInstanceDown", "pending", instance=stack.target) is None
 
 
 def test_firing_alert_reaches_alertmanager(stack: Stack) -> None:
@@ -209,10 +233,12 @@ def test_firing_alert_reaches_alertmanager(stack: Stack) -> None:
         ('sum(scriptgate_requests_total{script="boom.py", status="500"})', 1 + 31),
         ('sum(scriptgate_script_errors_total{script="sleep.py", kind="timeout"})', 1 + 4),
         ('sum(scriptgate_auth_denied_total{zone="api", reason="api_key"})', 1 + 1 + DENIALS),
+        # one refused call per round, all workers summed
+        ('sum(scriptgate_requests_rejected_total{script="limited.py", reason="concurrency"})', 2),
     ],
 )
 def test_metrics_seen_by_prometheus_match_the_traffic(stack: Stack, expr: str, sent: int) -> None:
     """The scrape sums all workers: Prometheus counts every request sent, no more."""
     # The last scrape may have begun while the last calls were still in flight.
-    wait_until(lambda: _value(stack.prometheus, expr) >= sent, timeout=10, what=expr)
-    assert _value(stack.prometheus, expr) == sent
+    wait_until(lambda: stack.prometheus.value(expr) >= sent, timeout=10, what=expr)
+    assert stack.prometheus.value(expr) == sent

@@ -9,19 +9,25 @@ cannot run here.
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from bench import apache
+from service import logs
+from service.config import Settings
 from tests.servers import BIN, REPO
 from tests.stack import prom, queries
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 RUNBOOK = REPO / "docs" / "runbook.md"
 ALLOY = REPO / "observability" / "alloy" / "config.alloy"
@@ -55,6 +61,61 @@ def compose_config(*env_args: str) -> subprocess.CompletedProcess[str]:
     binary = compose_binary()
     needs(binary)
     return run([str(binary), "-f", str(COMPOSE_FILE), *env_args, "config", "--format", "json"])
+
+
+def compose_services(env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
+    """The services as docker-compose resolves them with `env_file`."""
+    result = compose_config("--env-file", str(env_file))
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def example_env(tmp_path: Path, changes: dict[str, str | None]) -> Path:
+    """An env file: .env.example with `changes` (a value of None drops the variable)."""
+    lines = [
+        line
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.partition("=")[0] not in changes
+    ]
+    lines += [f"{name}={value}" for name, value in changes.items() if value is not None]
+    env_file = tmp_path / "test.env"
+    env_file.write_text("\n".join(lines) + "\n")
+    return env_file
+
+
+def run_apache_command(
+    service: dict[str, Any], tmp_path: Path, httpd_foreground: str
+) -> subprocess.CompletedProcess[str]:
+    """The apache service's command, run by the real /bin/sh with the service's environment.
+
+    The image's `httpd-foreground` (which runs `httpd -DFOREGROUND "$@"`) is replaced by
+    a shell script with the body `httpd_foreground`, which gets the same arguments.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "httpd-foreground"
+    stub.write_text(f"#!/bin/sh\n{httpd_foreground}\n")
+    stub.chmod(0o755)
+    # `config` writes each $ as $$ again, so that its output is a valid compose file;
+    # the container gets one.
+    argv = [arg.replace("$$", "$") for arg in service["command"]]
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin", **service["environment"]}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+
+
+def dockerfile() -> dict[str, list[str]]:
+    """Each Dockerfile instruction's arguments, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, arguments = line.strip().partition(" ")
+            found.setdefault(instruction.upper(), []).append(arguments)
+    return found
+
+
+def port_of(bind: str) -> str:
+    return bind.rpartition(":")[2]
 
 
 # -- the tools' own checks -------------------------------------------------------------
@@ -105,7 +166,8 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
     """observability/apache/httpd.conf as the httpd:2.4 image reads it, env vars and all.
 
     Only what differs on Debian changes: ServerRoot, and module paths (Debian compiles
-    some of them in). The placeholders come from the environment, as in Docker.
+    some of them in). The placeholders come from the environment and the command line
+    that docker-compose.yml gives the apache service, as in Docker.
     """
     if not apache.available():
         pytest.skip("apache2 not installed")
@@ -121,19 +183,9 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
     )
     conf = tmp_path / "httpd.conf"
     conf.write_text(text)
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/bin",
-        "SCRIPTGATE_PORT": "8080",
-        "SCRIPTGATE_BACKEND_1": "scriptgate-1:8000",
-        "SCRIPTGATE_BACKEND_2": "scriptgate-2:8000",
-    }
-    result = subprocess.run(
-        [str(apache.APACHE), "-t", "-f", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    # Started as the apache service starts it: its command and environment, from compose.
+    service = compose_services()["apache"]
+    result = run_apache_command(service, tmp_path, f'exec {apache.APACHE} -t -f {conf} "$@"')
     assert result.returncode == 0, result.stderr
     assert "not defined" not in result.stderr, result.stderr
 
@@ -145,10 +197,7 @@ def test_docker_compose_config_is_valid_with_the_example_env() -> None:
 
 @pytest.mark.parametrize("secret", ["API_KEY", "ADMIN_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
 def test_docker_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) -> None:
-    lines = ENV_EXAMPLE.read_text().splitlines()
-    env_file = tmp_path / "partial.env"
-    env_file.write_text("\n".join(line for line in lines if not line.startswith(f"{secret}=")))
-    result = compose_config("--env-file", str(env_file))
+    result = compose_config("--env-file", str(example_env(tmp_path, {secret: None})))
     assert result.returncode != 0
     assert f"required variable {secret} is missing" in result.stderr
 
@@ -158,7 +207,7 @@ def test_hadolint_dockerfile() -> None:
     if not hadolint.exists() and shutil.which("hadolint") is None:
         pytest.skip("hadolint not installed")
     binary = str(hadolint) if hadolint.exists() else "hadolint"
-    result = run([binary, str(REPO / "Dockerfile")])
+    result = run([binary, str(DOCKERFILE)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -174,7 +223,7 @@ def test_docker_build_context_has_what_the_dockerfile_copies() -> None:
         if line.strip() and not line.startswith("#")
     ]
     copied: set[str] = set()
-    for line in (REPO / "Dockerfile").read_text().splitlines():
+    for line in DOCKERFILE.read_text().splitlines():
         words = line.split()
         if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
             continue
@@ -264,6 +313,17 @@ def test_log_queries_match_the_labels_alloy_sets() -> None:
             assert used <= stream_labels, f"{query.where} selects on {used - stream_labels}"
 
 
+def test_alloy_reads_the_time_the_platform_writes() -> None:
+    """A time Alloy cannot parse is replaced by the time it read the line (silently)."""
+    record = logging.LogRecord("scriptgate", logging.INFO, __file__, 1, "request", None, None)
+    written = json.loads(logs.json_formatter().format(record))["time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", written)
+    stage = re.search(r"stage\.timestamp\s*\{(.*?)\}", ALLOY.read_text(), re.S).group(1)
+    assert re.search(r'source\s*=\s*"time"', stage)
+    # Go's RFC 3339 layouts; RFC3339Nano takes any number of fractional digits, or none.
+    assert re.search(r'format\s*=\s*"RFC3339Nano"', stage)
+
+
 def test_every_alert_has_a_runbook_section() -> None:
     headings = re.findall(r"^#{2,3}\s+(.+?)\s*$", RUNBOOK.read_text(), re.M)
     anchors = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
@@ -275,11 +335,59 @@ def test_every_alert_has_a_runbook_section() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning")
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, 75),
+        ({"SCRIPT_TIMEOUT": "100", "MAX_SCRIPT_TIMEOUT": "250"}, 265),
+        ({"MAX_SCRIPT_TIMEOUT": None}, 75),  # compose's own default
+        ({"MAX_SCRIPT_TIMEOUT": "90.5"}, 105),  # whole seconds for Apache
+    ],
+    ids=["example", "raised", "unset", "fraction"],
+)
+def test_apache_waits_longer_than_the_replicas_may_take(
+    tmp_path: Path, changes: dict[str, str | None], expected: int
+) -> None:
+    """Compose, the apache command and the vhost agree: Apache's ProxyTimeout is
+    computed from the replicas' own MAX_SCRIPT_TIMEOUT and outlasts everything the
+    platform may take, so a caller gets the platform's JSON 504, never Apache's."""
+    services = compose_services(example_env(tmp_path, changes))
+    apache_env = services["apache"]["environment"]
+    replica_envs = [services[name]["environment"] for name in ("scriptgate-1", "scriptgate-2")]
+    assert {env["MAX_SCRIPT_TIMEOUT"] for env in replica_envs} == {apache_env["MAX_SCRIPT_TIMEOUT"]}
+    # The replica's settings, read the way the platform reads them.
+    settings = Settings.from_env({**replica_envs[0], "SCRIPTS_DIR": str(tmp_path)})
+    result = run_apache_command(services["apache"], tmp_path, 'printf "%s\\n" "$@"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-C", f"Define SCRIPTGATE_PROXY_TIMEOUT {expected}"]
+    assert expected > settings.worker_timeout >= settings.max_script_timeout
+    assert expected >= settings.proxy_timeout
+    # The Apache the tests run (bench/apache.py) computes the same value.
+    assert apache.proxy_timeout(settings.max_script_timeout) == expected
+    vhost = [line.split() for line in apache.VHOST.read_text().splitlines()]
+    proxy_timeouts = [words for words in vhost if words[:1] == ["ProxyTimeout"]]
+    assert proxy_timeouts == [["ProxyTimeout", "${SCRIPTGATE_PROXY_TIMEOUT}"]]
+
+
+def test_image_health_check_asks_the_platform_plane() -> None:
+    """The image runs the plane, exposes its port, and its health check asks it."""
+    image = dockerfile()
+    (cmd,) = image["CMD"]
+    argv = yaml.safe_load(cmd)
+    main_port = port_of(argv[argv.index("--bind") + 1])
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(image["ENV"])))
+    plane_port = port_of(env["PLATFORM_BIND"])
+    assert plane_port != main_port
+    assert set(" ".join(image["EXPOSE"]).split()) == {main_port, plane_port}
+    (healthcheck,) = image["HEALTHCHECK"]
+    assert f"'http://127.0.0.1:{plane_port}/_platform/health'" in healthcheck
+
+
 def test_compose_wires_the_services_together() -> None:
-    result = compose_config("--env-file", str(ENV_EXAMPLE))
-    config = yaml.safe_load(result.stdout)
-    services = config["services"]
+    services = compose_services()
     replicas = ["scriptgate-1", "scriptgate-2"]
+    argv = yaml.safe_load(dockerfile()["CMD"][0])
+    main_port = port_of(argv[argv.index("--bind") + 1])
     apache_ip = services["apache"]["networks"]["scriptgate"]["ipv4_address"]
     for name in replicas:
         env = services[name]["environment"]
@@ -289,16 +397,21 @@ def test_compose_wires_the_services_together() -> None:
         # The log file lies on the volume Alloy reads, under the glob it watches.
         logs = next(v for v in services[name]["volumes"] if v["source"] == "scriptgate-logs")
         assert env["LOG_FILE"].startswith(logs["target"] + "/") and env["LOG_FILE"].endswith(".log")
-        assert services[name]["healthcheck"]["test"]
+        # Health is asked of the platform plane, which answers while scripts fill the workers.
+        plane_port = port_of(env["PLATFORM_BIND"])
+        assert plane_port != main_port
+        health = " ".join(services[name]["healthcheck"]["test"])
+        assert f"'http://127.0.0.1:{plane_port}/_platform/health'" in health
     alloy_mount = next(v for v in services["alloy"]["volumes"] if v["source"] == "scriptgate-logs")
     assert f'"{alloy_mount["target"]}/*.log"' in ALLOY.read_text()
     apache_env = services["apache"]["environment"]
+    # Clients reach the scripts on the main port; Prometheus scrapes the plane.
     assert [apache_env["SCRIPTGATE_BACKEND_1"], apache_env["SCRIPTGATE_BACKEND_2"]] == [
-        f"{name}:8000" for name in replicas
+        f"{name}:{main_port}" for name in replicas
     ]
     scrape = yaml.safe_load(prom.PROM_CONFIG.read_text())["scrape_configs"][0]
     assert scrape["metrics_path"] == "/_platform/metrics"
-    assert scrape["static_configs"][0]["targets"] == [f"{name}:8000" for name in replicas]
+    assert scrape["static_configs"][0]["targets"] == [f"{name}:{plane_port}" for name in replicas]
     for source in queries.datasources().values():
         host = re.match(r"http://([\w-]+):", source["url"]).group(1)
         assert host in services, f"datasource {source['uid']} points at unknown service {host}"
