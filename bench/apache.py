@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 
 from bench.procs import REPO, free_port, stop_process, wait_until
-from service.config import DEFAULT_SCRIPT_TIMEOUT, default_max_timeout
+from service.config import DEFAULT_SCRIPT_TIMEOUT, PROXY_TIMEOUT_MARGIN, default_max_timeout
 
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
@@ -37,10 +37,6 @@ PROXY_MODULES = {
     "proxy_balancer_module": "mod_proxy_balancer.so",
     "lbmethod_byrequests_module": "mod_lbmethod_byrequests.so",
 }
-# Seconds Apache waits for a replica beyond the replicas' MAX_SCRIPT_TIMEOUT: past
-# gunicorn's worker timeout (MAX_SCRIPT_TIMEOUT + 10), so the platform always answers
-# first. docker-compose.yml's apache command adds the same (tests/stack checks both).
-PROXY_TIMEOUT_MARGIN = 15
 # The platform's own default, for backends started without MAX_SCRIPT_TIMEOUT.
 DEFAULT_MAX_SCRIPT_TIMEOUT = default_max_timeout(DEFAULT_SCRIPT_TIMEOUT)
 _MEMBER = re.compile(r"^(\s*BalancerMember\b.*)\$\{SCRIPTGATE_BACKEND_(\d+)\}(.*)$", re.M)

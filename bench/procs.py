@@ -70,6 +70,16 @@ def child_pids(pid: int) -> set[int]:
     return {int(p) for p in children.read_text().split()} if children.exists() else set()
 
 
+PLANE_NAME = "sg-plane"  # service/plane.py names its process so
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without the server's own settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
@@ -115,8 +125,11 @@ class Gunicorn:
         return requests.request(method, self.url + path, **kwargs)
 
     def worker_pids(self) -> set[int]:
-        """The live worker processes (children of the gunicorn master)."""
-        return child_pids(self.proc.pid)
+        """The live worker processes (the gunicorn master's children but the plane)."""
+        return {p for p in child_pids(self.proc.pid) if process_name(p) != PLANE_NAME}
+
+    def plane_pids(self) -> set[int]:
+        return {p for p in child_pids(self.proc.pid) if process_name(p) == PLANE_NAME}
 
 
 @contextlib.contextmanager

@@ -12,12 +12,12 @@ window, they do not hold a slot for a request's duration.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,15 +31,13 @@ class Bulkhead:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    @contextlib.contextmanager
-    def slot(self, name: str, limit: int) -> Iterator[bool]:
-        """Yield True holding one of `limit` slots of `name`, or False when all are taken."""
+    def take(self, name: str, limit: int) -> Callable[[], None] | None:
+        """Hold one of `limit` slots of `name`; the function that frees it, or None when
+        all are taken. Any thread may free it (a script's runner, when it really ends)."""
         taken = self._take(name, limit)
-        try:
-            yield taken is not None
-        finally:
-            if taken is not None:
-                self._release(taken)
+        if taken is None:
+            return None
+        return functools.partial(self._release, taken)
 
     def _take(self, name: str, limit: int) -> tuple[str, int] | None:
         key = hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:20]

@@ -26,6 +26,7 @@ DEFAULT_WORKERS = 3
 # docs/benchmarks.md: 8 threads x 3 workers serve 24 sleeping scripts for +18% memory).
 DEFAULT_THREADS = 8
 WORKER_CLASSES = ("gthread", "sync")
+PROXY_TIMEOUT_MARGIN = 15  # seconds a proxy waits beyond MAX_SCRIPT_TIMEOUT
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -145,8 +146,10 @@ class Settings:
 
     @property
     def proxy_timeout(self) -> int:
-        """What a reverse proxy in front must wait at least (Apache's ProxyTimeout)."""
-        return int(self.max_script_timeout + 5)
+        """What a reverse proxy in front waits (the shipped Apache's ProxyTimeout): above
+        gunicorn's worker timeout, so a caller gets the platform's JSON 504, never the
+        proxy's. Whole seconds, as the Apache container's shell computes it."""
+        return int(self.max_script_timeout) + PROXY_TIMEOUT_MARGIN
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

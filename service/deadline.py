@@ -16,6 +16,7 @@ only reaches the main thread, so it cannot serve a threaded worker.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import sys
@@ -46,10 +47,21 @@ class ScriptTimeout(BaseException):
 
 
 class _Job:
-    __slots__ = ("call", "done", "error", "give_up_at", "lock", "runner", "state", "value")
+    __slots__ = (
+        "after",
+        "call",
+        "done",
+        "error",
+        "give_up_at",
+        "lock",
+        "runner",
+        "state",
+        "value",
+    )
 
-    def __init__(self, call: Callable[[], Any]) -> None:
+    def __init__(self, call: Callable[[], Any], after: Callable[[], None] | None) -> None:
         self.call = call
+        self.after = after
         self.done = threading.Lock()
         self.done.acquire()
         self.lock = threading.Lock()  # guards state against the reaper's injections
@@ -84,6 +96,9 @@ class _Runner:
             except ScriptTimeout as exc:  # injected between the script's end and here
                 job.error = job.error or exc
             self._settle(job)
+            if job.after is not None:
+                with contextlib.suppress(Exception):  # releasing must not kill the runner
+                    job.after()
             job.done.release()
             self.job = None
             self.pool.put_back(self)
@@ -116,10 +131,17 @@ class RunnerPool:
         with self._lock:
             self._idle.append(runner)
 
-    def run(self, func: Callable[[], T], seconds: float) -> T:
-        """Run func() in this request's context; raise ScriptTimeout after `seconds`."""
+    def run(
+        self, func: Callable[[], T], seconds: float, after: Callable[[], None] | None = None
+    ) -> T:
+        """Run func() in this request's context; raise ScriptTimeout after `seconds`.
+
+        `after` runs once the code has really stopped, which for an abandoned script is
+        after its caller had the 504: what it releases (a concurrency slot) stays held
+        while the script still runs.
+        """
         context = contextvars.copy_context()  # Flask's request and the current span
-        job = _Job(lambda: context.run(func))
+        job = _Job(lambda: context.run(func), after)
         with self._lock:
             runner = self._idle.pop() if self._idle else None
         if runner is None:

@@ -7,8 +7,7 @@ so every worker writes its values to files there and a scrape sums them (see
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,14 +118,11 @@ class Metrics:
             child = self._in_progress_children[zone] = self.in_progress.labels(zone)
         return child
 
-    @contextlib.contextmanager
-    def script_in_flight(self, zone: str, script: str) -> Iterator[None]:
+    def script_started(self, zone: str, script: str) -> Callable[[], None]:
+        """Count a call of a script as in flight; the function that ends it."""
         gauge = self.script_in_progress.labels(zone, script)
         gauge.inc()
-        try:
-            yield
-        finally:
-            gauge.dec()
+        return gauge.dec  # type: ignore[no-any-return]
 
     def observe_request(
         self, zone: str, script: str, method: str, status: int, seconds: float

@@ -14,8 +14,8 @@ error function and records it like any other response.
 
 from __future__ import annotations
 
-import contextlib
 import io
+from collections.abc import Callable
 
 from flask import Request, Response, request
 from opentelemetry import trace
@@ -119,6 +119,7 @@ def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
             rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind)
         if script.concurrency:
             rt.metrics.concurrency_limit.labels(ctx.zone, ctx.script).set(script.concurrency)
+            rt.metrics.rejected.labels(ctx.zone, ctx.script, "concurrency")
     return script
 
 
@@ -148,21 +149,28 @@ def check_body(req: Request, limit: int) -> None:
 
 
 def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
-    """Hold a slot of the script's bulkhead, then run and convert under its deadline."""
-    with contextlib.ExitStack() as stack:
-        if script.concurrency:
-            name = f"{ctx.zone}:{ctx.script}"
-            if not stack.enter_context(rt.bulkhead.slot(name, script.concurrency)):
-                raise TooManyRequests("concurrency")
-        if rt.metrics is not None:
-            stack.enter_context(rt.metrics.script_in_flight(ctx.zone, ctx.script))
-        span = stack.enter_context(
-            rt.tracer.start_as_current_span(
-                "script.run", record_exception=False, set_status_on_exception=False
-            )
-        )
+    """Take a slot of the script's bulkhead, then run and convert under its deadline.
+
+    The slot and the in-flight gauge are given back when the script's code has really
+    stopped (`after`), not when its caller got a 504: an abandoned script still counts.
+    """
+    releases: list[Callable[[], None]] = []
+    if script.concurrency:
+        release = rt.bulkhead.take(f"{ctx.zone}:{ctx.script}", script.concurrency)
+        if release is None:
+            raise TooManyRequests("concurrency")
+        releases.append(release)
+    if rt.metrics is not None:
+        releases.append(rt.metrics.script_started(ctx.zone, ctx.script))
+    with rt.tracer.start_as_current_span(
+        "script.run", record_exception=False, set_status_on_exception=False
+    ) as span:
         try:
-            return rt.runners.run(lambda: to_response(script.handler(req)), script.timeout)
+            return rt.runners.run(
+                lambda: to_response(script.handler(req)),
+                script.timeout,
+                after=lambda: [release() for release in releases],
+            )
         except ScriptTimeout as exc:
             record_failure(rt, ctx, span, "timeout", exc)
             raise ScriptTimedOut() from None
@@ -171,7 +179,6 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
         except BaseException as exc:  # a script's own BaseException too: the script's fault
             record_failure(rt, ctx, span, "exception", exc)
             raise ScriptFailed() from exc
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def caller_error(exc: HTTPException) -> Response:

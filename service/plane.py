@@ -34,6 +34,9 @@ _MASTER_SIGNALS = (
     "SIGCHLD",
 )
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+PROCESS_NAME = b"sg-plane"  # /proc/PID/comm: tells the plane from gunicorn's workers
+RESTARTS_PER_MINUTE = 10
 
 
 def bind(address: str) -> socket.socket:
@@ -53,9 +56,10 @@ def start(server: Any, listeners: list[Any]) -> int:
     try:
         for name in _MASTER_SIGNALS:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
-        # Gone with the master, however the master ends.
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            libc = ctypes.CDLL(None)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # gone with the master, however
+            libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME))
         for listener in listeners:  # the workers' port is not ours
             listener.close()
         _serve(server)
@@ -80,6 +84,47 @@ def _serve(server: Any) -> None:
     make_server(
         host.strip("[]"), int(port), app, threaded=True, fd=listener.fileno()
     ).serve_forever()
+
+
+def exited(pid: int) -> bool:
+    """Whether a child has ended (reaped here, or already by gunicorn's own loop)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return bool(done)
+
+
+class Supervisor:
+    """Keeps one plane process running: the master calls `check()` on every loop turn.
+
+    A plane that dies (killed, out of memory) is started again, at most
+    RESTARTS_PER_MINUTE times a minute so a plane that cannot start does not spin.
+    """
+
+    def __init__(self, server: Any, listeners: list[Any], log: Any) -> None:
+        self.server = server
+        self.listeners = listeners
+        self.log = log
+        self.pid = start(server, listeners)
+        self._restarts: list[float] = []
+
+    def check(self) -> int | None:
+        """Restart a dead plane; the dead one's pid, for its metrics to be folded."""
+        if not exited(self.pid):
+            return None
+        dead = self.pid
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60]
+        if len(self._restarts) >= RESTARTS_PER_MINUTE:
+            return None
+        self._restarts.append(now)
+        self.log.error("platform plane %s exited; starting a new one", dead)
+        self.pid = start(self.server, self.listeners)
+        return dead
+
+    def stop(self) -> None:
+        stop(self.pid)
 
 
 def stop(pid: int, timeout: float = 5.0) -> None:

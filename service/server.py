@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from service import multiproc, plane, recycle
 from service.config import ConfigError, Settings
@@ -36,7 +37,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         self.run_dir = run_dir
         self.metrics_dir = metrics_dir
         self.started_at = time.time()
-        self.plane_pid: int | None = None
+        self.plane: plane.Supervisor | None = None
         self.plane_socket = plane.bind(settings.platform_bind) if settings.platform_bind else None
         super().__init__()
 
@@ -111,9 +112,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
 
     def when_ready(self, server: Any) -> None:
         s = self.settings
-        if self.plane_socket is not None:
-            self.plane_pid = plane.start(self, server.LISTENERS)
-            self.plane_socket.close()  # the plane's now
+        if self.plane_socket is not None:  # kept open here, for a restarted plane
+            self.plane = plane.Supervisor(self, server.LISTENERS, server.log)
         plane_note = f", platform plane on http://{s.platform_bind}" if s.platform_bind else ""
         print(
             f"Scriptgate listening on http://{s.bind} ({s.workers} workers x {s.threads} "
@@ -122,17 +122,36 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             flush=True,
         )
 
+    def supervise(self) -> None:
+        """Called by the master on every loop turn (see _Arbiter)."""
+        if self.plane is not None:
+            dead = self.plane.check()
+            if dead is not None and self.metrics_dir is not None:
+                multiproc.worker_exited(dead, self.metrics_dir.path)
+
     def on_exit(self, server: Any) -> None:
-        if self.plane_pid is not None:
-            plane.stop(self.plane_pid)
+        if self.plane is not None:
+            self.plane.stop()
             if self.metrics_dir is not None:
-                multiproc.worker_exited(self.plane_pid, self.metrics_dir.path)
+                multiproc.worker_exited(self.plane.pid, self.metrics_dir.path)
         self.cleanup()
+
+    def run(self) -> None:
+        _Arbiter(self).run()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         if self.metrics_dir is not None:
             self.metrics_dir.cleanup()
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, which also keeps the platform plane alive: gunicorn has no hook
+    on its loop, and its manage_workers runs on every turn (at least once a second)."""
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        self.app.supervise()
 
 
 def serve(settings: Settings) -> int:

@@ -8,6 +8,8 @@ knows for certain how many calls are in flight instead of sleeping and hoping.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import textwrap
 import time
 from collections.abc import Iterator
@@ -273,3 +275,19 @@ def test_prometheus_scraping_every_second_never_fails_during_saturation(
     total, succeeded = float(scrapes[0]["value"][1]), float(good[0]["value"][1])
     assert total >= 55, f"only {total} scrapes in the window"
     assert succeeded == total, f"{total - succeeded} failed scrapes of {total}"
+
+
+def test_a_killed_platform_plane_is_started_again(tmp_path: Path) -> None:
+    plane = free_port()
+    scripts = write(tmp_path / "scripts")
+    args = ("--platform-bind", f"127.0.0.1:{plane}")
+    with gunicorn(scripts, tmp_path, workers=2, env={"API_KEY": API_KEY}, extra_args=args) as s:
+        health = f"http://127.0.0.1:{plane}/_platform/health"
+        wait_until(lambda: requests.get(health, timeout=2).ok, 20, what="the plane")
+        (first,) = s.plane_pids()
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: s.plane_pids() - {first}, 20, what="a new plane")
+        answer = wait_until(lambda: requests.get(health, timeout=2), 20, what="the new plane")
+        workers = s.worker_pids()
+    assert answer.status_code == 200
+    assert len(workers) == 2  # the plane is not mistaken for a worker
