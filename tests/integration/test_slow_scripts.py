@@ -268,13 +268,18 @@ def test_prometheus_scraping_every_second_never_fails_during_saturation(
         )
         scrapes = prom.query('count_over_time(up{job="scriptgate"}[70s])')
         good = prom.query('sum_over_time(up{job="scriptgate"}[70s])')
+        slowest = prom.query('max_over_time(scrape_duration_seconds{job="scriptgate"}[70s])')
+        targets = requests.get(f"{prom.url}/api/v1/targets", timeout=5).json()["data"]
         still_busy = len(busy.started()) >= 6 and not any(c.done() for c in busy.calls)
         busy.release()
 
     assert still_busy, "the scripts ended before the minute was over"
     total, succeeded = float(scrapes[0]["value"][1]), float(good[0]["value"][1])
     assert total >= 55, f"only {total} scrapes in the window"
-    assert succeeded == total, f"{total - succeeded} failed scrapes of {total}"
+    last_errors = [t["lastError"] for t in targets["activeTargets"]]
+    assert succeeded == total, (
+        f"{total - succeeded} failed scrapes of {total}; slowest {slowest}; last {last_errors}"
+    )
 
 
 def test_a_killed_platform_plane_is_started_again(tmp_path: Path) -> None:
