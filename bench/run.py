@@ -4,9 +4,10 @@
     .venv/bin/python bench/run.py --smoke    # seconds; proves the harness end to end
 
 Every contender answers GET /api/hello.py with {"message": "Hello, Guest!"} from
-gunicorn with the same sync worker count, on a free 127.0.0.1 port. wrk drives them in
-interleaved rounds (A1 B1 C1 ... A2 B2 C2 ...) so a noisy neighbour hurts all alike,
-and the table shows the median of the rounds. Then come the side measurements, the mixed
+gunicorn with the same worker count, on a free 127.0.0.1 port: sync workers, except
+Scriptgate's rows, which run `scriptgate serve`'s default (gthread, 8 threads). wrk
+drives them in interleaved rounds (A1 B1 C1 ... A2 B2 C2 ...) so a noisy neighbour hurts
+all alike, and the table shows the median of the rounds. Then come the side measurements, the mixed
 workload (bench/mixed.py: fast calls, slow calls and health probes on today's sync design
 and the new gthread one) and the scrape-cost figures (bench/scrape_cost.py, when present).
 Goals are printed as PASS/MISS, never asserted. Results are written to bench/results/ as
@@ -378,7 +379,8 @@ def print_report(results: dict) -> None:
         f"gunicorn {host['gunicorn']}  {host['wrk']}  at {host['scriptgate_commit']}"
     )
     print(
-        f"{cfg['workers']} sync workers each; wrk {cfg['threads']} thread, "
+        f"{cfg['workers']} workers each (sync; the Scriptgate rows run its default, gthread "
+        f"x 8 threads); wrk {cfg['threads']} thread, "
         f"{cfg['connections']} connections, {cfg['seconds']} s x {cfg['rounds']} rounds "
         f"(median); load average before {' '.join(host['loadavg_before'])}, "
         f"after {' '.join(host['loadavg_after'])}"
