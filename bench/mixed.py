@@ -381,11 +381,13 @@ def run(servers: list[DesignServer], shape: Shape, say: Callable[[str], None]) -
         key = ds.design.key
         for done in rounds[key]:  # the last slow calls must not hold threads in the test
             done.join()
+        summaries = [done.summary() for done in rounds[key]]
         results["designs"][key] = {
             "label": ds.design.label,
             "health_on": "plane port" if ds.design.plane else "main port",
-            **summarize([done.summary() for done in rounds[key]]),
+            **summarize(summaries),
             "hold": hold_test(ds, GATHER_CALLS, shape.gather_window_s),
+            "rounds": summaries,
         }
         say(f"  holding test {key:<8} {results['designs'][key]['hold']['held_at_once']} at once")
     results.update(hold_ratios(results["designs"]))
