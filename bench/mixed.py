@@ -234,7 +234,6 @@ class CallLoop:
 class Round:
     """One window of mixed load on one server; its last slow calls finish after it."""
 
-    server: DesignServer
     alone: dict | None
     fast: dict
     slow: CallLoop
@@ -279,7 +278,7 @@ def run_round(ds: DesignServer, shape: Shape) -> Round:
     finally:
         slow.stop()
         health.stop()
-    return Round(ds, alone, fast, slow, health, memory)
+    return Round(alone, fast, slow, health, memory)
 
 
 def fast_calls(ds: DesignServer, shape: Shape, seconds: int) -> dict:
@@ -316,12 +315,14 @@ def hold_test(ds: DesignServer, calls: int, window_s: float) -> dict:
             pool.submit(http_get, ds.server.port, GATHER, HEADERS, SLOW_TIMEOUT_S)
             for _ in range(calls)
         ]
-        while peak < calls and time.monotonic() - started < window_s:
-            peak = max(peak, _waiting(folder))
-            time.sleep(0.02)
-        gathered_s = time.monotonic() - started
-        held = ds.memory()
-        (folder / RELEASE).touch()
+        try:
+            while peak < calls and time.monotonic() - started < window_s:
+                peak = max(peak, _waiting(folder))
+                time.sleep(0.02)
+            gathered_s = time.monotonic() - started
+            held = ds.memory()
+        finally:
+            (folder / RELEASE).touch()
         seen = [_seen_by_script(future.result) for future in answers]
     return {
         "calls": calls,
