@@ -16,6 +16,9 @@ ORIGIN = "origin"
 SCRIPTGATE = "scriptgate"
 SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
 APACHE = "scriptgate-apache"
+# The mixed workload's two designs (bench/mixed.py).
+MIXED_SYNC = "sync"
+MIXED_GTHREAD = "gthread"
 
 
 def median_of(rounds: list[dict], key: str) -> float:
@@ -195,7 +198,31 @@ def goals(sizes: dict) -> list[Goal]:
             False,
             "MB",
         ),
+        Goal(
+            "mixed: new design's fast-call p99 < 50 ms", new_design("fast_p99_ms"), 50, False, "ms"
+        ),
+        Goal(
+            "mixed: new design's health p99 < 1 s", new_design("health_p99_ms"), 1000, False, "ms"
+        ),
+        Goal(
+            "holding: new design holds >= 12 waiting scripts",
+            lambda r: r["mixed"]["designs"][MIXED_GTHREAD]["hold"]["held_at_once"],
+            12,
+            True,
+            "",
+        ),
+        Goal(
+            "holding: new RSS <= 1.5x today's idle RSS",
+            lambda r: r["mixed"]["hold_rss_ratio"],
+            1.5,
+            False,
+            "x",
+        ),
     ]
+
+
+def new_design(key: str) -> Callable[[dict], float | None]:
+    return lambda r: r["mixed"]["designs"][MIXED_GTHREAD][key]
 
 
 def scrape_goal(scrape: dict) -> dict | None:
@@ -280,3 +307,140 @@ def flat_figures(data: object, prefix: str = "", limit: int = 40) -> list[str]:
 
     walk(data, prefix)
     return lines
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mixed_rows(mixed: dict) -> list[tuple[str, ...]]:
+    """One row of cells per design: the mixed workload's table, text or Markdown."""
+    rows = []
+    for d in mixed["designs"].values():
+        rows.append(
+            (
+                d["label"],
+                _num(d.get("alone_rps")),
+                _num(d.get("alone_p99_ms"), 1),
+                _num(d["fast_rps"]),
+                _num(d["fast_p50_ms"], 1),
+                _num(d["fast_p99_ms"], 1),
+                str(d["slow_completed"]),
+                _num(d["health_p99_ms"], 1),
+                f"{d['health_over_1s']}/{d['health_failed']}/{d['health_probes']}",
+                _num(d["rss_mb_max"]),
+                _num(d["anon_mb_max"]),
+            )
+        )
+    return rows
+
+
+MIXED_HEADER = (
+    "design",
+    "alone req/s",
+    "p99",
+    "mixed req/s",
+    "p50",
+    "p99",
+    "slow ok",
+    "health p99",
+    ">1s/fail/n",
+    "RSS MB",
+    "anon MB",
+)
+MIXED_WIDTHS = (28, 12, 8, 12, 8, 8, 8, 11, 11, 8, 8)
+
+
+def _hold_rows(mixed: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for d in mixed["designs"].values():
+        h = d["hold"]
+        rows.append(
+            (
+                d["label"],
+                f"{h['held_at_once']} of {h['calls']}",
+                f"{h['gathered_in_s']:.2f}",
+                f"{h['idle']['rss_mb']:.0f} ({h['idle']['anon_mb']:.0f})",
+                f"{h['holding']['rss_mb']:.0f} ({h['holding']['anon_mb']:.0f})",
+                str(h["holding"]["processes"]),
+            )
+        )
+    return rows
+
+
+HOLD_HEADER = ("design", "held at once", "in s", "idle MB", "holding MB", "processes")
+HOLD_WIDTHS = (28, 14, 8, 14, 14, 11)
+
+
+def _text_table(header: tuple[str, ...], widths: tuple[int, ...], rows: list) -> list[str]:
+    def line(cells: tuple[str, ...]) -> str:
+        first, *rest = cells
+        return f"{first:<{widths[0]}}" + "".join(
+            f"{cell:>{w}}" for cell, w in zip(rest, widths[1:], strict=True)
+        )
+
+    top = line(header)
+    return [top, "-" * len(top), *(line(row) for row in rows)]
+
+
+def _markdown_table(header: tuple[str, ...], rows: list) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _mixed_notes(mixed: dict) -> list[str]:
+    notes = [
+        f"fast-call req/s, new / today: {_ratio(mixed.get('fast_rps_ratio'))} "
+        "(median of per-round ratios)",
+        f"new design holding / today's idle: RSS {_ratio(mixed.get('hold_rss_ratio'))}, "
+        f"anonymous {_ratio(mixed.get('hold_anon_ratio'))}",
+    ]
+    return notes + [f"note: {note}" for note in mixed.get("notes", [])]
+
+
+def mixed_text(mixed: dict) -> str:
+    shape = mixed["shape"]
+    lines = [
+        f"mixed workload: wrk {shape['fast_connections']} connections on /api/hello.py, "
+        f"{shape['slow_callers']} callers of /api/slow.py (sleeps 2 s), 1 health probe/s; "
+        f"{shape['rounds']} rounds of {shape['seconds']} s",
+        *_text_table(MIXED_HEADER, MIXED_WIDTHS, _mixed_rows(mixed)),
+        MIXED_LEGEND,
+        "",
+        "holding test: calls at once to /api/gather.py, which waits until released",
+        *_text_table(HOLD_HEADER, HOLD_WIDTHS, _hold_rows(mixed)),
+        HOLD_LEGEND,
+        *_mixed_notes(mixed),
+    ]
+    return "\n".join(lines)
+
+
+def mixed_markdown(mixed: dict) -> str:
+    return "\n".join(
+        [
+            *_markdown_table(MIXED_HEADER, _mixed_rows(mixed)),
+            "",
+            *_markdown_table(HOLD_HEADER, _hold_rows(mixed)),
+            "",
+            *_mixed_notes(mixed),
+        ]
+    )
+
+
+MIXED_LEGEND = """\
+alone: the fast calls with nothing else running (reference, medians over rounds);
+mixed: the fast calls while the slow callers and the health probe run; req/s, p50 and
+  p99 (ms) are medians over rounds; slow ok: slow calls answered 200 (each
+  started in a window; the last ones end after it).
+health p99 (ms): all probes pooled, a failed one counts as 5000; >1s/fail/n: probes
+  answered after more than 1 s / not answered in 5 s / sent.
+RSS MB, anon MB: the most, summed over master, workers and plane, sampled once a second;
+  anon counts each anonymous page once however many processes share it (Pss_Anon)."""
+
+HOLD_LEGEND = """\
+held at once: the most calls waiting in the script together; in s: until all arrived
+  (or the window closed). MB: RSS (anon) summed over master, workers and plane, idle
+  before the calls and while they wait."""

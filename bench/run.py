@@ -4,17 +4,21 @@
     .venv/bin/python bench/run.py --smoke    # seconds; proves the harness end to end
 
 Every contender answers GET /api/hello.py with {"message": "Hello, Guest!"} from
-gunicorn with the same sync worker count, on a free 127.0.0.1 port. wrk drives them in
-interleaved rounds (A1 B1 C1 ... A2 B2 C2 ...) so a noisy neighbour hurts all alike,
-and the table shows the median of the rounds. Then come the side measurements and the
-scrape-cost figures (bench/scrape_cost.py, when present). Goals are printed as
-PASS/MISS, never asserted. Results are written to bench/results/ as JSON.
+gunicorn with the same worker count, on a free 127.0.0.1 port: sync workers, except
+Scriptgate's rows, which run `scriptgate serve`'s default (gthread, 8 threads). wrk
+drives them in interleaved rounds (A1 B1 C1 ... A2 B2 C2 ...) so a noisy neighbour hurts
+all alike, and the table shows the median of the rounds. Then come the side measurements, the mixed
+workload (bench/mixed.py: fast calls, slow calls and health probes on today's sync design
+and the new gthread one) and the scrape-cost figures (bench/scrape_cost.py, when present).
+Goals are printed as PASS/MISS, never asserted. Results are written to bench/results/ as
+JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -30,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import apache, report, side
+from bench import apache, mixed, report, side
 from bench.loadgen import WRK, run_wrk, wrk_version
 from bench.procs import REPO, free_port, scriptgate_argv
 from bench.servers import (
@@ -65,11 +69,12 @@ class Mode:
     routes_scripts: int
     routes_calls: int
     memory_scripts: int
-    budget_seconds: float
+    budget_seconds: float  # contenders, side measurements and scrape cost
+    mixed: mixed.Shape  # the mixed workload, on a time budget of its own
 
 
-FULL = Mode(5, 3, 1, 10_000, 1000, 9, 100, 240)
-SMOKE = Mode(1, 1, 0, 2000, 100, 3, 10, 30)
+FULL = Mode(5, 3, 1, 10_000, 1000, 9, 100, 240, mixed.Shape(3, 10, 3, 1, 2.0, 120))
+SMOKE = Mode(1, 1, 0, 2000, 100, 3, 10, 30, mixed.Shape(1, 1, 0, 0, 0.5, 20))
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,16 @@ def run_side(mode: Mode, tree: tuple[Server, list[str]]) -> dict:
     return {"change_detection": side.change_detection(mode.change_iterations), **measured}
 
 
+def run_mixed(mode: Mode, designs: list[mixed.DesignServer]) -> dict:
+    shape = mode.mixed
+    say(
+        f"mixed workload: {shape.rounds} interleaved rounds of {shape.seconds} s "
+        f"(+ {shape.reference_seconds} s fast calls alone), then the holding test"
+    )
+    mixed.await_designs(designs)
+    return mixed.run(designs, shape, say)
+
+
 class ScrapeCost:
     """bench/scrape_cost.py --json, another engineer's tool, run as a subprocess.
 
@@ -364,7 +379,8 @@ def print_report(results: dict) -> None:
         f"gunicorn {host['gunicorn']}  {host['wrk']}  at {host['scriptgate_commit']}"
     )
     print(
-        f"{cfg['workers']} sync workers each; wrk {cfg['threads']} thread, "
+        f"{cfg['workers']} workers each (sync; the Scriptgate rows run its default, gthread "
+        f"x 8 threads); wrk {cfg['threads']} thread, "
         f"{cfg['connections']} connections, {cfg['seconds']} s x {cfg['rounds']} rounds "
         f"(median); load average before {' '.join(host['loadavg_before'])}, "
         f"after {' '.join(host['loadavg_after'])}"
@@ -377,6 +393,8 @@ def print_report(results: dict) -> None:
     print()
     print(report.derived_text(results["derived"]))
     print(report.side_text(results["side"]))
+    print()
+    print(report.mixed_text(results["mixed"]))
     scrape = results["scrape_cost"]
     print("\nscrape cost (bench/scrape_cost.py):")
     if "figures" in scrape:
@@ -400,6 +418,8 @@ def write_results(results: dict, smoke: bool) -> Path:
         f"load average before {host['loadavg_before'][0]}.",
         "",
         report.contenders_markdown(results["contenders"]),
+        "",
+        report.mixed_markdown(results["mixed"]),
         "",
         report.goals_markdown(results["goals"]),
     ]
@@ -427,15 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{WRK} not found: install the wrk package (`make debs`)", file=sys.stderr)
         return 2
     base = SMOKE if args.smoke else FULL
-    mode = Mode(
-        rounds=args.rounds or base.rounds,
-        seconds=args.seconds or base.seconds,
-        warmup_seconds=base.warmup_seconds,
-        change_iterations=base.change_iterations,
-        routes_scripts=base.routes_scripts,
-        routes_calls=base.routes_calls,
-        memory_scripts=base.memory_scripts,
-        budget_seconds=base.budget_seconds,
+    mode = dataclasses.replace(
+        base, rounds=args.rounds or base.rounds, seconds=args.seconds or base.seconds
     )
     started = time.monotonic()
     results: dict = {
@@ -458,13 +471,20 @@ def main(argv: list[str] | None = None) -> int:
             # The side server boots alongside the contenders and idles until they are done.
             tree = side.launch_tree_server(tmp / "tree", mode.routes_scripts, tmp, args.workers)
             stack.callback(stop, tree[0])
+            designs = mixed.launch_designs(tmp)  # idle too until their turn
+            stack.callback(stop_all, [ds.server for ds in designs])
             say(f"contenders: {mode.rounds} interleaved rounds of {mode.seconds} s")
             results["contenders"] = run_contenders(
                 mode, args, tmp, started + mode.budget_seconds * 0.6
             )
             results["side"] = run_side(mode, tree)
             stop(tree[0])
-            left = max(mode.budget_seconds - (time.monotonic() - started) - SCRAPE_MARGIN_S, 30)
+            mixed_started = time.monotonic()
+            results["mixed"] = run_mixed(mode, designs)
+            stop_all([ds.server for ds in designs])
+            # The mixed workload has a budget of its own: the scrape keeps all of its.
+            spent = mixed_started - started
+            left = max(mode.budget_seconds - spent - SCRAPE_MARGIN_S, 30)
             if not args.smoke:
                 say(f"bench/scrape_cost.py (budget {left:.0f} s)")
             scrape.start(smoke=args.smoke, budget=left)

@@ -136,10 +136,26 @@ def stop_all(servers: list[Server]) -> None:
 
 
 def rss_mb(pid: int) -> float | None:
-    """Resident memory of one process, from /proc/PID/status (VmRSS, in kB)."""
+    """Resident memory of one process, from /proc/PID/status (VmRSS)."""
+    return _proc_kb(pid, "status", "VmRSS:")
+
+
+def anon_pss_mb(pid: int) -> float | None:
+    """Anonymous memory of one process, a page shared by n processes counting 1/n.
+
+    RSS counts a page that forked workers still share with their master once in every
+    process, so a sum of RSS overstates what a server costs. Summed over a process tree,
+    Pss_Anon counts each anonymous page once (only the tree maps them); file pages, the
+    libraries' code, are left out, as their share moves with whatever else runs.
+    """
+    return _proc_kb(pid, "smaps_rollup", "Pss_Anon:")
+
+
+def _proc_kb(pid: int, name: str, field: str) -> float | None:
+    """A "Field:  N kB" line of /proc/PID/`name`, in MB; None once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
