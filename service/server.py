@@ -47,7 +47,9 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             "bind": [s.bind],
             "workers": s.workers,
             "worker_class": s.worker_class,
-            "threads": s.threads,
+            # gunicorn turns `sync` into gthread when threads > 1: sync means one call
+            # per process, so it gets one thread.
+            "threads": s.threads if s.worker_class == "gthread" else 1,
             # A worker accepts no more connections than it has threads, so a call never
             # queues behind busy threads while another worker is idle; connections close
             # after each response (as under the sync worker), or an idle kept-alive one
@@ -116,8 +118,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             self.plane = plane.Supervisor(self, server.LISTENERS, server.log)
         plane_note = f", platform plane on http://{s.platform_bind}" if s.platform_bind else ""
         print(
-            f"Scriptgate listening on http://{s.bind} ({s.workers} workers x {s.threads} "
-            f"threads, {s.worker_class}){plane_note}",
+            f"Scriptgate listening on http://{s.bind} ({s.workers} workers x "
+            f"{server.cfg.threads} threads, {s.worker_class}){plane_note}",
             file=sys.stderr,
             flush=True,
         )
