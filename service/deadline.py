@@ -33,10 +33,12 @@ REPEAT_SECONDS = 0.05
 GRACE_SECONDS = 2.0
 
 _RUNNING, _ABANDONED, _DONE = 0, 1, 2
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-# c_void_p, not py_object: clearing a pending exception takes NULL, which py_object
-# cannot pass (None would become Py_None and be raised).
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+# A prototype of our own (not ctypes.pythonapi's shared function object, whose argtypes
+# other code may rely on). c_void_p, not py_object: clearing a pending exception takes
+# NULL, which py_object cannot pass (None would become Py_None and be raised).
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
 
 
 class ScriptTimeout(BaseException):

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from service.errors import NotFound
 
-ZONES = ("root", "api", "admin")
+KEYED_ZONES = ("api", "admin")  # a first URL segment that selects its own zone
+ZONES = ("root", *KEYED_ZONES)
 PLATFORM_ZONE = "platform"
 PLATFORM_PREFIX = "/_platform"
 UNMATCHED = "__unmatched__"
 SCRIPT_SUFFIX = ".py"
 MAX_SEGMENTS = 32
 MAX_SEGMENT_LENGTH = 255
-_RESERVED_ROOT_NAMES = frozenset({"api", "admin"})
+_RESERVED_ROOT_NAMES = frozenset(KEYED_ZONES)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def zone_of(url_path: str) -> tuple[str, str]:
         return PLATFORM_ZONE, url_path[len(PLATFORM_PREFIX) + 1 :]
     path = url_path[1:] if url_path.startswith("/") else url_path
     first, _, rest = path.partition("/")
-    if first in ("api", "admin"):
+    if first in KEYED_ZONES:
         return first, rest
     return "root", path
 
