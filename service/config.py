@@ -22,8 +22,9 @@ DEFAULT_SCRIPT_TIMEOUT = 30.0
 DEFAULT_LOG_FILE = "logs/framework.log"
 DEFAULT_BIND = "127.0.0.1:5000"
 DEFAULT_WORKERS = 3
-# Threads per worker: a script waiting on I/O holds a thread, not a process (measured in
-# docs/benchmarks.md: 8 threads x 3 workers serve 24 sleeping scripts for +18% memory).
+# Threads per worker: a script waiting on I/O holds a thread, not a process. Measured in
+# docs/benchmarks.md: 3 workers x 8 threads hold 24 waiting scripts at once (sync: 3) with
+# 1.27x the sync design's idle RSS, most of it the platform plane's own process.
 DEFAULT_THREADS = 8
 WORKER_CLASSES = ("gthread", "sync")
 PROXY_TIMEOUT_MARGIN = 15  # seconds a proxy waits beyond MAX_SCRIPT_TIMEOUT
