@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.config import ConfigError
@@ -47,6 +48,12 @@ def bind(address: str) -> socket.socket:
 
 def start(server: Any, listeners: list[Any]) -> int:
     """Fork the plane from gunicorn's master (single-threaded, so fork is safe)."""
+    return fork_from_master(listeners, lambda: _serve(server))
+
+
+def fork_from_master(listeners: list[Any], run: Callable[[], None]) -> int:
+    """A helper process of the master (the plane, the job supervisor): without the
+    master's signal handlers and listening sockets, and gone with the master."""
     pid = os.fork()
     if pid:
         return pid
@@ -58,7 +65,7 @@ def start(server: Any, listeners: list[Any]) -> int:
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         for listener in listeners:  # the workers' port is not ours
             listener.close()
-        _serve(server)
+        run()
     finally:
         os._exit(0)
     return 0  # not reached

@@ -37,6 +37,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         self.metrics_dir = metrics_dir
         self.started_at = time.time()
         self.plane_pid: int | None = None
+        self.jobs_pid: int | None = None  # the job supervisor (service/jobs/worker.py)
         self.plane_socket = plane.bind(settings.platform_bind) if settings.platform_bind else None
         super().__init__()
 
@@ -114,6 +115,10 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         if self.plane_socket is not None:
             self.plane_pid = plane.start(self, server.LISTENERS)
             self.plane_socket.close()  # the plane's now
+        if s.job_workers:
+            from service.jobs import worker as job_workers
+
+            self.jobs_pid = job_workers.start(self, server.LISTENERS)
         plane_note = f", platform plane on http://{s.platform_bind}" if s.platform_bind else ""
         print(
             f"Scriptgate listening on http://{s.bind} ({s.workers} workers x {s.threads} "
@@ -123,10 +128,14 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         )
 
     def on_exit(self, server: Any) -> None:
-        if self.plane_pid is not None:
-            plane.stop(self.plane_pid)
-            if self.metrics_dir is not None:
-                multiproc.worker_exited(self.plane_pid, self.metrics_dir.path)
+        from service.jobs.worker import STOP_SECONDS
+
+        helpers = ((self.jobs_pid, STOP_SECONDS), (self.plane_pid, 5.0))
+        for pid, timeout in helpers:
+            if pid is not None:
+                plane.stop(pid, timeout)
+                if self.metrics_dir is not None:
+                    multiproc.worker_exited(pid, self.metrics_dir.path)
         self.cleanup()
 
     def cleanup(self) -> None:
@@ -135,8 +144,9 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             self.metrics_dir.cleanup()
 
 
-def serve(settings: Settings) -> int:
-    """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+def prepare(settings: Settings) -> tuple[Settings, multiproc.MetricsDir | None]:
+    """The master's shared state before anything forks: the metrics directory, and the
+    job store opened once (a bad JOB_DATA_DIR or JOB_BROKER_URL stops startup here)."""
     metrics_dir = None
     if settings.metrics_enabled:
         try:
@@ -146,10 +156,25 @@ def serve(settings: Settings) -> int:
         except OSError as exc:
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", str(exc)) from None
         settings = replace(settings, multiproc_dir=metrics_dir.path)
+    # Only now: these imports load prometheus_client, which reads the directory once.
+    from service.jobs.queue import check_store
+
+    try:
+        check_store(settings)
+    except ConfigError:
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
+        raise
     # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
     # forked worker starts with it loaded (about half a second of CPU per worker).
     import service.app  # noqa: F401
 
+    return settings, metrics_dir
+
+
+def serve(settings: Settings) -> int:
+    """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+    settings, metrics_dir = prepare(settings)
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
     master = os.getpid()
     try:
