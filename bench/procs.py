@@ -24,7 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCRIPTGATE = str(BIN / "scriptgate")
 # Inherited settings that would change what a server does are dropped.
-_SCRUBBED_PREFIXES = ("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_", "prometheus_")
+_SCRUBBED_PREFIXES = (
+    "API_",
+    "ADMIN_",
+    "JOB_",
+    "OTEL_",
+    "PROMETHEUS_",
+    "SCRIPTGATE_",
+    "prometheus_",
+)
+REDIS_SERVER = Path("/usr/bin/redis-server")
 
 
 def free_port() -> int:
@@ -132,7 +141,8 @@ def gunicorn(
     port = free_port()
     log_file = tmp / "logs" / "framework.log"
     output = tmp / f"gunicorn-{port}.out"
-    full_env = clean_env({"LOG_FILE": str(log_file), **(env or {})})
+    # No job workers unless asked for: they are processes besides gunicorn's workers.
+    full_env = clean_env({"LOG_FILE": str(log_file), "JOB_WORKERS": "0", **(env or {})})
     with open(output, "wb") as out:
         proc = subprocess.Popen(
             [*scriptgate_argv(port, workers, scripts), *extra_args],
@@ -160,3 +170,31 @@ def gunicorn(
         yield server
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free 127.0.0.1 port, nothing saved; yields its URL."""
+    port = free_port()
+    output = tmp / f"redis-{port}.out"
+    argv = [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(tmp)]
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or _redis_answers(port),
+            timeout=15,
+            what="redis-server to answer PING",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited early:\n{output.read_text()[-3000:]}")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(proc)
+
+
+def _redis_answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(16).startswith(b"+PONG")

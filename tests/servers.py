@@ -17,6 +17,7 @@ from bench.procs import (
     Gunicorn,
     free_port,
     gunicorn,
+    redis_server,
     stop_process,
     wait_until,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "free_port",
     "gunicorn",
     "log_records",
+    "redis_server",
     "request_record",
     "stop_process",
     "wait_until",
