@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from service.jobs.store import STATES
+
 if TYPE_CHECKING:
     from service.jobs.queue import JobQueue
     from service.metrics import Metrics
@@ -56,7 +58,14 @@ class JobMetrics:
             multiprocess_mode="livesum",
         )
 
+        self._known: set[tuple[str, str]] = set()
+
     def entered(self, zone: str, script: str, state: str) -> None:
+        if (zone, script) not in self._known:
+            # Every state's series from 0, so increase() sees a script's first failure.
+            self._known.add((zone, script))
+            for each in STATES:
+                self.jobs.labels(zone, script, each)
         self.jobs.labels(zone, script, state).inc()
 
 

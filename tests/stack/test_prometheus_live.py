@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -56,6 +57,8 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
     def get(path: str, **kw: object) -> Callable[[], requests.Response]:
         return lambda: server.get(path, **kw)
 
+    job = {"Prefer": "respond-async"}
+
     calls = [
         get("/hello.py?name=stack"),
         get("/api/hello.py", headers=key),
@@ -65,6 +68,8 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
         get("/boom.py"),  # 500 exception
         get("/sleep.py"),  # 504 timeout
         get("/slow.py"),  # 2.6 s
+        get("/hello.py", headers=job),  # 202: a job that succeeds
+        get("/boom.py", headers=job),  # 202: a job that fails
     ]
     if round_two:
         calls += [get("/boom.py")] * 30 + [get("/sleep.py")] * 3 + [get("/hello.py")] * 10
@@ -82,10 +87,14 @@ def _value(prometheus: prom.Prometheus, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) -> bool:
+def _scraped(
+    prometheus: prom.Prometheus, slow: int, denials: int, errors: int, failed_jobs: int
+) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
+    failed = 'sum(scriptgate_jobs_total{script="boom.py", state="failed"})'
     return (
-        _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
+        _value(prometheus, failed) >= failed_jobs
+        and _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
         >= slow
         and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
@@ -96,7 +105,7 @@ def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) 
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
-    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5"}
+    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5", "JOB_WORKERS": "1"}
     with contextlib.ExitStack() as stack_:
         server = stack_.enter_context(gunicorn(scripts, tmp, workers=6, env=env))
         am = None
@@ -106,20 +115,45 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = stack_.enter_context(
             prom.prometheus(tmp, [f"127.0.0.1:{server.port}", dead], alertmanager=am)
         )
+        _queue_a_stale_job(tmp, scripts)
         statuses = _run(_calls(server, round_two=False))
-        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
+        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202], statuses
         wait_until(
-            lambda: _scraped(prometheus, slow=1, denials=1, errors=2),
+            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, failed_jobs=1),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
         _run(_calls(server, round_two=True))
         wait_until(
-            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2),
+            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2, failed_jobs=2),
             timeout=15,
             what="Prometheus to scrape the second round",
         )
         yield Stack(server, prometheus, dead, am)
+
+
+def _queue_a_stale_job(tmp: Path, scripts: Path) -> None:
+    """A job queued an hour ago that no worker will take (it was never handed to the
+    queue): what the queue-age alert looks for, without waiting an hour for it."""
+    from service.config import Settings
+    from service.jobs.queue import JobQueue
+    from service.jobs.store import QUEUED, Job
+
+    queue = JobQueue(Settings(scripts_dir=scripts, job_data_dir=tmp / "data"))
+    stale = Job(
+        id="stale-job-" + "0" * 22,
+        state=QUEUED,
+        zone="root",
+        script="hello.py",
+        method="GET",
+        path="/hello.py",
+        owner="",
+        trace_id="0" * 32,
+        traceparent="",
+        created_at=time.time() - 3600,
+    )
+    queue.store.create(stale, b"{}")
+    queue.close()
 
 
 def _all_queries() -> list[queries.Query]:
