@@ -198,3 +198,30 @@ def _redis_answers(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
         conn.sendall(b"PING\r\n")
         return conn.recv(16).startswith(b"+PONG")
+
+
+@contextlib.contextmanager
+def jobs_command(
+    scripts: Path, tmp: Path, extra: dict[str, str], workers: int = 1
+) -> Iterator[str]:
+    """`scriptgate jobs` with its platform plane; yields the plane's URL."""
+    port = free_port()
+    argv = [SCRIPTGATE, "jobs", "--workers", str(workers), "--scripts", str(scripts)]
+    argv += ["--platform-bind", f"127.0.0.1:{port}"]
+    full_env = clean_env({"LOG_FILE": str(tmp / "jobs.log"), **extra})
+    with open(tmp / "jobs.out", "wb") as out:
+        proc = subprocess.Popen(argv, env=full_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: (
+                proc.poll() is not None or requests.get(url + "/_platform/health", timeout=2).ok
+            ),
+            timeout=30,
+            what="scriptgate jobs to answer",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"scriptgate jobs exited early:\n{(tmp / 'jobs.out').read_text()}")
+        yield url
+    finally:
+        stop_process(proc, timeout=30)

@@ -4,10 +4,8 @@ HTTP worker and a restart, stops when cancelled, times out, runs exactly once.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +14,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.procs import child_pids, clean_env
+from bench.procs import child_pids, jobs_command
 from tests.servers import (
-    SCRIPTGATE,
     Gunicorn,
-    free_port,
     gunicorn,
     log_records,
     redis_server,
-    stop_process,
     wait_until,
 )
 
@@ -345,30 +340,6 @@ def test_an_edited_script_is_reimported_for_the_next_job(tmp_path):
             for job_id in (first, second)
         ]
     assert answers == ["v1", "version two"]
-
-
-@contextlib.contextmanager
-def jobs_command(scripts: Path, tmp: Path, extra: dict[str, str]) -> Iterator[str]:
-    """`scriptgate jobs` with its platform plane; yields the plane's URL."""
-    port = free_port()
-    argv = [SCRIPTGATE, "jobs", "--workers", "1", "--scripts", str(scripts)]
-    argv += ["--platform-bind", f"127.0.0.1:{port}"]
-    full_env = clean_env({"LOG_FILE": str(tmp / "jobs.log"), **extra})
-    with open(tmp / "jobs.out", "wb") as out:
-        proc = subprocess.Popen(argv, env=full_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: (
-                proc.poll() is not None or requests.get(url + "/_platform/health", timeout=2).ok
-            ),
-            timeout=30,
-            what="scriptgate jobs to answer",
-        )
-        assert proc.poll() is None, (tmp / "jobs.out").read_text()
-        yield url
-    finally:
-        stop_process(proc, timeout=30)
 
 
 def test_scriptgate_jobs_runs_the_jobs_of_servers_without_workers(tmp_path, redis):
