@@ -4,6 +4,7 @@
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
     lookup    a platform view, or the script: resolve, import if changed (loader.py)
     checks    method, body size
+    job?      `Prefer: respond-async` or ASYNC = True: queue it, 202     (jobs/http.py)
     run       bulkhead slot, then the handler under its deadline         (deadline.py)
     convert   what the handler returned becomes a response               (convert.py)
     record    trace headers, metrics, the request log line               (record.py)
