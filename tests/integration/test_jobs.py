@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.procs import child_pids, jobs_command
+from bench.procs import child_pids, clean_env, jobs_command
 from tests.servers import (
+    SCRIPTGATE,
     Gunicorn,
+    free_port,
     gunicorn,
     log_records,
     redis_server,
@@ -356,3 +359,29 @@ def test_scriptgate_jobs_runs_the_jobs_of_servers_without_workers(tmp_path, redi
     assert "scriptgate_job_workers 1.0" in metrics
     assert 'scriptgate_jobs_total{script="append.py",state="succeeded",zone="api"} 1.0' in metrics
     assert side.read_text() == "3\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "variable"),
+    [
+        ("serve", {"JOB_BROKER_URL": "redis://:hunter2@127.0.0.1:{port}/0"}, "JOB_BROKER_URL"),
+        ("jobs", {"JOB_BROKER_URL": "redis://:hunter2@127.0.0.1:{port}/0"}, "JOB_BROKER_URL"),
+        ("serve", {"JOB_DATA_DIR": "{tmp}/file/data"}, "JOB_DATA_DIR"),
+        ("jobs", {"JOB_WORKERS": "0"}, "JOB_WORKERS"),
+    ],
+)
+def test_a_store_that_cannot_open_stops_startup_with_one_line(tmp_path, command, setting, variable):
+    scripts = write_scripts(tmp_path / "scripts")
+    (tmp_path / "file").write_text("")
+    values = {"port": str(free_port()), "tmp": str(tmp_path)}
+    extra = {name: value.format(**values) for name, value in setting.items()}
+    argv = [SCRIPTGATE, command, "--scripts", str(scripts)]
+    if command == "serve":
+        argv += ["--bind", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(
+        argv, env=clean_env(extra), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"configuration error: {variable}: ")
+    assert "hunter2" not in done.stderr + done.stdout

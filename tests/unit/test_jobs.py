@@ -409,3 +409,91 @@ def test_bad_job_settings_in_a_script_are_import_errors(client, scripts_dir, lin
         if e["path"] == "bad_job.py"
     )
     assert (entry["state"], entry["error"]) == ("import_error", error)
+
+
+def test_a_job_running_when_its_worker_stops_is_failed_as_interrupted(client, jobs_app, tmp_path):
+    side = tmp_path / "side"
+    job_id = submit(client, f"/api/forever.py?file={side}")
+    shutdown = Shutdown()
+    worker = threading.Thread(
+        target=run_jobs, args=(jobs_app, job_id), kwargs={"shutdown": shutdown}
+    )
+    worker.start()
+    try:
+        wait_until(lambda: side.exists() and side.stat().st_size > 0, what="the script to run")
+        shutdown.request()
+        shutdown.deadline = time.monotonic()  # its grace (STOP_GRACE_SECONDS) is over
+    finally:
+        worker.join(10)
+    body = status(client, job_id).get_json()
+    assert (body["state"], body["error"]) == ("failed", "interrupted: the job worker was stopped")
+    assert stays_the_same(side)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("JOB_RETENTION", "12h", "job_retention", 43200.0),
+        ("JOB_RETENTION", "90", "job_retention", 90.0),
+        ("JOB_TIMEOUT", "30m", "job_timeout", 1800.0),
+        ("JOB_WORKERS", "0", "job_workers", 0),
+        (
+            "JOB_BROKER_URL",
+            "redis://:secret@cache:6379/1",
+            "job_broker_url",
+            "redis://:secret@cache:6379/1",
+        ),
+        ("JOB_DATA_DIR", "/var/lib/scriptgate", "job_data_dir", Path("/var/lib/scriptgate")),
+    ],
+)
+def test_job_settings_are_parsed(scripts_dir, variable, value, field, expected):
+    from service.config import Settings
+
+    settings = Settings.from_env({"SCRIPTS_DIR": str(scripts_dir), variable: value})
+    assert getattr(settings, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("JOB_RETENTION", "soon"),
+        ("JOB_RETENTION", "0"),
+        ("JOB_TIMEOUT", "-5m"),
+        ("JOB_WORKERS", "two"),
+        ("JOB_BROKER_URL", "http://cache:6379"),
+        ("JOB_MAX_RESULT_BYTES", "1.5"),
+    ],
+)
+def test_bad_job_settings_name_the_variable_and_never_echo_a_broker_url(
+    scripts_dir, variable, value
+):
+    from service.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SCRIPTS_DIR": str(scripts_dir), variable: value})
+    assert info.value.variable == variable
+    if variable == "JOB_BROKER_URL":
+        assert value not in str(info.value)
+
+
+def test_stop_interrupts_a_running_script_and_settle_waits_for_it():
+    from service.deadline import RunnerPool, ScriptStopped
+
+    pool = RunnerPool()
+    ticks: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            ticks.append(1)
+            time.sleep(0.01)
+
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    with pytest.raises(ScriptStopped):
+        pool.run(loop, 30, stop.is_set)
+    assert pool.settle(5)
+    count = len(ticks)
+    time.sleep(0.05)  # five ticks' worth: it has really stopped
+    assert len(ticks) == count
+    assert pool.run(lambda: "next", 5, lambda: False) == "next"  # the pool serves on
