@@ -173,25 +173,35 @@ def gunicorn(
 
 
 @contextlib.contextmanager
+def serving(
+    argv: list[str], cwd: Path, name: str, answers: Callable[[], bool], **popen: Any
+) -> Iterator[subprocess.Popen]:
+    """Start a server process, yield once `answers()`; stopped however the caller ends.
+    Its output goes to `<cwd>/<name>.out`, shown if it exits before answering."""
+    output = cwd / f"{name}.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, **popen)
+    try:
+        seen = wait_until(
+            lambda: "exited" if proc.poll() is not None else answers() and "up",
+            timeout=30,
+            what=f"{name} to answer",
+        )
+        if seen == "exited":
+            raise RuntimeError(f"{name} exited early:\n{output.read_text()[-3000:]}")
+        yield proc
+    finally:
+        stop_process(proc, timeout=30)
+
+
+@contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A throwaway redis-server on a free 127.0.0.1 port, nothing saved; yields its URL."""
     port = free_port()
-    output = tmp / f"redis-{port}.out"
     argv = [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     argv += ["--appendonly", "no", "--dir", str(tmp)]
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or _redis_answers(port),
-            timeout=15,
-            what="redis-server to answer PING",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited early:\n{output.read_text()[-3000:]}")
+    with serving(argv, tmp, f"redis-{port}", lambda: _redis_answers(port)):
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_process(proc)
 
 
 def _redis_answers(port: int) -> bool:
@@ -208,20 +218,9 @@ def jobs_command(
     port = free_port()
     argv = [SCRIPTGATE, "jobs", "--workers", str(workers), "--scripts", str(scripts)]
     argv += ["--platform-bind", f"127.0.0.1:{port}"]
-    full_env = clean_env({"LOG_FILE": str(tmp / "jobs.log"), **extra})
-    with open(tmp / "jobs.out", "wb") as out:
-        proc = subprocess.Popen(argv, env=full_env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: (
-                proc.poll() is not None or requests.get(url + "/_platform/health", timeout=2).ok
-            ),
-            timeout=30,
-            what="scriptgate jobs to answer",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"scriptgate jobs exited early:\n{(tmp / 'jobs.out').read_text()}")
+    env = clean_env({"LOG_FILE": str(tmp / "jobs.log"), **extra})
+    with serving(
+        argv, tmp, "jobs", lambda: requests.get(url + "/_platform/health", timeout=2).ok, env=env
+    ):
         yield url
-    finally:
-        stop_process(proc, timeout=30)

@@ -37,6 +37,7 @@ from service.jobs.store import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
+    Ending,
     Job,
     JobStore,
     Result,
@@ -157,8 +158,9 @@ class JobExecutor:
             metrics.waited.labels(job.zone, job.script).observe(started - job.created_at)
         outcome = self.run(job)
         finished = time.time()
-        state, error, result = outcome.state, outcome.error, outcome.result
-        if not store.finish(job.id, state, finished, rt.settings.job_retention, error, result):
+        retention = rt.settings.job_retention
+        ending = Ending(outcome.state, finished, retention, outcome.error, outcome.result)
+        if not store.finish(job.id, ending):
             return  # declared lost meanwhile: whoever did so counted it
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)

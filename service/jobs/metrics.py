@@ -37,19 +37,20 @@ class JobMetrics:
             ["zone", "script", "state"],
             registry=registry,
         )
-        self.waited = Histogram(
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            labels = ["zone", "script"]
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.waited = histogram(
             "scriptgate_job_queued_seconds",
             "Time a job waited in the queue before a job worker started it.",
-            ["zone", "script"],
-            buckets=WAIT_BUCKETS,
-            registry=registry,
+            WAIT_BUCKETS,
         )
-        self.ran = Histogram(
+        self.ran = histogram(
             "scriptgate_job_run_seconds",
             "Time a job ran, from its start to its final state.",
-            ["zone", "script"],
-            buckets=RUN_BUCKETS,
-            registry=registry,
+            RUN_BUCKETS,
         )
         self.workers = Gauge(
             "scriptgate_job_workers",

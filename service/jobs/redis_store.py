@@ -10,18 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.jobs.store import (
-    COLUMNS,
-    QUEUED,
-    RUNNING,
-    Job,
-    JobStore,
-    QueueStats,
-    Result,
-    headers_json,
-    job_from,
-    result_from,
-)
+from service.jobs import store
+from service.jobs.store import Ending, Job, QueueStats, Result
 
 PREFIX = "scriptgate.job."
 QUEUED_SET = "scriptgate.jobs.queued"
@@ -59,7 +49,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-class RedisJobStore(JobStore):
+class RedisJobStore(store.JobStore):
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # huey's redis.Redis client: same database, same pool
         self._claim = conn.register_script(_CLAIM)
@@ -70,7 +60,7 @@ class RedisJobStore(JobStore):
         return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
 
     def create(self, job: Job, request: bytes) -> None:
-        record: dict[str, Any] = {name: _text(getattr(job, name)) for name in COLUMNS}
+        record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
         record["cancel_requested"] = "0"
         record["request"] = request
         pipe = self.conn.pipeline(transaction=True)
@@ -79,10 +69,10 @@ class RedisJobStore(JobStore):
         pipe.execute()
 
     def get(self, job_id: str, now: float) -> Job | None:
-        values = self.conn.hmget(PREFIX + job_id, COLUMNS)
+        values = self.conn.hmget(PREFIX + job_id, store.COLUMNS)
         if values[0] is None:
             return None
-        job = job_from(dict(zip(COLUMNS, values, strict=True)))
+        job = store.job_from(dict(zip(store.COLUMNS, values, strict=True)))
         return job if job.visible(now) else None
 
     def request_of(self, job_id: str) -> bytes | None:
@@ -90,7 +80,7 @@ class RedisJobStore(JobStore):
 
     def result(self, job_id: str) -> Result | None:
         fields = ("result_status", "result_headers", "body")
-        return result_from(*self.conn.hmget(PREFIX + job_id, fields))
+        return store.result_from(*self.conn.hmget(PREFIX + job_id, fields))
 
     def claim(self, job_id: str, worker: str, now: float) -> Job | None:
         if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker]):
@@ -106,35 +96,19 @@ class RedisJobStore(JobStore):
     def asked_to_stop(self, job_id: str) -> bool:
         return self.conn.hget(PREFIX + job_id, "cancel_requested") == b"1"  # type: ignore[no-any-return]
 
-    def _end(
-        self,
-        job_id: str,
-        expected: str,
-        state: str,
-        now: float,
-        retention: float,
-        error: str | None,
-        result: Result | None,
-    ) -> bool:
-        args = [job_id, expected, state, now, now + retention, max(1, int(retention)), _text(error)]
-        args += [_text(result and result.status), _text(headers_json(result))]
-        args.append(b"" if result is None else result.body)
+    def _end(self, job_id: str, expected: str, ending: Ending) -> bool:
+        status, headers, body = store.result_fields(ending.result)
+        args = [job_id, expected, ending.state, ending.at, ending.expires_at]
+        args += [max(1, int(ending.retention)), _text(ending.error), _text(status)]
+        args += [_text(headers), body or b""]
         return bool(self._finish(keys=self._keys(job_id), args=args))
 
-    def finish(
-        self,
-        job_id: str,
-        state: str,
-        now: float,
-        retention: float,
-        error: str | None = None,
-        result: Result | None = None,
-    ) -> bool:
-        return self._end(job_id, RUNNING, state, now, retention, error, result)
+    def finish(self, job_id: str, ending: Ending) -> bool:
+        return self._end(job_id, store.RUNNING, ending)
 
     def cancel(self, job_id: str, now: float, retention: float) -> str:
-        if self._end(job_id, QUEUED, "cancelled", now, retention, "cancelled", None):
-            return "cancelled"
+        if self._end(job_id, store.QUEUED, Ending(store.CANCELLED, now, retention, "cancelled")):
+            return store.CANCELLED
         state = self._ask_stop(keys=[PREFIX + job_id])
         return state.decode() if isinstance(state, bytes) else str(state)
 

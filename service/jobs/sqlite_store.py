@@ -14,12 +14,13 @@ from service.jobs.store import (
     COLUMNS,
     QUEUED,
     RUNNING,
+    Ending,
     Job,
     JobStore,
     QueueStats,
     Result,
-    headers_json,
     job_from,
+    result_fields,
     result_from,
 )
 
@@ -41,6 +42,11 @@ _FINISH = (
     "result_status = ?, result_headers = ?, body = ?, request = null "
     "where id = ? and state = ?"
 )
+
+
+def _values(ending: Ending) -> tuple:
+    """The values _FINISH sets, in its order."""
+    return (ending.state, ending.at, ending.expires_at, ending.error, *result_fields(ending.result))
 
 
 class SqliteJobStore(JobStore):
@@ -101,19 +107,8 @@ class SqliteJobStore(JobStore):
         rows = self._rows(f"select cancel_requested from {TABLE} where id = ?", (job_id,))
         return bool(rows and rows[0][0])
 
-    def finish(
-        self,
-        job_id: str,
-        state: str,
-        now: float,
-        retention: float,
-        error: str | None = None,
-        result: Result | None = None,
-    ) -> bool:
-        status = None if result is None else result.status
-        body = None if result is None else result.body
-        params = (state, now, now + retention, error, status, headers_json(result), body)
-        return bool(self._change(_FINISH, (*params, job_id, RUNNING)))
+    def finish(self, job_id: str, ending: Ending) -> bool:
+        return bool(self._change(_FINISH, (*_values(ending), job_id, RUNNING)))
 
     def cancel(self, job_id: str, now: float, retention: float) -> str:
         with self.storage.db(commit=True) as cursor:
@@ -121,8 +116,8 @@ class SqliteJobStore(JobStore):
             row = cursor.fetchone()
             state = row[0] if row else ""
             if state == QUEUED:
-                params = (CANCELLED, now, now + retention, "cancelled", None, None, None)
-                cursor.execute(_FINISH, (*params, job_id, QUEUED))
+                ending = Ending(CANCELLED, now, retention, "cancelled")
+                cursor.execute(_FINISH, (*_values(ending), job_id, QUEUED))
                 return CANCELLED
             if state == RUNNING:
                 cursor.execute(f"update {TABLE} set cancel_requested = 1 where id = ?", (job_id,))

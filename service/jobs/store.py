@@ -31,6 +31,21 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a job ends: its final state, when, what it leaves, and for how long."""
+
+    state: str
+    at: float
+    retention: float
+    error: str | None = None
+    result: Result | None = None
+
+    @property
+    def expires_at(self) -> float:
+        return self.at + self.retention
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     state: str
@@ -87,8 +102,11 @@ def job_from(record: Mapping[str, Any]) -> Job:
     return Job(**values)
 
 
-def headers_json(result: Result | None) -> str | None:
-    return None if result is None else json.dumps([list(pair) for pair in result.headers])
+def result_fields(result: Result | None) -> tuple[int | None, str | None, bytes | None]:
+    """(status, headers as JSON, body) as the stores keep them."""
+    if result is None:
+        return None, None, None
+    return result.status, json.dumps([list(pair) for pair in result.headers]), result.body
 
 
 def result_from(status: Any, headers: Any, body: Any) -> Result | None:
@@ -131,15 +149,7 @@ class JobStore:
         """Read only, asked by the running job's worker a few times a second."""
         raise NotImplementedError
 
-    def finish(
-        self,
-        job_id: str,
-        state: str,
-        now: float,
-        retention: float,
-        error: str | None = None,
-        result: Result | None = None,
-    ) -> bool:
+    def finish(self, job_id: str, ending: Ending) -> bool:
         """running -> a final state; False if it was not running (already finished)."""
         raise NotImplementedError
 
@@ -163,14 +173,12 @@ class JobStore:
     def stats(self) -> QueueStats:
         raise NotImplementedError
 
-    def fail_lost(
-        self, now: float, retention: float, error: str, worker: str | None, beat_before: float
-    ) -> list[Job]:
-        """Mark the running jobs of a dead worker (or with a stale heartbeat) failed."""
+    def fail_lost(self, ending: Ending, worker: str | None, beat_before: float) -> list[Job]:
+        """End the running jobs of a dead worker (or with a stale heartbeat) as `ending`."""
         lost = []
         for job_id in self.running_ids(worker, beat_before):
-            if self.finish(job_id, FAILED, now, retention, error):
-                job = self.get(job_id, now)
+            if self.finish(job_id, ending):
+                job = self.get(job_id, ending.at)
                 if job is not None:
                     lost.append(job)
         return lost

@@ -37,7 +37,7 @@ from service.deadline import GRACE_SECONDS
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
-from service.jobs.store import FAILED
+from service.jobs.store import FAILED, Ending
 from service.logs import build_logger
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
@@ -151,9 +151,8 @@ class Supervisor:
     def fail_lost(self, error: str, worker: str | None, beat_before: float) -> None:
         assert self.queue is not None
         try:
-            lost = self.queue.store.fail_lost(
-                time.time(), self.settings.job_retention, error, worker, beat_before
-            )
+            ending = Ending(FAILED, time.time(), self.settings.job_retention, error)
+            lost = self.queue.store.fail_lost(ending, worker, beat_before)
         except Exception as exc:
             self.log.error("job store did not answer: %s", exc)
             return

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.servers import (
     gunicorn,
     log_records,
     redis_server,
+    stays_the_same,
     wait_until,
 )
 
@@ -92,6 +92,12 @@ def redis(redis_url: str) -> str:
     return redis_url
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_env(request) -> dict[str, str]:
+    """The settings that choose the job store: none (SQLite) or a flushed Redis."""
+    return {"JOB_BROKER_URL": request.getfixturevalue("redis")} if request.param == "redis" else {}
+
+
 def env(job_workers: int, **extra: str) -> dict[str, str]:
     return {"API_KEY": f"{API_KEY},{OTHER_KEY}", "JOB_WORKERS": str(job_workers), **extra}
 
@@ -132,17 +138,6 @@ def job_workers(server: Gunicorn) -> set[int]:
     return {pid for pid in child_pids(supervisor(server)) if comm(pid) == "scriptgate-job"}
 
 
-def stays_the_same(path: Path, seconds: float = 0.5) -> bool:
-    """Does the file keep its size for `seconds` (ten ticks of a 50 ms loop)?"""
-    size = path.stat().st_size
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.stat().st_size != size:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_redis_job_started_on_one_server_runs_and_reads_on_another(tmp_path, redis):
     scripts = write_scripts(tmp_path / "scripts")
     side = tmp_path / "side"
@@ -179,11 +174,10 @@ def test_job_outlives_its_http_worker(tmp_path):
         assert result.text == "done after a pause"
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_queued_jobs_run_after_a_server_restart(tmp_path, request, store):
+def test_queued_jobs_run_after_a_server_restart(tmp_path, store_env):
     scripts = write_scripts(tmp_path / "scripts")
     side = tmp_path / "side"
-    extra = {"JOB_BROKER_URL": request.getfixturevalue("redis")} if store == "redis" else {}
+    extra = store_env
     with gunicorn(scripts, tmp_path, workers=1, env=env(0, **extra)) as server:
         ids = [start(server, "append.py", file=str(side), n=str(n)) for n in range(3)]
         assert {job(server, job_id)["state"] for job_id in ids} == {"queued"}
@@ -193,11 +187,10 @@ def test_queued_jobs_run_after_a_server_restart(tmp_path, request, store):
     assert sorted(side.read_text().split()) == ["0", "1", "2"]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_cancelling_a_running_job_stops_its_script(tmp_path, request, store):
+def test_cancelling_a_running_job_stops_its_script(tmp_path, store_env):
     scripts = write_scripts(tmp_path / "scripts")
     side = tmp_path / "side"
-    extra = {"JOB_BROKER_URL": request.getfixturevalue("redis")} if store == "redis" else {}
+    extra = store_env
     with gunicorn(scripts, tmp_path, workers=1, env=env(1, **extra)) as server:
         job_id = start(server, "tick.py", file=str(side))
         wait_until(lambda: side.exists() and side.stat().st_size > 20, what="the script to tick")
@@ -255,15 +248,8 @@ def test_killed_job_worker_fails_its_job_and_is_replaced(tmp_path):
         assert 'scriptgate_jobs_total{script="stuck.py",state="failed",zone="api"} 1.0' in text
 
 
-def test_200_jobs_submitted_at_once_all_finish_exactly_once_sqlite(tmp_path):
-    run_200_jobs(tmp_path, {})
-
-
-def test_200_jobs_submitted_at_once_all_finish_exactly_once_redis(tmp_path, redis):
-    run_200_jobs(tmp_path, {"JOB_BROKER_URL": redis})
-
-
-def run_200_jobs(tmp_path: Path, extra: dict[str, str]) -> None:
+def test_200_jobs_submitted_at_once_all_finish_exactly_once(tmp_path, store_env):
+    extra = store_env
     scripts = write_scripts(tmp_path / "scripts")
     side = tmp_path / "side"
     with gunicorn(scripts, tmp_path, workers=2, env=env(2, **extra)) as server:

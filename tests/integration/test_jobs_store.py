@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.queue import JobQueue
-from service.jobs.store import FAILED, QUEUED, Job, Result
+from service.jobs.store import FAILED, QUEUED, Ending, Job, Result
 from tests.servers import redis_server
 
 RETENTION = 3600.0
@@ -38,19 +38,21 @@ def queue(request, tmp_path: Path) -> Iterator[JobQueue]:
     q.close()
 
 
+SAMPLE = {
+    "state": QUEUED,
+    "zone": "api",
+    "script": "report.py",
+    "method": "POST",
+    "path": "/api/report.py",
+    "owner": "owner-token",
+    "trace_id": "0af7651916cd43dd8448eb211c80319c",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+}
+
+
 def make_job(job_id: str, created_at: float | None = None) -> Job:
-    return Job(
-        id=job_id,
-        state=QUEUED,
-        zone="api",
-        script="report.py",
-        method="POST",
-        path="/api/report.py",
-        owner="owner-token",
-        trace_id="0af7651916cd43dd8448eb211c80319c",
-        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        created_at=time.time() if created_at is None else created_at,
-    )
+    """A queued job, created now unless `created_at` says otherwise."""
+    return Job(id=job_id, created_at=time.time() if created_at is None else created_at, **SAMPLE)
 
 
 def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
@@ -89,8 +91,8 @@ def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
     assert not store.asked_to_stop("e" * 32)
     assert store.cancel("e" * 32, time.time(), RETENTION) == "running"
     assert store.asked_to_stop("e" * 32) and store.beat("e" * 32, time.time())
-    assert store.finish("e" * 32, "cancelled", time.time(), RETENTION, "cancelled")
-    assert not store.finish("e" * 32, "succeeded", time.time(), RETENTION)  # once only
+    assert store.finish("e" * 32, Ending("cancelled", time.time(), RETENTION, "cancelled"))
+    assert not store.finish("e" * 32, Ending("succeeded", time.time(), RETENTION))  # once only
     assert store.cancel("e" * 32, time.time(), RETENTION) == "cancelled"
 
 
@@ -99,7 +101,7 @@ def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
     store.create(make_job("f" * 32), b"{}")
     store.claim("f" * 32, "w:1", time.time())
     result = Result(201, (("Content-Type", "application/octet-stream"), ("X-A", "b")), bytes(256))
-    assert store.finish("f" * 32, "succeeded", time.time(), RETENTION, None, result)
+    assert store.finish("f" * 32, Ending("succeeded", time.time(), RETENTION, None, result))
     assert store.result("f" * 32) == result
     assert store.get("f" * 32, time.time()).result_status == 201
 
@@ -108,7 +110,7 @@ def test_jobs_past_retention_are_gone(queue: JobQueue) -> None:
     store = queue.store
     store.create(make_job("g" * 32), b"{}")
     store.claim("g" * 32, "w:1", time.time())
-    store.finish("g" * 32, "succeeded", time.time(), 1.0)
+    store.finish("g" * 32, Ending("succeeded", time.time(), 1.0))
     assert store.get("g" * 32, time.time()) is not None
     assert store.get("g" * 32, time.time() + 2) is None
     store.sweep(time.time() + 2)  # SQLite deletes now; Redis has the key's TTL
@@ -124,13 +126,13 @@ def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
     for job_id, worker in (("h" * 32, "host:1"), ("i" * 32, "host:2")):
         store.create(make_job(job_id), b"{}")
         store.claim(job_id, worker, now)
-    lost = store.fail_lost(now, RETENTION, "the job worker died", "host:1", 0.0)
+    lost = store.fail_lost(Ending(FAILED, now, RETENTION, "the job worker died"), "host:1", 0.0)
     assert [job.id for job in lost] == ["h" * 32]
     assert (lost[0].state, lost[0].error) == (FAILED, "the job worker died")
     store.beat("i" * 32, now - 120)  # no heartbeat for two minutes
-    stale = store.fail_lost(now, RETENTION, "lost", None, now - 60)
+    stale = store.fail_lost(Ending(FAILED, now, RETENTION, "lost"), None, now - 60)
     assert [job.id for job in stale] == ["i" * 32]
-    assert store.fail_lost(now, RETENTION, "lost", "host:1", now) == []
+    assert store.fail_lost(Ending(FAILED, now, RETENTION, "lost"), "host:1", now) == []
 
 
 def test_stats_count_and_age_the_queue(queue: JobQueue) -> None:

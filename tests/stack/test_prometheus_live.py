@@ -137,22 +137,10 @@ def _queue_a_stale_job(tmp: Path, scripts: Path) -> None:
     queue): what the queue-age alert looks for, without waiting an hour for it."""
     from service.config import Settings
     from service.jobs.queue import JobQueue
-    from service.jobs.store import QUEUED, Job
+    from tests.integration.test_jobs_store import make_job
 
     queue = JobQueue(Settings(scripts_dir=scripts, job_data_dir=tmp / "data"))
-    stale = Job(
-        id="stale-job-" + "0" * 22,
-        state=QUEUED,
-        zone="root",
-        script="hello.py",
-        method="GET",
-        path="/hello.py",
-        owner="",
-        trace_id="0" * 32,
-        traceparent="",
-        created_at=time.time() - 3600,
-    )
-    queue.store.create(stale, b"{}")
+    queue.store.create(make_job("stale-job-" + "0" * 22, time.time() - 3600), b"{}")
     queue.close()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from service.jobs.execute import JobExecutor, Shutdown
 from service.jobs.http import prefers_async
-from tests.servers import wait_until
+from tests.servers import stays_the_same, wait_until
 from tests.unit.conftest import ADMIN, API, API_KEY, log_records, write_scripts
 
 OTHER_KEY = "unit-other-api-key-000000"
@@ -312,17 +312,6 @@ def test_delete_of_a_finished_job_is_409_and_keeps_its_result(client, jobs_app):
         "trace_id": None,
     }
     assert client.get(f"/_platform/jobs/{job_id}/result", headers=API).status_code == 201
-
-
-def stays_the_same(path: Path, seconds: float = 0.3) -> bool:
-    """Does the file keep its size for `seconds` (many ticks of a 20 ms loop)?"""
-    size = path.stat().st_size
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.stat().st_size != size:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_cancelling_a_running_job_stops_its_script(client, jobs_app, tmp_path):
