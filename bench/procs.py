@@ -83,6 +83,9 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without the server's own settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
+    # No job workers unless asked for: they are processes besides gunicorn's workers,
+    # which tests count and benchmarks measure.
+    env["JOB_WORKERS"] = "0"
     env.update(extra)
     return env
 
@@ -141,8 +144,7 @@ def gunicorn(
     port = free_port()
     log_file = tmp / "logs" / "framework.log"
     output = tmp / f"gunicorn-{port}.out"
-    # No job workers unless asked for: they are processes besides gunicorn's workers.
-    full_env = clean_env({"LOG_FILE": str(log_file), "JOB_WORKERS": "0", **(env or {})})
+    full_env = clean_env({"LOG_FILE": str(log_file), **(env or {})})
     with open(output, "wb") as out:
         proc = subprocess.Popen(
             [*scriptgate_argv(port, workers, scripts), *extra_args],

@@ -364,6 +364,8 @@ def test_a_store_that_cannot_open_stops_startup_with_one_line(tmp_path, command,
     argv = [SCRIPTGATE, command, "--scripts", str(scripts)]
     if command == "serve":
         argv += ["--bind", f"127.0.0.1:{free_port()}"]
+    elif "JOB_WORKERS" not in extra:
+        argv += ["--workers", "1"]
     done = subprocess.run(
         argv, env=clean_env(extra), cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
