@@ -106,6 +106,7 @@ class Watch:
         self.log = log
         self.cancelled = False
         self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
+        self._failing = False  # log a store outage once, not five times a second
 
     def __call__(self) -> bool:
         try:
@@ -114,8 +115,11 @@ class Watch:
                 self.cancelled = self.store.beat(self.job_id, time.time())
             else:
                 self.cancelled = self.store.asked_to_stop(self.job_id)
+            self._failing = False
         except Exception as exc:
-            self.log.warning("job store did not answer: %s", exc)
+            if not self._failing:
+                self.log.warning("job store did not answer: %s", exc)
+            self._failing = True
         return self.cancelled or self.shutdown.overdue()
 
 

@@ -167,7 +167,7 @@ def cancel(rt: Runtime, job: Job) -> Response:
         job = rt.jobs.store.get(job.id, now) or job
     if state not in (CANCELLED, RUNNING):
         raise JobConflict(state, error="job already finished")
-    rt.log.info(f"job cancel ({state})", extra=log_fields(job))
+    rt.log.info("job cancel", extra={**log_fields(job), "state": state})
     if state == RUNNING:
         response = jsonify(describe(job))
         response.status_code = 202
