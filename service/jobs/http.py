@@ -38,19 +38,23 @@ RESULT_SUFFIX = "/result"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
 
-def prefers_async(headers: Any) -> bool:
-    """RFC 7240 `Prefer: respond-async`, alone or among other preferences."""
-    for value in headers.getlist("Prefer"):
-        for preference in value.split(","):
-            name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
-            if name == "respond-async":
-                return True
+def prefers_async(prefer: str) -> bool:
+    """RFC 7240 `Prefer: respond-async`, alone or among other preferences (the WSGI
+    server joins several Prefer headers with commas)."""
+    for preference in prefer.split(","):
+        name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+        if name == "respond-async":
+            return True
     return False
 
 
 def wants_job(req: Request, script: LoadedScript) -> bool:
-    """Run this call as a job? HEAD never is: it asks for headers now."""
-    return req.method != "HEAD" and (script.run_async or prefers_async(req.headers))
+    """Run this call as a job? HEAD never is: it asks for headers now. (On every call:
+    the environ is read directly, werkzeug's header lookup scans all of it.)"""
+    if req.method == "HEAD":
+        return False
+    prefer = req.environ.get("HTTP_PREFER")
+    return script.run_async or (prefer is not None and prefers_async(prefer))
 
 
 def caller_identity(zone: str, headers: Any) -> str:
@@ -114,7 +118,7 @@ def start_job(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     response = jsonify(describe(job))
     response.status_code = 202
     response.headers["Location"] = JOBS_PREFIX + job_id
-    if prefers_async(req.headers):
+    if prefers_async(req.environ.get("HTTP_PREFER", "")):
         response.headers["Preference-Applied"] = "respond-async"
     return response
 
