@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SCRIPTS_DIR=/app/scripts \
     LOG_FILE=/app/logs/framework.log \
-    PLATFORM_BIND=0.0.0.0:8001
+    PLATFORM_BIND=0.0.0.0:8001 \
+    JOB_DATA_DIR=/app/data
 
 WORKDIR /app
 
@@ -26,11 +27,12 @@ RUN pip install --no-cache-dir . \
 
 # Root-owned: the server (and so any script) cannot rewrite the scripts it serves.
 COPY scripts ./scripts
-RUN mkdir -p /app/logs && chown scriptgate:scriptgate /app/logs
+RUN mkdir -p /app/logs /app/data && chown scriptgate:scriptgate /app/logs /app/data
 
 # Scripts are meant to be mounted (read-only is enough); the logs folder must stay
-# writable by uid 10001, and is where a log shipper reads LOG_FILE.
-VOLUME ["/app/scripts", "/app/logs"]
+# writable by uid 10001, and is where a log shipper reads LOG_FILE. /app/data holds the
+# embedded job queue (SQLite) when no JOB_BROKER_URL is set.
+VOLUME ["/app/scripts", "/app/logs", "/app/data"]
 
 USER 10001:10001
 # 8000: the scripts, for clients (publish this one, or put Apache in front).

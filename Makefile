@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
-DEBS := apache2 prometheus prometheus-alertmanager wrk
+DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server
 
-.PHONY: run test check lint fmt install debs bench bench-smoke soak clean
+.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real (Apache, Prometheus/promtool, wrk).
+# Debian packages the tests drive for real (Apache, Prometheus/promtool, wrk, Redis).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -55,8 +55,12 @@ bench: install debs
 bench-smoke: install debs
 	$(PY) bench/run.py --smoke
 
+# Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
+bench-jobs: install debs
+	$(PY) bench/jobs.py
+
 soak: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/hardening/test_soak.py --soak-seconds 60
 
 clean:
-	rm -rf $(VENV) .cache logs
+	rm -rf $(VENV) .cache logs data

@@ -24,7 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCRIPTGATE = str(BIN / "scriptgate")
 # Inherited settings that would change what a server does are dropped.
-_SCRUBBED_PREFIXES = ("API_", "ADMIN_", "OTEL_", "PROMETHEUS_", "SCRIPTGATE_", "prometheus_")
+_SCRUBBED_PREFIXES = (
+    "API_",
+    "ADMIN_",
+    "JOB_",
+    "OTEL_",
+    "PROMETHEUS_",
+    "SCRIPTGATE_",
+    "prometheus_",
+)
+REDIS_SERVER = Path("/usr/bin/redis-server")
 
 
 def free_port() -> int:
@@ -71,6 +80,7 @@ def child_pids(pid: int) -> set[int]:
 
 
 PLANE_NAME = "sg-plane"  # service/plane.py names its process so
+JOBS_NAME = "scriptgate-jobs"  # the job supervisor (service/jobs/worker.py)
 
 
 def process_name(pid: int) -> str:
@@ -84,6 +94,9 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without the server's own settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
+    # No job workers unless asked for: they are processes besides gunicorn's workers,
+    # which tests count and benchmarks measure.
+    env["JOB_WORKERS"] = "0"
     env.update(extra)
     return env
 
@@ -126,10 +139,14 @@ class Gunicorn:
 
     def worker_pids(self) -> set[int]:
         """The live worker processes (the gunicorn master's children but the plane)."""
-        return {p for p in child_pids(self.proc.pid) if process_name(p) != PLANE_NAME}
+        helpers = (PLANE_NAME, JOBS_NAME)
+        return {p for p in child_pids(self.proc.pid) if process_name(p) not in helpers}
+
+    def children_named(self, name: str) -> set[int]:
+        return {p for p in child_pids(self.proc.pid) if process_name(p) == name}
 
     def plane_pids(self) -> set[int]:
-        return {p for p in child_pids(self.proc.pid) if process_name(p) == PLANE_NAME}
+        return self.children_named(PLANE_NAME)
 
 
 @contextlib.contextmanager
@@ -173,3 +190,57 @@ def gunicorn(
         yield server
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def serving(
+    argv: list[str], cwd: Path, name: str, answers: Callable[[], bool], **popen: Any
+) -> Iterator[subprocess.Popen]:
+    """Start a server process, yield once `answers()`; stopped however the caller ends.
+    Its output goes to `<cwd>/<name>.out`, shown if it exits before answering."""
+    output = cwd / f"{name}.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, **popen)
+    try:
+        seen = wait_until(
+            lambda: "exited" if proc.poll() is not None else answers() and "up",
+            timeout=30,
+            what=f"{name} to answer",
+        )
+        if seen == "exited":
+            raise RuntimeError(f"{name} exited early:\n{output.read_text()[-3000:]}")
+        yield proc
+    finally:
+        stop_process(proc, timeout=30)
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free 127.0.0.1 port, nothing saved; yields its URL."""
+    port = free_port()
+    argv = [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(tmp)]
+    with serving(argv, tmp, f"redis-{port}", lambda: _redis_answers(port)):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+def _redis_answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(16).startswith(b"+PONG")
+
+
+@contextlib.contextmanager
+def jobs_command(
+    scripts: Path, tmp: Path, extra: dict[str, str], workers: int = 1
+) -> Iterator[str]:
+    """`scriptgate jobs` with its platform plane; yields the plane's URL."""
+    port = free_port()
+    argv = [SCRIPTGATE, "jobs", "--workers", str(workers), "--scripts", str(scripts)]
+    argv += ["--platform-bind", f"127.0.0.1:{port}"]
+    url = f"http://127.0.0.1:{port}"
+    env = clean_env({"LOG_FILE": str(tmp / "jobs.log"), **extra})
+    with serving(
+        argv, tmp, "jobs", lambda: requests.get(url + "/_platform/health", timeout=2).ok, env=env
+    ):
+        yield url

@@ -20,6 +20,7 @@ from service.bulkhead import Bulkhead
 from service.config import Settings
 from service.deadline import RunnerPool
 from service.errors import ScriptFailed, render_error
+from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.logs import build_logger
 from service.metrics import Metrics
@@ -77,6 +78,7 @@ def create_app(
         log=log,
         runners=RunnerPool(),
         bulkhead=Bulkhead(run_dir / "slots"),
+        jobs=JobQueue(settings, metrics),  # opens its store on first use, per process
         started_at=started_at or time.time(),
         platform_only=platform_only,
     )

@@ -3,6 +3,7 @@
   scriptgate serve    serve the scripts folder (gunicorn; Ctrl-C stops it)
   scriptgate routes   list the URLs the scripts folder serves
   scriptgate check    import every script and report what is broken
+  scriptgate jobs     run job workers only (the queue shared with the servers)
 
 Settings come from the environment (see the README's configuration table); the options
 below override them.
@@ -31,6 +32,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "WORKERS": _text(getattr(args, "workers", None)),
         "THREADS": _text(getattr(args, "threads", None)),
         "WORKER_CLASS": getattr(args, "worker_class", None),
+        "JOB_WORKERS": _text(getattr(args, "job_workers", None)),
     }
     env = dict(os.environ)
     env.update({name: value for name, value in overrides.items() if value is not None})
@@ -47,6 +49,12 @@ def serve(args: argparse.Namespace) -> int:
     from service.server import serve as run_server
 
     return run_server(settings_from(args))
+
+
+def jobs(args: argparse.Namespace) -> int:
+    from service.jobs.command import run_jobs
+
+    return run_jobs(settings_from(args))
 
 
 def routes(args: argparse.Namespace) -> int:
@@ -102,11 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("gthread", "sync"),
         help="gthread (default): scripts run in threads; sync: one script per process",
     )
+    p_serve.add_argument(
+        "--job-workers", type=int, help="job worker processes (default 2, $JOB_WORKERS; 0: none)"
+    )
+    p_jobs = sub.add_parser("jobs", help="run job workers only, apart from the HTTP servers")
+    p_jobs.add_argument(
+        "--workers", dest="job_workers", type=int, help="job worker processes (default 2)"
+    )
+    p_jobs.add_argument(
+        "--platform-bind", help="HOST:PORT for /_platform/health and metrics (default off)"
+    )
     p_routes = sub.add_parser("routes", help="print the routes as JSON")
     p_check = sub.add_parser("check", help="import every script; non-zero exit on failures")
-    for p in (p_serve, p_routes, p_check):
+    for p in (p_serve, p_jobs, p_routes, p_check):
         p.add_argument("--scripts", help="scripts folder (default ./scripts, $SCRIPTS_DIR)")
     p_serve.set_defaults(func=serve)
+    p_jobs.set_defaults(func=jobs)
     p_routes.set_defaults(func=routes)
     p_check.set_defaults(func=check)
     return parser

@@ -28,6 +28,13 @@ DEFAULT_WORKERS = 3
 DEFAULT_THREADS = 8
 WORKER_CLASSES = ("gthread", "sync")
 PROXY_TIMEOUT_MARGIN = 15  # seconds a proxy waits beyond MAX_SCRIPT_TIMEOUT
+DEFAULT_JOB_DATA_DIR = "data"
+DEFAULT_JOB_WORKERS = 2
+DEFAULT_JOB_TIMEOUT = 3600.0
+DEFAULT_JOB_RETENTION = 86400.0
+DEFAULT_JOB_MAX_RESULT_BYTES = 50 * 1024 * 1024
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -97,6 +104,26 @@ def parse_bind(variable: str, raw: str | None, default: str | None) -> str | Non
     return value
 
 
+def parse_duration(variable: str, raw: str | None, default: float) -> float:
+    """Seconds, or a number with a unit: `90`, `30m`, `12h`, `7d`."""
+    text = (raw or "").strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0) if text else 0
+    if unit:
+        text = text[:-1]
+    return parse_number(variable, text or raw, default) * (unit or 1)
+
+
+def parse_broker(raw: str | None) -> str | None:
+    """JOB_BROKER_URL: Redis for a queue shared by several servers; unset, the embedded
+    SQLite store. The value may hold a password, so an error never repeats it."""
+    url = (raw or "").strip()
+    if not url:
+        return None
+    if not url.startswith(BROKER_SCHEMES):
+        raise ConfigError("JOB_BROKER_URL", f"must start with {', '.join(BROKER_SCHEMES)}")
+    return url
+
+
 def default_max_timeout(script_timeout: float) -> float:
     """Twice SCRIPT_TIMEOUT, and at least 30 s above it (60 s by default)."""
     return max(script_timeout * 2, script_timeout + 30)
@@ -134,6 +161,13 @@ class Settings:
     max_requests: int = 0
     max_requests_jitter: int = 0
     server_log_level: str = "warning"
+    # Jobs (service/jobs): the queue, its store and the job worker processes.
+    job_broker_url: str | None = None
+    job_data_dir: Path = Path(DEFAULT_JOB_DATA_DIR)
+    job_workers: int = DEFAULT_JOB_WORKERS
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
+    job_retention: float = DEFAULT_JOB_RETENTION
+    job_max_result_bytes: int = DEFAULT_JOB_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
         if not self.max_script_timeout:
@@ -219,4 +253,12 @@ class Settings:
             max_requests=count("SCRIPTGATE_MAX_REQUESTS", 0, zero=True),
             max_requests_jitter=count("SCRIPTGATE_MAX_REQUESTS_JITTER", 0, zero=True),
             server_log_level=(env.get("GUNICORN_LOG_LEVEL") or "warning").strip().lower(),
+            job_broker_url=parse_broker(env.get("JOB_BROKER_URL")),
+            job_data_dir=Path(env.get("JOB_DATA_DIR") or DEFAULT_JOB_DATA_DIR),
+            job_workers=count("JOB_WORKERS", DEFAULT_JOB_WORKERS, zero=True),
+            job_timeout=parse_duration("JOB_TIMEOUT", env.get("JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
+            job_retention=parse_duration(
+                "JOB_RETENTION", env.get("JOB_RETENTION"), DEFAULT_JOB_RETENTION
+            ),
+            job_max_result_bytes=count("JOB_MAX_RESULT_BYTES", DEFAULT_JOB_MAX_RESULT_BYTES),
         )

@@ -31,6 +31,7 @@ from service import recycle
 T = TypeVar("T")
 REPEAT_SECONDS = 0.05
 GRACE_SECONDS = 2.0
+STOP_POLL_SECONDS = 0.2
 
 _RUNNING, _ABANDONED, _DONE = 0, 1, 2
 # A prototype of our own (not ctypes.pythonapi's shared function object, whose argtypes
@@ -46,6 +47,11 @@ class ScriptTimeout(BaseException):
 
     A BaseException so that a script's `except Exception:` does not swallow it.
     """
+
+
+class ScriptStopped(BaseException):
+    """Raised to the waiting thread when `stop()` asked for it (a cancelled job); the
+    script itself is interrupted as at a deadline."""
 
 
 class _Job:
@@ -134,9 +140,14 @@ class RunnerPool:
             self._idle.append(runner)
 
     def run(
-        self, func: Callable[[], T], seconds: float, after: Callable[[], None] | None = None
+        self,
+        func: Callable[[], T],
+        seconds: float,
+        stop: Callable[[], bool] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> T:
-        """Run func() in this request's context; raise ScriptTimeout after `seconds`.
+        """Run func() in this request's context; raise ScriptTimeout after `seconds`, or
+        ScriptStopped as soon as `stop()` (asked every STOP_POLL_SECONDS) is true.
 
         `after` runs once the code has really stopped, which for an abandoned script is
         after its caller had the 504: what it releases (a concurrency slot) stays held
@@ -151,7 +162,11 @@ class RunnerPool:
         job.runner = runner
         runner.job = job
         runner.wakeup.release()
-        if not job.done.acquire(timeout=seconds):
+        if stop is None:
+            ended = "done" if job.done.acquire(timeout=seconds) else "deadline"
+        else:
+            ended = _wait(job, seconds, stop)
+        if ended != "done":
             with job.lock:
                 if job.state != _DONE:
                     job.state = _ABANDONED
@@ -159,6 +174,8 @@ class RunnerPool:
                 job.give_up_at = time.monotonic() + GRACE_SECONDS
                 where = _stack_of(runner.thread)
                 self._reap(job)
+                if ended == "stopped":
+                    raise ScriptStopped(f"stopped on request; the script was at:\n{where}")
                 raise ScriptTimeout(
                     f"deadline of {seconds:g} s passed; the script was at:\n{where}"
                 )
@@ -173,6 +190,30 @@ class RunnerPool:
             if self._reaper is None:
                 self._reaper = _Reaper()
         self._reaper.add(job)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every interrupted script has stopped; False if one still runs after
+        `timeout` (the reaper has then asked `recycle` to retire this process)."""
+        reaper = self._reaper
+        deadline = time.monotonic() + timeout
+        while reaper is not None and reaper.running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(REPEAT_SECONDS)
+        return True
+
+
+def _wait(job: _Job, seconds: float, stop: Callable[[], bool]) -> str:
+    """ "done", "deadline", or "stopped" once stop() is true."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if job.done.acquire(timeout=max(0.0, min(remaining, STOP_POLL_SECONDS))):
+            return "done"
+        if remaining <= STOP_POLL_SECONDS:
+            return "deadline"
+        if stop():
+            return "stopped"
 
 
 def _stack_of(thread: threading.Thread, limit: int = 32) -> str:
@@ -196,6 +237,10 @@ class _Reaper:
         with self._lock:
             self._jobs.append(job)
         self._wake.set()
+
+    def running(self) -> bool:
+        with self._lock:
+            return any(job.state != _DONE for job in self._jobs)
 
     def _loop(self) -> None:
         while True:

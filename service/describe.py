@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
-    """{path, url, methods, summary, state, timeout[, error]} for one listed script."""
+    """{path, url, methods, summary, state, timeout[, async, job_timeout][, error]} for
+    one listed script."""
     url = url_for_script(zone, path)
     entry: dict[str, Any] = {"path": path, "url": url}
     settings = rt.settings
@@ -53,6 +54,10 @@ def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
         state="ok",
         timeout=script.timeout,
     )
+    if script.run_async:  # what a script says about jobs, only when it says something
+        entry["async"] = True
+    if script.job_timeout is not None:
+        entry["job_timeout"] = script.job_timeout
     if script.timeout_capped:
         entry["warning"] = (
             f"TIMEOUT = {script.requested_timeout:g} is over MAX_SCRIPT_TIMEOUT; "

@@ -91,6 +91,26 @@ class CallerError(RequestError):
         self.status = status
 
 
+class JobNotFound(RequestError):
+    """An unknown, malformed, expired job id, or one another caller started: the same
+    answer for all, so an id cannot be probed."""
+
+    status, error = 404, "job not found"
+
+
+class JobConflict(RequestError):
+    """The job is not in a state that allows this (its result before it finished,
+    cancelling a finished one); `reason` is the job's state."""
+
+    status = 409
+
+
+class QueueUnavailable(RequestError):
+    """The job store (SQLite file or Redis) could not be reached: nothing was queued."""
+
+    status, error = 503, "job queue unavailable"
+
+
 def render_error(exc: RequestError, trace_id: str) -> Response:
     """The contract's JSON error body: `error`, `reason` when there is one, `trace_id`."""
     body: dict[str, str] = {"error": exc.error}

@@ -8,7 +8,6 @@ one-second mtime, so a quick edit could otherwise keep serving the old code.
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.util
 import logging
 import math
@@ -23,6 +22,7 @@ from typing import Any
 
 from service.deadline import ScriptTimeout
 from service.errors import NotFound
+from service.finder import HelperFinder, SourceLoader
 from service.resolve import Target, zone_dir
 
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
@@ -54,6 +54,8 @@ class LoadedScript:
     concurrency: int  # 0: no limit
     summary: str
     stamps: tuple[Stamp, ...]
+    run_async: bool = False  # ASYNC = True: every call runs as a job (service/jobs)
+    job_timeout: float | None = None  # the script's JOB_TIMEOUT; None: $JOB_TIMEOUT
 
     @property
     def timeout_capped(self) -> bool:
@@ -70,45 +72,6 @@ def stamp(path: str) -> Stamp | None:
 
 def unchanged(stamps: Iterable[Stamp]) -> bool:
     return all(stamp(s[0]) == s for s in stamps)
-
-
-class _SourceLoader(importlib.machinery.SourceFileLoader):
-    """Compile from source every time (see the module docstring)."""
-
-    def get_code(self, fullname: str) -> Any:
-        path = self.get_filename(fullname)
-        return compile(self.get_data(path), path, "exec", dont_inherit=True)
-
-
-class _HelperFinder:
-    """Finds helper modules in a script's own folder and in `_lib/`, private names included."""
-
-    def __init__(self, search_dirs: list[str], root: str) -> None:
-        self.search_dirs = search_dirs
-        self.root = root + os.sep
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if path is None:
-            dirs = self.search_dirs
-        else:  # a submodule of a helper package: only look inside the scripts folder
-            dirs = [p for p in path if str(p).startswith(self.root)]
-        name = fullname.rpartition(".")[2]
-        for directory in dirs:
-            package = os.path.join(directory, name)
-            init = os.path.join(package, "__init__.py")
-            if os.path.isfile(init):
-                return importlib.util.spec_from_file_location(
-                    fullname,
-                    init,
-                    loader=_SourceLoader(fullname, init),
-                    submodule_search_locations=[package],
-                )
-            module = package + ".py"
-            if os.path.isfile(module):
-                return importlib.util.spec_from_file_location(
-                    fullname, module, loader=_SourceLoader(fullname, module)
-                )
-        return None
 
 
 def _summary(module: ModuleType) -> str:
@@ -128,15 +91,22 @@ def _methods(module: ModuleType) -> frozenset[str]:
     return frozenset(methods)
 
 
-def _timeout(module: ModuleType) -> float | None:
-    raw = getattr(module, "TIMEOUT", None)
+def _seconds(module: ModuleType, name: str) -> float | None:
+    raw = getattr(module, name, None)
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-        raise ScriptLoadError("TIMEOUT must be a number of seconds")
+        raise ScriptLoadError(f"{name} must be a number of seconds")
     if raw <= 0:
-        raise ScriptLoadError("TIMEOUT must be greater than 0")
+        raise ScriptLoadError(f"{name} must be greater than 0")
     return float(raw)
+
+
+def _run_async(module: ModuleType) -> bool:
+    raw = getattr(module, "ASYNC", False)
+    if not isinstance(raw, bool):
+        raise ScriptLoadError("ASYNC must be True or False")
+    return raw
 
 
 def _concurrency(module: ModuleType, default: int) -> int:
@@ -229,12 +199,12 @@ class ScriptCache:
         if own is None:  # deleted between lookup and import: as if it never existed
             raise NotFound(path)
         name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
-        finder = _HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
+        finder = HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
         before = set(sys.modules)
         sys.meta_path.insert(0, finder)
         try:
             spec = importlib.util.spec_from_file_location(
-                name, path, loader=_SourceLoader(name, path)
+                name, path, loader=SourceLoader(name, path)
             )
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
@@ -257,7 +227,7 @@ class ScriptCache:
         )
         if handler is None:
             raise ScriptLoadError("no handle(request) or main(request) function", "no_handler")
-        requested = _timeout(module)
+        requested = _seconds(module, "TIMEOUT")
         script = LoadedScript(
             path=path,
             module=module,
@@ -268,6 +238,8 @@ class ScriptCache:
             concurrency=_concurrency(module, self.default_concurrency),
             summary=_summary(module),
             stamps=(own, *helpers),
+            run_async=_run_async(module),
+            job_timeout=_seconds(module, "JOB_TIMEOUT"),
         )
         if script.timeout_capped:
             self.log.warning(

@@ -7,7 +7,7 @@ so every worker writes its values to files there and a scrape sums them (see
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._in_progress_children: dict[str, Any] = {}
         self._collector: FastMultiProcessCollector | None = None
+        self._live = CollectorRegistry()  # read at scrape time: register_live
         if multiproc_dir is None:
             self.registry = own
         else:
@@ -142,6 +143,11 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def register_live(self, collector: Any) -> None:
+        """A collector asked at each scrape, not read from the workers' files: the job
+        queue's depth is one store query, the same whichever worker answers."""
+        self._live.register(collector)
+
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Render the registry: text 0.0.4, or OpenMetrics when Accept asks for it."""
         encoder, content_type = choose_encoder(accept or "")
@@ -149,8 +155,8 @@ class Metrics:
             if self._collector is not None and encoder is generate_latest:
                 body = self._collector.render_text()
                 if body is not None:
-                    return body, content_type
-            return encoder(self.registry), content_type
+                    return body + generate_latest(self._live), content_type
+            return encoder(_Both(self.registry, self._live)), content_type
 
     def totals(self) -> Totals:
         """Sum the counters the same way a scrape does, so health and metrics agree."""
@@ -169,3 +175,14 @@ class Metrics:
             elif sample.name == "scriptgate_script_errors_total":
                 errors += sample.value
         return Totals(sum(by_area.values()), int(errors), by_area)
+
+
+class _Both:
+    """Two registries as one, for prometheus_client's encoders."""
+
+    def __init__(self, *registries: CollectorRegistry) -> None:
+        self.registries = registries
+
+    def collect(self) -> Iterator[Any]:
+        for registry in self.registries:
+            yield from registry.collect()

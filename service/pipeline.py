@@ -4,6 +4,7 @@
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
     lookup    a platform view, or the script: resolve, import if changed (loader.py)
     checks    method, body size
+    job?      `Prefer: respond-async` or ASYNC = True: queue it, 202     (jobs/http.py)
     run       bulkhead slot, then the handler under its deadline         (deadline.py)
     convert   what the handler returned becomes a response               (convert.py)
     record    trace headers, metrics, the request log line               (record.py)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Request, Response, request
 from opentelemetry import trace
@@ -23,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.access import authorize
 from service.convert import to_response
-from service.deadline import ScriptTimeout
+from service.deadline import ScriptStopped, ScriptTimeout
 from service.errors import (
     AccessDenied,
     CallerError,
@@ -36,12 +38,15 @@ from service.errors import (
     TooManyRequests,
     render_error,
 )
+from service.jobs.http import start_job, wants_job
 from service.loader import LoadedScript, ScriptLoadError
 from service.metrics import ERROR_KINDS
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
 from service.resolve import PLATFORM_ZONE, locate, parse_target, zone_of
 from service.runtime import Runtime, runtime
+
+T = TypeVar("T")
 
 
 def handle_request() -> Response:
@@ -83,6 +88,8 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     script = lookup(rt, ctx, req.path)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)
+    if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
+        return start_job(rt, ctx, req)
     return run(rt, ctx, req, script)
 
 
@@ -162,15 +169,36 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
         releases.append(release)
     if rt.metrics is not None:
         releases.append(rt.metrics.script_started(ctx.zone, ctx.script))
+    return call_handler(
+        rt,
+        ctx,
+        lambda: to_response(script.handler(req)),
+        script.timeout,
+        after=lambda: [release() for release in releases],
+    )
+
+
+def call_handler(
+    rt: Runtime,
+    ctx: RequestContext,
+    call: Callable[[], T],
+    seconds: float,
+    stop: Callable[[], bool] | None = None,
+    after: Callable[[], None] | None = None,
+) -> T | Response:
+    """A script's code on a runner thread under its deadline, in a `script.run` span.
+
+    Its failures become the contract's answers: 504 at the deadline, its own 4xx, 500
+    for anything it raised. Jobs call this too, with `stop` (a cancel request), which
+    ends in ScriptStopped for the job worker to report.
+    """
     with rt.tracer.start_as_current_span(
         "script.run", record_exception=False, set_status_on_exception=False
     ) as span:
         try:
-            return rt.runners.run(
-                lambda: to_response(script.handler(req)),
-                script.timeout,
-                after=lambda: [release() for release in releases],
-            )
+            return rt.runners.run(call, seconds, stop, after)
+        except ScriptStopped:
+            raise
         except ScriptTimeout as exc:
             record_failure(rt, ctx, span, "timeout", exc)
             raise ScriptTimedOut() from None

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.config import ConfigError
@@ -35,7 +36,7 @@ _MASTER_SIGNALS = (
 )
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
-PROCESS_NAME = b"sg-plane"  # /proc/PID/comm: tells the plane from gunicorn's workers
+PROCESS_NAME = "sg-plane"  # /proc/PID/comm: tells the plane from gunicorn's workers
 RESTARTS_PER_MINUTE = 10
 
 
@@ -50,19 +51,35 @@ def bind(address: str) -> socket.socket:
 
 def start(server: Any, listeners: list[Any]) -> int:
     """Fork the plane from gunicorn's master (single-threaded, so fork is safe)."""
+    return fork_from_master(listeners, lambda: _serve(server), PROCESS_NAME)
+
+
+def name_process(name: str) -> None:
+    """What /proc/PID/comm, `ps -o comm` and `top` show (15 characters at most)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent ends, however the parent ends."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def fork_from_master(listeners: list[Any], run: Callable[[], None], name: str) -> int:
+    """A helper process of the master (the plane, the job supervisor): without the
+    master's signal handlers and listening sockets, and gone with the master."""
     pid = os.fork()
     if pid:
         return pid
     try:
         for name in _MASTER_SIGNALS:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # gone with the master, however
-            libc.prctl(_PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME))
+        die_with_parent()
+        name_process(name)
         for listener in listeners:  # the workers' port is not ours
             listener.close()
-        _serve(server)
+        run()
     finally:
         os._exit(0)
     return 0  # not reached
@@ -96,21 +113,23 @@ def exited(pid: int) -> bool:
 
 
 class Supervisor:
-    """Keeps one plane process running: the master calls `check()` on every loop turn.
+    """Keeps one helper process of the master running (the plane, the job supervisor):
+    the master calls `check()` on every loop turn.
 
-    A plane that dies (killed, out of memory) is started again, at most
-    RESTARTS_PER_MINUTE times a minute so a plane that cannot start does not spin.
+    A helper that dies (killed, out of memory) is started again, at most
+    RESTARTS_PER_MINUTE times a minute so one that cannot start does not spin.
     """
 
-    def __init__(self, server: Any, listeners: list[Any], log: Any) -> None:
-        self.server = server
-        self.listeners = listeners
+    def __init__(self, what: str, start: Callable[[], int], log: Any, stop_seconds: float) -> None:
+        self.what = what
+        self.start = start
         self.log = log
-        self.pid = start(server, listeners)
+        self.stop_seconds = stop_seconds
+        self.pid = start()
         self._restarts: list[float] = []
 
     def check(self) -> int | None:
-        """Restart a dead plane; the dead one's pid, for its metrics to be folded."""
+        """Restart a dead helper; the dead one's pid, for its metrics to be folded."""
         if not exited(self.pid):
             return None
         dead = self.pid
@@ -119,12 +138,12 @@ class Supervisor:
         if len(self._restarts) >= RESTARTS_PER_MINUTE:
             return None
         self._restarts.append(now)
-        self.log.error("platform plane %s exited; starting a new one", dead)
-        self.pid = start(self.server, self.listeners)
+        self.log.error("%s %s exited; starting a new one", self.what, dead)
+        self.pid = self.start()
         return dead
 
     def stop(self) -> None:
-        stop(self.pid)
+        stop(self.pid, self.stop_seconds)
 
 
 def stop(pid: int, timeout: float = 5.0) -> None:

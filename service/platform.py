@@ -14,6 +14,7 @@ from flask import Request, Response, jsonify
 
 from service.describe import describe_route
 from service.errors import NotFound
+from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_result, job_status
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 
 if TYPE_CHECKING:
@@ -76,8 +77,19 @@ VIEWS = {
 }
 
 
+# Views under a path prefix, first match wins: (prefix, suffix, view). The view reads
+# the rest of the path (a job id) itself.
+PREFIX_VIEWS = (
+    (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result)),
+    (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"})),
+)
+
+
 def platform_view(path: str) -> PlatformView:
     view = VIEWS.get(path)
+    if view is None:
+        matches = (v for p, s, v in PREFIX_VIEWS if path.startswith(p) and path.endswith(s))
+        view = next(matches, None)
     if view is None:
         raise NotFound(path)
     return view

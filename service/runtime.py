@@ -13,6 +13,7 @@ from opentelemetry.trace import Tracer
 from service.bulkhead import Bulkhead
 from service.config import Settings
 from service.deadline import RunnerPool
+from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.metrics import Metrics
 
@@ -27,6 +28,7 @@ class Runtime:
     log: logging.Logger
     runners: RunnerPool
     bulkhead: Bulkhead
+    jobs: JobQueue
     started_at: float
     platform_only: bool = False
 

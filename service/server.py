@@ -37,7 +37,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         self.run_dir = run_dir
         self.metrics_dir = metrics_dir
         self.started_at = time.time()
-        self.plane: plane.Supervisor | None = None
+        # The master's helper processes: the platform plane, the job supervisor.
+        self.helpers: list[plane.Supervisor] = []
         self.plane_socket = plane.bind(settings.platform_bind) if settings.platform_bind else None
         super().__init__()
 
@@ -114,8 +115,24 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
 
     def when_ready(self, server: Any) -> None:
         s = self.settings
+        listeners = server.LISTENERS
+        if s.job_workers:
+            from service.jobs import worker as jobs
+
+            self.helpers.append(
+                plane.Supervisor(
+                    "job supervisor",
+                    lambda: jobs.start(self, listeners),
+                    server.log,
+                    jobs.STOP_SECONDS,
+                )
+            )
         if self.plane_socket is not None:  # kept open here, for a restarted plane
-            self.plane = plane.Supervisor(self, server.LISTENERS, server.log)
+            self.helpers.append(
+                plane.Supervisor(
+                    "platform plane", lambda: plane.start(self, listeners), server.log, 5.0
+                )
+            )
         plane_note = f", platform plane on http://{s.platform_bind}" if s.platform_bind else ""
         print(
             f"Scriptgate listening on http://{s.bind} ({s.workers} workers x "
@@ -126,16 +143,16 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
 
     def supervise(self) -> None:
         """Called by the master on every loop turn (see _Arbiter)."""
-        if self.plane is not None:
-            dead = self.plane.check()
+        for helper in self.helpers:
+            dead = helper.check()
             if dead is not None and self.metrics_dir is not None:
                 multiproc.worker_exited(dead, self.metrics_dir.path)
 
     def on_exit(self, server: Any) -> None:
-        if self.plane is not None:
-            self.plane.stop()
+        for helper in self.helpers:  # the job supervisor first: its jobs end cleanly
+            helper.stop()
             if self.metrics_dir is not None:
-                multiproc.worker_exited(self.plane.pid, self.metrics_dir.path)
+                multiproc.worker_exited(helper.pid, self.metrics_dir.path)
         self.cleanup()
 
     def run(self) -> None:
@@ -156,8 +173,9 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         self.app.supervise()
 
 
-def serve(settings: Settings) -> int:
-    """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+def prepare(settings: Settings) -> tuple[Settings, multiproc.MetricsDir | None]:
+    """The master's shared state before anything forks: the metrics directory, and the
+    job store opened once (a bad JOB_DATA_DIR or JOB_BROKER_URL stops startup here)."""
     metrics_dir = None
     if settings.metrics_enabled:
         try:
@@ -167,10 +185,25 @@ def serve(settings: Settings) -> int:
         except OSError as exc:
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", str(exc)) from None
         settings = replace(settings, multiproc_dir=metrics_dir.path)
+    # Only now: these imports load prometheus_client, which reads the directory once.
+    from service.jobs.queue import check_store
+
+    try:
+        check_store(settings)
+    except ConfigError:
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
+        raise
     # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
     # forked worker starts with it loaded (about half a second of CPU per worker).
     import service.app  # noqa: F401
 
+    return settings, metrics_dir
+
+
+def serve(settings: Settings) -> int:
+    """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+    settings, metrics_dir = prepare(settings)
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
     master = os.getpid()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from bench.procs import (
@@ -17,6 +18,7 @@ from bench.procs import (
     Gunicorn,
     free_port,
     gunicorn,
+    redis_server,
     stop_process,
     wait_until,
 )
@@ -30,7 +32,9 @@ __all__ = [
     "free_port",
     "gunicorn",
     "log_records",
+    "redis_server",
     "request_record",
+    "stays_the_same",
     "stop_process",
     "wait_until",
 ]
@@ -64,3 +68,15 @@ def request_record(trace_id: str, *servers: Gunicorn) -> dict:
 def copy_scripts(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
     return dest
+
+
+def stays_the_same(path: Path, seconds: float = 0.5) -> bool:
+    """Does the file keep its size for `seconds`? How a test sees that a script which
+    appends every few milliseconds has really stopped: absence needs a window."""
+    size = path.stat().st_size
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.stat().st_size != size:
+            return False
+        time.sleep(0.02)
+    return True

@@ -173,7 +173,8 @@ def test_serve_leaves_no_files_in_home_or_working_tree(scripts, tmp_path):
         assert metrics_dir.is_dir()
         server.get("/hello.py")
     assert list(home.iterdir()) == []
-    leftovers = {p.name for p in tmp_path.iterdir()} - {"scripts", "home", "logs"}
+    # logs/ and data/ (the job queue: JOB_DATA_DIR) are the defaults' own folders.
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"scripts", "home", "logs", "data"}
     assert all(name.startswith("gunicorn-") and name.endswith(".out") for name in leftovers)
     assert not metrics_dir.exists(), "the private metrics directory outlived the server"
     assert (

@@ -65,6 +65,7 @@ def generated_config(
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == "scriptgate"]
     assert len(jobs) == 1, "prometheus.yml needs exactly one job named scriptgate"
     jobs[0]["static_configs"] = [{"targets": targets}]
+    jobs[0].pop("dns_sd_configs", None)  # compose service names do not resolve here
     config["rule_files"] = [str(path) for path in rule_files]
     if alertmanager is None:
         config.pop("alerting", None)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,6 +62,8 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
     def get(path: str, **kw: object) -> Callable[[], requests.Response]:
         return lambda: server.get(path, **kw)
 
+    job = {"Prefer": "respond-async"}
+
     calls = [
         get("/hello.py?name=stack"),
         get("/api/hello.py", headers=key),
@@ -70,6 +73,8 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
         get("/boom.py"),  # 500 exception
         get("/sleep.py"),  # 504 timeout
         get("/slow.py"),  # 2.6 s
+        get("/hello.py", headers=job),  # 202: a job that succeeds
+        get("/boom.py", headers=job),  # 202: a job that fails
     ]
     if round_two:
         calls += [get("/boom.py")] * 30 + [get("/sleep.py")] * 3 + [get("/hello.py")] * 10
@@ -90,11 +95,19 @@ def _refuse_one(server: Gunicorn, gate: Gate) -> list[int]:
 
 
 def _scraped(
-    prometheus: prom.Prometheus, slow: int, denials: int, errors: int, refused: int
+    prometheus: prom.Prometheus,
+    slow: int,
+    denials: int,
+    errors: int,
+    refused: int,
+    failed_jobs: int,
 ) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
+    failed = 'sum(scriptgate_jobs_total{script="boom.py", state="failed"})'
     return (
-        prometheus.value('sum(scriptgate_request_duration_seconds_count{script="slow.py"})') >= slow
+        prometheus.value(failed) >= failed_jobs
+        and prometheus.value('sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
+        >= slow
         and prometheus.value('sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
         and prometheus.value("sum(scriptgate_requests_rejected_total)") >= refused
@@ -107,7 +120,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     scripts = make_scripts(tmp / "scripts")
     target = f"127.0.0.1:{free_port()}"
     gate = Gate(tmp / "gate")
-    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5", "PLATFORM_BIND": target, **gate.env}
+    env = {
+        "API_KEY": API_KEY,
+        "SCRIPT_TIMEOUT": "0.5",
+        "PLATFORM_BIND": target,
+        "JOB_WORKERS": "1",
+        **gate.env,
+    }
     with contextlib.ExitStack() as stack_:
         server = stack_.enter_context(gunicorn(scripts, tmp, workers=6, env=env))
         am = None
@@ -115,22 +134,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             am = stack_.enter_context(prom.alertmanager(tmp))
         dead = f"127.0.0.1:{free_port()}"  # nothing listens: ScriptgateInstanceDown
         prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
+        _queue_a_stale_job(tmp, scripts)
         statuses = _run(_calls(server, round_two=False))
-        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
+        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202], statuses
         assert _refuse_one(server, gate) == [200, 429]
         wait_until(
-            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, refused=1),
+            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, refused=1, failed_jobs=1),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
         _run(_calls(server, round_two=True))
         assert _refuse_one(server, gate) == [200, 429]
         wait_until(
-            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2, refused=2),
+            lambda: _scraped(
+                prometheus, slow=2, denials=DENIALS + 2, errors=2, refused=2, failed_jobs=2
+            ),
             timeout=15,
             what="Prometheus to scrape the second round",
         )
         yield Stack(server, target, prometheus, dead, am)
+
+
+def _queue_a_stale_job(tmp: Path, scripts: Path) -> None:
+    """A job queued an hour ago that no worker will take (it was never handed to the
+    queue): what the queue-age alert looks for, without waiting an hour for it."""
+    from service.config import Settings
+    from service.jobs.queue import JobQueue
+    from tests.integration.test_jobs_store import make_job
+
+    queue = JobQueue(Settings(scripts_dir=scripts, job_data_dir=tmp / "data"))
+    queue.store.create(make_job("stale-job-" + "0" * 22, time.time() - 3600), b"{}")
+    queue.close()
 
 
 def _all_queries() -> list[queries.Query]:

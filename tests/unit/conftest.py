@@ -95,6 +95,7 @@ def make_app(scripts_dir: Path, log_file: Path) -> Callable[..., Flask]:
             "log_file": log_file,
             "log_stdout": False,
             "script_timeout": 2.0,
+            "job_data_dir": scripts_dir.parent / "data",
         }
         fields.update(overrides)
         app = create_app(Settings(**fields))

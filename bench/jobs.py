@@ -1,0 +1,213 @@
+"""Jobs: what the 202 path adds to a call, and how fast job workers drain a queue.
+
+    .venv/bin/python bench/jobs.py            # make bench-jobs, about two minutes
+    .venv/bin/python bench/jobs.py --quick    # shorter runs, same table
+
+For the embedded SQLite store and for a real redis-server, one `scriptgate serve`
+(3 workers, no job workers) answers a no-op script:
+1. synchronously and with `Prefer: respond-async`, one connection at a time (wrk):
+   the difference of the medians is what queueing a job adds to a call;
+2. with `Prefer: respond-async` on 8 connections: how many jobs a server can accept;
+3. then `scriptgate jobs --workers 2` starts on the same store and drains every job
+   queued so far: jobs per second for a no-op script;
+4. single jobs on the idle queue: the wait from 202 to start (pickup);
+5. cancelling a running job: from DELETE to `cancelled`, for a script in a Python loop
+   and for one blocked in C (its job worker is replaced).
+Printed, never asserted: the machine is shared, the figures say what to expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import run_wrk
+from bench.procs import gunicorn, jobs_command, redis_server, wait_until
+from service.config import Settings
+from service.jobs.queue import JobQueue
+
+API_KEY = "bench-jobs-key"
+KEY = {"X-API-Key": API_KEY}
+ASYNC = {**KEY, "Prefer": "respond-async"}
+SCRIPTS = {
+    "noop.py": "def main(request):\n    return None\n",
+    "tick.py": (
+        "import time\nJOB_TIMEOUT = 600\n"
+        "def main(request):\n    while True:\n        time.sleep(0.05)\n"
+    ),
+    "stuck.py": "import time\nJOB_TIMEOUT = 600\ndef main(request):\n    time.sleep(600)\n",
+}
+
+
+def write_scripts(root: Path) -> Path:
+    (root / "api").mkdir(parents=True)
+    for name, source in SCRIPTS.items():
+        (root / "api" / name).write_text(source)
+    return root
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict:
+    result = run_wrk(url, headers, seconds=seconds, connections=connections, threads=1)
+    return {
+        "rps": result.requests_per_s,
+        "p50": result.p50_ms,
+        "p99": result.p99_ms,
+        "errors": result.errors,
+    }
+
+
+def drain(queue: JobQueue, timeout: float) -> tuple[int, float]:
+    """(jobs drained, seconds) from the first job taken to an empty queue."""
+    total = queue.store.stats().queued
+    wait_until(
+        lambda: queue.store.stats().queued < total,
+        timeout=60,
+        interval=0.01,
+        what="the job workers to start",
+    )
+    started = time.monotonic()
+    wait_until(
+        lambda: (s := queue.store.stats()).queued == 0 and s.running == 0,
+        timeout=timeout,
+        interval=0.02,
+        what="the queue to drain",
+    )
+    return total, time.monotonic() - started
+
+
+def job_state(url: str, job_id: str) -> dict:
+    return requests.get(f"{url}/_platform/jobs/{job_id}", headers=KEY, timeout=10).json()
+
+
+def reached(url: str, job_id: str, state: str, interval: float) -> dict:
+    return wait_until(
+        lambda: (found := job_state(url, job_id))["state"] == state and found,
+        timeout=30,
+        interval=interval,
+        what=f"job {job_id} to be {state}",
+    )
+
+
+def submit(url: str, script: str) -> str:
+    response = requests.get(f"{url}/api/{script}", headers=ASYNC, timeout=10)
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def pickup_ms(url: str, rounds: int) -> list[float]:
+    """202 to start, for single jobs on an idle queue (the SQLite poll idles at 0.5 s)."""
+    waits = []
+    for _ in range(rounds):
+        time.sleep(1.0)  # let the job workers' poll back off to idle, as in quiet hours
+        done = reached(url, submit(url, "noop.py"), "succeeded", 0.02)
+        waits.append(_ms(done["created_at"], done["started_at"]))
+    return waits
+
+
+def cancel_ms(url: str, script: str, rounds: int) -> list[float]:
+    """DELETE of a running job to its `cancelled` state."""
+    took = []
+    for _ in range(rounds):
+        job_id = submit(url, script)
+        reached(url, job_id, "running", 0.02)
+        started = time.monotonic()
+        requests.delete(f"{url}/_platform/jobs/{job_id}", headers=KEY, timeout=10)
+        reached(url, job_id, "cancelled", 0.01)
+        took.append((time.monotonic() - started) * 1000)
+    return took
+
+
+def _ms(start: str, end: str) -> float:
+    from datetime import datetime
+
+    parse = datetime.fromisoformat
+    return (
+        parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))
+    ).total_seconds() * 1000
+
+
+def bench_store(name: str, tmp: Path, broker: str | None, seconds: int, rounds: int) -> dict:
+    scripts = write_scripts(tmp / "scripts")
+    env = {"API_KEY": API_KEY, "JOB_WORKERS": "0"}
+    extra = {"API_KEY": API_KEY}
+    if broker:
+        env["JOB_BROKER_URL"] = extra["JOB_BROKER_URL"] = broker
+    settings = Settings(scripts_dir=scripts, job_data_dir=tmp / "data", job_broker_url=broker)
+    out: dict = {"store": name}
+    with gunicorn(scripts, tmp, workers=3, env=env) as server:
+        url = server.url + "/api/noop.py"
+        for warm in range(20):  # import the script in every worker, open the store
+            requests.get(url, headers=ASYNC if warm % 2 else KEY, timeout=10)
+        out["sync"] = wrk(url, KEY, seconds, 1)
+        out["async"] = wrk(url, ASYNC, seconds, 1)
+        out["async_8"] = wrk(url, ASYNC, seconds, 8)
+        queue = JobQueue(replace(settings))
+        with jobs_command(scripts, tmp, extra, workers=2):
+            out["drained"], out["drain_s"] = drain(queue, timeout=600)
+            out["pickup_ms"] = pickup_ms(server.url, rounds)
+            out["cancel_loop_ms"] = cancel_ms(server.url, "tick.py", rounds)
+            out["cancel_c_ms"] = cancel_ms(server.url, "stuck.py", max(1, rounds // 2))
+        queue.close()
+    return out
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else float("nan")
+
+
+def print_table(results: list[dict]) -> None:
+    rows = [
+        (
+            "sync call, 1 conn: p50 / p99 ms",
+            lambda r: f"{r['sync']['p50']:.2f} / {r['sync']['p99']:.2f}",
+        ),
+        (
+            "202 path, 1 conn: p50 / p99 ms",
+            lambda r: f"{r['async']['p50']:.2f} / {r['async']['p99']:.2f}",
+        ),
+        ("added by queueing (p50) ms", lambda r: f"{r['async']['p50'] - r['sync']['p50']:+.2f}"),
+        ("sync call, 1 conn: calls/s", lambda r: f"{r['sync']['rps']:.0f}"),
+        ("202 path, 1 conn: jobs queued/s", lambda r: f"{r['async']['rps']:.0f}"),
+        ("202 path, 8 conns: jobs queued/s", lambda r: f"{r['async_8']['rps']:.0f}"),
+        ("no-op jobs drained (2 job workers)", lambda r: f"{r['drained']}"),
+        ("  drain rate: jobs/s", lambda r: f"{r['drained'] / r['drain_s']:.0f}"),
+        ("pickup on an idle queue: median ms", lambda r: f"{median(r['pickup_ms'])}"),
+        ("cancel, Python loop: median ms", lambda r: f"{median(r['cancel_loop_ms'])}"),
+        ("cancel, blocked in C: median ms", lambda r: f"{median(r['cancel_c_ms'])}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    print(f"\n{'':{width}}  " + "  ".join(f"{r['store']:>14}" for r in results))
+    for label, cell in rows:
+        print(f"{label:{width}}  " + "  ".join(f"{cell(r):>14}" for r in results))
+    errors = {r["store"]: r["async_8"]["errors"] + r["async"]["errors"] for r in results}
+    print(f"\nnon-2xx answers or socket errors during the 202 runs: {errors}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s wrk runs, 3 rounds")
+    args = parser.parse_args()
+    seconds, rounds = (2, 3) if args.quick else (5, 6)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        (tmp / "sqlite").mkdir()
+        results.append(bench_store("SQLite", tmp / "sqlite", None, seconds, rounds))
+        (tmp / "redis").mkdir()
+        with redis_server(tmp / "redis") as url:
+            results.append(bench_store("Redis", tmp / "redis", url, seconds, rounds))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

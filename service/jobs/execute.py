@@ -1,0 +1,249 @@
+"""Run one job in a job worker, as the synchronous call would have run it.
+
+The request is rebuilt from its snapshot; the script is found and imported by the
+pipeline's own `lookup` (same ScriptCache: an edited script is re-imported, as for a
+call) and run by `call_handler` under the job's timeout, on a runner thread. While it
+runs, this thread asks the store a few times a second whether the job was cancelled.
+
+Stopping a running script: the runner thread gets ScriptTimeout raised inside it (the
+script's `finally` blocks and `with` exits run), as at a call's deadline. A script
+blocked in C (a long `sleep`, a socket read) cannot be interrupted; after the grace
+period its job is reported anyway and this whole process exits (recycle.py), so the
+script stops with it and the supervisor starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from service import recycle
+from service.convert import to_response
+from service.deadline import GRACE_SECONDS, ScriptStopped
+from service.errors import CallerError, RequestError, ScriptFailed, ScriptTimedOut, render_error
+from service.jobs.snapshot import environ
+from service.jobs.store import (
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    Ending,
+    Job,
+    JobStore,
+    Result,
+)
+from service.pipeline import call_handler, check_method, lookup
+from service.record import RequestContext
+from service.resolve import url_for_script
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+
+HEARTBEAT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 10.0  # a running job's time to finish when its worker is stopped
+# Not sent back with a result: the response is re-framed by the server answering it.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    error: str | None = None
+    result: Result | None = None
+
+
+class ResultTooLarge(Exception):
+    """The response is over JOB_MAX_RESULT_BYTES: the job fails instead of filling
+    the store."""
+
+
+class Shutdown:
+    """Set on SIGTERM: take no new job; a running one has STOP_GRACE_SECONDS left."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()  # huey's worker loop waits on it
+        self.deadline = math.inf
+
+    def request(self) -> None:
+        if not self.event.is_set():
+            self.deadline = time.monotonic() + STOP_GRACE_SECONDS
+            self.event.set()
+
+    def overdue(self) -> bool:
+        return self.event.is_set() and time.monotonic() >= self.deadline
+
+
+class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The app's logger with the job id on every record (the adapter's own `extra`
+    would replace the record's, not add to it)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+class Watch:
+    """The `stop()` the runner pool asks while the script runs; also the heartbeat.
+
+    It never raises: a store that does not answer for a moment must not abandon the
+    script (the next ask, 0.2 s later, tries again).
+    """
+
+    def __init__(self, store: JobStore, job_id: str, shutdown: Shutdown, log: Any) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.shutdown = shutdown
+        self.log = log
+        self.cancelled = False
+        self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
+        self._failing = False  # log a store outage once, not five times a second
+
+    def __call__(self) -> bool:
+        try:
+            if time.monotonic() >= self._next_beat:
+                self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
+                self.cancelled = self.store.beat(self.job_id, time.time())
+            else:
+                self.cancelled = self.store.asked_to_stop(self.job_id)
+            self._failing = False
+        except Exception as exc:
+            if not self._failing:
+                self.log.warning("job store did not answer: %s", exc)
+            self._failing = True
+        return self.cancelled or self.shutdown.overdue()
+
+
+def capture(response: Response, limit: int) -> Result:
+    """Status, headers and the whole body (a stream or a file read to its end)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        body = response.response if response.direct_passthrough else response.iter_encoded()
+        for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise ResultTooLarge(f"the response is over JOB_MAX_RESULT_BYTES ({limit})")
+            chunks.append(chunk)
+    finally:
+        response.close()
+    headers = response.headers.items()
+    kept = tuple((k, v) for k, v in headers if k.lower() not in _FRAMING_HEADERS)
+    return Result(response.status_code, kept, b"".join(chunks))
+
+
+class JobExecutor:
+    """The body of huey's task in a job worker: one job id at a time."""
+
+    def __init__(self, app: Flask, worker_id: str, shutdown: Shutdown) -> None:
+        self.app = app
+        self.rt: Runtime = app.extensions["scriptgate"]
+        self.worker_id = worker_id
+        self.shutdown = shutdown
+
+    def __call__(self, job_id: str) -> None:
+        rt = self.rt
+        store, metrics = rt.jobs.store, rt.jobs.metrics
+        job = store.claim(job_id, self.worker_id, time.time())
+        if job is None:  # cancelled while it waited
+            return
+        started = job.started_at or time.time()
+        if metrics is not None:
+            metrics.entered(job.zone, job.script, RUNNING)
+            metrics.waited.labels(job.zone, job.script).observe(started - job.created_at)
+        outcome = self.run(job)
+        finished = time.time()
+        retention = rt.settings.job_retention
+        ending = Ending(outcome.state, finished, retention, outcome.error, outcome.result)
+        if not store.finish(job.id, ending):
+            return  # declared lost meanwhile: whoever did so counted it
+        if metrics is not None:
+            metrics.entered(job.zone, job.script, outcome.state)
+            metrics.ran.labels(job.zone, job.script).observe(finished - started)
+        rt.log.info(
+            "job",
+            extra={
+                "job_id": job.id,
+                "trace_id": job.trace_id,
+                "zone": job.zone,
+                "script": job.script,
+                "state": outcome.state,
+                "status": outcome.result.status if outcome.result else None,
+                "queued_ms": round((started - job.created_at) * 1000, 3),
+                "duration_ms": round((finished - started) * 1000, 3),
+            },
+        )
+
+    def run(self, job: Job) -> Outcome:
+        rt = self.rt
+        snapshot = rt.jobs.store.request_of(job.id)
+        if snapshot is None:
+            return Outcome(FAILED, "the job's request was not found")
+        parent = propagate.extract({"traceparent": job.traceparent})
+        name = f"job {url_for_script(job.zone, job.script)}"
+        with (
+            self.app.request_context(environ(snapshot)),
+            rt.tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER) as span,
+        ):
+            span.set_attributes({"scriptgate.job_id": job.id, "scriptgate.zone": job.zone})
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            ctx = RequestContext(job.zone, req.remote_addr or "", span)
+            # Failures are logged with the job id; they count as job states, not as
+            # HTTP script errors (no one waited on an HTTP worker for them).
+            job_rt = replace(rt, metrics=None, log=JobLog(rt.log, {"job_id": job.id}))
+            watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
+            outcome = self.attempt(job_rt, ctx, req, watch)
+            span.set_attributes(
+                {"scriptgate.script": ctx.script, "scriptgate.job_state": outcome.state}
+            )
+            if outcome.state in (FAILED, TIMED_OUT):
+                span.set_status(Status(StatusCode.ERROR, f"job {outcome.state}"))
+        return outcome
+
+    def attempt(self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch) -> Outcome:
+        """The synchronous call's stages from lookup to conversion, answers captured."""
+        limit = rt.settings.job_max_result_bytes
+        try:
+            script = lookup(rt, ctx, req.path)
+            check_method(req.method, script.methods)
+            seconds = script.job_timeout or rt.settings.job_timeout
+            call = lambda: capture(to_response(script.handler(req)), limit)  # noqa: E731
+            answer = call_handler(rt, ctx, call, seconds, watch)
+            result = answer if isinstance(answer, Result) else capture(answer, limit)
+            return Outcome(SUCCEEDED, result=result)
+        except ScriptStopped:
+            self.settle()
+            if watch.cancelled:
+                return Outcome(CANCELLED, "cancelled")
+            return Outcome(FAILED, "interrupted: the job worker was stopped")
+        except ScriptTimedOut as exc:
+            self.settle()
+            return Outcome(TIMED_OUT, "timeout", self.answer(exc, ctx))
+        except CallerError as exc:  # the script's own abort(4xx): its answer
+            return Outcome(SUCCEEDED, result=self.answer(exc, ctx))
+        except RequestError as exc:  # 404 (deleted since), 405, 500
+            cause = exc.__cause__
+            error = str(cause) if isinstance(cause, ResultTooLarge) else exc.error
+            return Outcome(FAILED, error, self.answer(exc, ctx))
+        except Exception as exc:  # a platform bug: logged whole, reported as a 500
+            extra = {"trace_id": ctx.trace_id}
+            rt.log.error("job failed outside its script", exc_info=exc, extra=extra)
+            return Outcome(FAILED, ScriptFailed.error, self.answer(ScriptFailed(), ctx))
+
+    def answer(self, exc: RequestError, ctx: RequestContext) -> Result:
+        return capture(render_error(exc, ctx.trace_id), self.rt.settings.job_max_result_bytes)
+
+    def settle(self) -> None:
+        """Wait for the interrupted script to stop; one that will not is stopped with
+        this process, once its job is reported."""
+        if not self.rt.runners.settle(GRACE_SECONDS + 0.5):
+            recycle.request("a job's script could not be stopped")

@@ -1,0 +1,103 @@
+"""Job metrics: what happened to jobs (counted where it happened) and the queue now.
+
+Counters and histograms are written by the process that saw the event (a web worker
+queues or cancels, a job worker runs), into the same multiprocess files as every other
+metric. The queue's depth and age are one store query at scrape time (QueueCollector),
+so every replica reports the shared queue as it is, wherever the jobs run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from service.jobs.store import STATES
+
+if TYPE_CHECKING:
+    from service.jobs.queue import JobQueue
+    from service.metrics import Metrics
+
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+RUN_BUCKETS = (0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
+
+
+class JobMetrics:
+    def __init__(self, metrics: Metrics | None) -> None:
+        # Without multiprocess files the app's own registry is the one scraped.
+        registry = CollectorRegistry()
+        if metrics is not None and metrics.multiproc_dir is None:
+            registry = metrics.registry
+        self.jobs = Counter(
+            "scriptgate_jobs",
+            "Jobs that entered each state, by zone, script and state.",
+            ["zone", "script", "state"],
+            registry=registry,
+        )
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            labels = ["zone", "script"]
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.waited = histogram(
+            "scriptgate_job_queued_seconds",
+            "Time a job waited in the queue before a job worker started it.",
+            WAIT_BUCKETS,
+        )
+        self.ran = histogram(
+            "scriptgate_job_run_seconds",
+            "Time a job ran, from its start to its final state.",
+            RUN_BUCKETS,
+        )
+        self.workers = Gauge(
+            "scriptgate_job_workers",
+            "Job worker processes alive, summed over live processes.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+        self._known: set[tuple[str, str]] = set()
+
+    def entered(self, zone: str, script: str, state: str) -> None:
+        if (zone, script) not in self._known:
+            # Every state's series from 0, so increase() sees a script's first failure.
+            self._known.add((zone, script))
+            for each in STATES:
+                self.jobs.labels(zone, script, each)
+        self.jobs.labels(zone, script, state).inc()
+
+
+class QueueCollector:
+    """scriptgate_jobs_queued, _running, _oldest_queued_age_seconds and
+    scriptgate_job_store_up, read from the store when scraped."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "scriptgate_job_store_up", "1 when the job store (SQLite or Redis) answered."
+        )
+        try:
+            stats = self.queue.store.stats()
+        except Exception:  # a scrape must still answer; the gauge says what failed
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily(
+            "scriptgate_jobs_queued", "Jobs waiting for a job worker.", value=stats.queued
+        )
+        yield GaugeMetricFamily(
+            "scriptgate_jobs_running", "Jobs running in a job worker.", value=stats.running
+        )
+        age = 0.0 if stats.oldest_queued_at is None else time.time() - stats.oldest_queued_at
+        yield GaugeMetricFamily(
+            "scriptgate_jobs_oldest_queued_age_seconds",
+            "How long the oldest queued job has waited; 0 with an empty queue.",
+            value=max(0.0, age),
+        )

@@ -1,0 +1,139 @@
+"""Jobs in the Redis database huey's RedisHuey queues in (several servers, one queue).
+
+A job is one hash; two sorted sets index the queued jobs (by creation time: queue depth
+and age) and the running ones (by last heartbeat: lost workers). Each state change is
+one Lua script, so it is atomic against every other server. A finished job's hash gets
+a TTL of JOB_RETENTION: Redis removes it, no sweep needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.jobs import store
+from service.jobs.store import Ending, Job, QueueStats, Result
+
+PREFIX = "scriptgate.job."
+QUEUED_SET = "scriptgate.jobs.queued"
+RUNNING_SET = "scriptgate.jobs.running"
+
+# KEYS: job, queued set, running set. ARGV: id, now, worker.
+_CLAIM = """
+if redis.call('hget', KEYS[1], 'state') ~= 'queued' then return 0 end
+redis.call('hset', KEYS[1], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+return 1
+"""
+# KEYS: job, queued set, running set. ARGV: id, expected state, state, now, expires_at,
+# ttl seconds, error, status, headers, body.
+_FINISH = """
+if redis.call('hget', KEYS[1], 'state') ~= ARGV[2] then return 0 end
+redis.call('hset', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4], 'expires_at', ARGV[5],
+  'error', ARGV[7], 'result_status', ARGV[8], 'result_headers', ARGV[9], 'body', ARGV[10])
+redis.call('hdel', KEYS[1], 'request')
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('zrem', KEYS[3], ARGV[1])
+redis.call('expire', KEYS[1], ARGV[6])
+return 1
+"""
+# KEYS: job. Asks a running job to stop; returns the state found.
+_ASK_STOP = """
+local state = redis.call('hget', KEYS[1], 'state')
+if state == 'running' then redis.call('hset', KEYS[1], 'cancel_requested', '1') end
+return state or ''
+"""
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class RedisJobStore(store.JobStore):
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # huey's redis.Redis client: same database, same pool
+        self._claim = conn.register_script(_CLAIM)
+        self._finish = conn.register_script(_FINISH)
+        self._ask_stop = conn.register_script(_ASK_STOP)
+
+    def _keys(self, job_id: str) -> list[str]:
+        return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
+
+    def create(self, job: Job, request: bytes) -> None:
+        record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
+        record["cancel_requested"] = "0"
+        record["request"] = request
+        pipe = self.conn.pipeline(transaction=True)
+        pipe.hset(PREFIX + job.id, mapping=record)
+        pipe.zadd(QUEUED_SET, {job.id: job.created_at})
+        pipe.execute()
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        values = self.conn.hmget(PREFIX + job_id, store.COLUMNS)
+        if values[0] is None:
+            return None
+        job = store.job_from(dict(zip(store.COLUMNS, values, strict=True)))
+        return job if job.visible(now) else None
+
+    def request_of(self, job_id: str) -> bytes | None:
+        return self.conn.hget(PREFIX + job_id, "request")  # type: ignore[no-any-return]
+
+    def result(self, job_id: str) -> Result | None:
+        fields = ("result_status", "result_headers", "body")
+        return store.result_from(*self.conn.hmget(PREFIX + job_id, fields))
+
+    def claim(self, job_id: str, worker: str, now: float) -> Job | None:
+        if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker]):
+            return None
+        return self.get(job_id, now)
+
+    def beat(self, job_id: str, now: float) -> bool:
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.zadd(RUNNING_SET, {job_id: now}, xx=True)
+        pipe.hget(PREFIX + job_id, "cancel_requested")
+        return pipe.execute()[1] == b"1"  # type: ignore[no-any-return]
+
+    def asked_to_stop(self, job_id: str) -> bool:
+        return self.conn.hget(PREFIX + job_id, "cancel_requested") == b"1"  # type: ignore[no-any-return]
+
+    def _end(self, job_id: str, expected: str, ending: Ending) -> bool:
+        status, headers, body = store.result_fields(ending.result)
+        args = [job_id, expected, ending.state, ending.at, ending.expires_at]
+        args += [max(1, int(ending.retention)), _text(ending.error), _text(status)]
+        args += [_text(headers), body or b""]
+        return bool(self._finish(keys=self._keys(job_id), args=args))
+
+    def finish(self, job_id: str, ending: Ending) -> bool:
+        return self._end(job_id, store.RUNNING, ending)
+
+    def cancel(self, job_id: str, now: float, retention: float) -> str:
+        if self._end(job_id, store.QUEUED, Ending(store.CANCELLED, now, retention, "cancelled")):
+            return store.CANCELLED
+        state = self._ask_stop(keys=[PREFIX + job_id])
+        return state.decode() if isinstance(state, bytes) else str(state)
+
+    def delete(self, job_id: str) -> None:
+        pipe = self.conn.pipeline(transaction=True)
+        pipe.delete(PREFIX + job_id)
+        pipe.zrem(QUEUED_SET, job_id)
+        pipe.execute()
+
+    def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
+        stale = self.conn.zrangebyscore(RUNNING_SET, "-inf", f"({beat_before}")
+        found = {job_id.decode() for job_id in stale}
+        if worker is not None:
+            for job_id in self.conn.zrange(RUNNING_SET, 0, -1):
+                if self.conn.hget(PREFIX + job_id.decode(), "worker") == worker.encode():
+                    found.add(job_id.decode())
+        return sorted(found)
+
+    def sweep(self, now: float) -> int:
+        return 0  # finished jobs carry a TTL
+
+    def stats(self) -> QueueStats:
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.zcard(QUEUED_SET)
+        pipe.zrange(QUEUED_SET, 0, 0, withscores=True)
+        pipe.zcard(RUNNING_SET)
+        queued, oldest, running = pipe.execute()
+        return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)

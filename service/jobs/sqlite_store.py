@@ -1,0 +1,143 @@
+# ruff: noqa: S608 - table and column names are this module's constants; values are bound.
+"""Jobs in the SQLite file huey's SqliteHuey queues in (the default, one machine).
+
+Every statement goes through huey's own connection and lock (`storage.db`), and every
+state change is one `UPDATE ... WHERE state = <expected>` or one exclusive transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.jobs.store import (
+    CANCELLED,
+    COLUMNS,
+    QUEUED,
+    RUNNING,
+    Ending,
+    Job,
+    JobStore,
+    QueueStats,
+    Result,
+    job_from,
+    result_fields,
+    result_from,
+)
+
+TABLE = "scriptgate_job"
+DDL = (
+    f"""create table if not exists {TABLE} (
+        id text primary key, state text not null, zone text not null, script text not null,
+        method text not null, path text not null, owner text not null,
+        trace_id text not null, traceparent text not null, created_at real not null,
+        started_at real, finished_at real, expires_at real, error text,
+        cancel_requested integer not null default 0, worker text, result_status integer,
+        result_headers text, heartbeat_at real, request blob, body blob)""",
+    f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
+    f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
+)
+_SELECT = f"select {', '.join(COLUMNS)} from {TABLE}"
+_FINISH = (
+    f"update {TABLE} set state = ?, finished_at = ?, expires_at = ?, error = ?, "
+    "result_status = ?, result_headers = ?, body = ?, request = null "
+    "where id = ? and state = ?"
+)
+
+
+def _values(ending: Ending) -> tuple:
+    """The values _FINISH sets, in its order."""
+    return (ending.state, ending.at, ending.expires_at, ending.error, *result_fields(ending.result))
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage  # huey.storage.SqliteStorage
+        with storage.db(commit=True) as cursor:
+            for statement in DDL:
+                cursor.execute(statement)
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.storage.sql(sql, params, results=True)  # type: ignore[no-any-return]
+
+    def _change(self, sql: str, params: tuple) -> int:
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount  # type: ignore[no-any-return]
+
+    def create(self, job: Job, request: bytes) -> None:
+        names = (*COLUMNS, "request")
+        values = (*(getattr(job, name) for name in COLUMNS), request)
+        marks = ", ".join("?" * len(names))
+        self._change(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        rows = self._rows(f"{_SELECT} where id = ?", (job_id,))
+        job = job_from(dict(zip(COLUMNS, rows[0], strict=True))) if rows else None
+        return job if job is not None and job.visible(now) else None
+
+    def request_of(self, job_id: str) -> bytes | None:
+        rows = self._rows(f"select request from {TABLE} where id = ?", (job_id,))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def result(self, job_id: str) -> Result | None:
+        sql = f"select result_status, result_headers, body from {TABLE} where id = ?"
+        rows = self._rows(sql, (job_id,))
+        return result_from(*rows[0]) if rows else None
+
+    def claim(self, job_id: str, worker: str, now: float) -> Job | None:
+        sql = (
+            f"update {TABLE} set state = ?, started_at = ?, heartbeat_at = ?, worker = ? "
+            "where id = ? and state = ?"
+        )
+        if not self._change(sql, (RUNNING, now, now, worker, job_id, QUEUED)):
+            return None
+        return self.get(job_id, now)
+
+    def beat(self, job_id: str, now: float) -> bool:
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(
+                f"update {TABLE} set heartbeat_at = ? where id = ? and state = ?",
+                (now, job_id, RUNNING),
+            )
+            cursor.execute(f"select cancel_requested from {TABLE} where id = ?", (job_id,))
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    def asked_to_stop(self, job_id: str) -> bool:
+        rows = self._rows(f"select cancel_requested from {TABLE} where id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def finish(self, job_id: str, ending: Ending) -> bool:
+        return bool(self._change(_FINISH, (*_values(ending), job_id, RUNNING)))
+
+    def cancel(self, job_id: str, now: float, retention: float) -> str:
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(f"select state from {TABLE} where id = ?", (job_id,))
+            row = cursor.fetchone()
+            state = row[0] if row else ""
+            if state == QUEUED:
+                ending = Ending(CANCELLED, now, retention, "cancelled")
+                cursor.execute(_FINISH, (*_values(ending), job_id, QUEUED))
+                return CANCELLED
+            if state == RUNNING:
+                cursor.execute(f"update {TABLE} set cancel_requested = 1 where id = ?", (job_id,))
+            return state  # type: ignore[no-any-return]
+
+    def delete(self, job_id: str) -> None:
+        self._change(f"delete from {TABLE} where id = ?", (job_id,))
+
+    def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
+        sql = f"select id from {TABLE} where state = ? and (worker = ? or heartbeat_at < ?)"
+        return [row[0] for row in self._rows(sql, (RUNNING, worker, beat_before))]
+
+    def sweep(self, now: float) -> int:
+        return self._change(f"delete from {TABLE} where expires_at <= ?", (now,))
+
+    def stats(self) -> QueueStats:
+        sql = (
+            f"select state, count(*), min(created_at) from {TABLE} "
+            "where state in (?, ?) group by state"
+        )
+        found = {row[0]: row[1:] for row in self._rows(sql, (QUEUED, RUNNING))}
+        queued, oldest = found.get(QUEUED, (0, None))
+        return QueueStats(queued, found.get(RUNNING, (0, None))[0], oldest)

@@ -1,0 +1,184 @@
+"""A job's record: what was asked, by whom, where it stands, and its result.
+
+The record lives next to huey's queue, in the same SQLite file or Redis database
+(sqlite_store.py, redis_store.py), so every server sharing the queue sees every job.
+huey keeps the queue and nothing else: its key-value API has no conditional update, so
+it could not make "a queued job is cancelled" and "a worker starts it" exclude each
+other; both stores here change a job's state only from the state the caller expects, in
+one transaction (SQLite) or one Lua script (Redis).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+FINISHED = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
+
+
+@dataclass(frozen=True)
+class Result:
+    """The response the synchronous call would have given."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job ends: its final state, when, what it leaves, and for how long."""
+
+    state: str
+    at: float
+    retention: float
+    error: str | None = None
+    result: Result | None = None
+
+    @property
+    def expires_at(self) -> float:
+        return self.at + self.retention
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: str
+    zone: str
+    script: str  # zone-relative path, as in metrics and logs
+    method: str
+    path: str  # the URL path that was called
+    owner: str  # owner_token() of the caller's key: see http.py
+    trace_id: str
+    traceparent: str  # W3C context of the enqueueing span: the job's span is its child
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    worker: str | None = None  # host:pid of the job worker that ran it
+    result_status: int | None = None
+    result_headers: str | None = None  # JSON list of [name, value]
+
+    def visible(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queued: int
+    running: int
+    oldest_queued_at: float | None
+
+
+COLUMNS = tuple(f.name for f in fields(Job))
+_KINDS = {f.name: str(f.type) for f in fields(Job)}
+
+
+def job_from(record: Mapping[str, Any]) -> Job:
+    """A Job from a SQLite row or a Redis hash (bytes, with "" for None)."""
+    values: dict[str, Any] = {}
+    for name in COLUMNS:
+        raw = record.get(name)
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        kind = _KINDS[name]
+        if raw is None or (raw == "" and "None" in kind):
+            values[name] = None
+        elif kind.startswith("float"):
+            values[name] = float(raw)
+        elif kind.startswith("int"):
+            values[name] = int(raw)
+        elif kind == "bool":
+            values[name] = str(raw) in ("1", "True")
+        else:
+            values[name] = raw
+    return Job(**values)
+
+
+def result_fields(result: Result | None) -> tuple[int | None, str | None, bytes | None]:
+    """(status, headers as JSON, body) as the stores keep them."""
+    if result is None:
+        return None, None, None
+    return result.status, json.dumps([list(pair) for pair in result.headers]), result.body
+
+
+def result_from(status: Any, headers: Any, body: Any) -> Result | None:
+    if status in (None, b"", ""):
+        return None
+    pairs = json.loads(headers or "[]")
+    return Result(int(status), tuple((k, v) for k, v in pairs), bytes(body or b""))
+
+
+class StoreError(Exception):
+    """The job store could not be reached or answered with an error."""
+
+
+class JobStore:
+    """What the job endpoints, the job workers and the supervisor ask of a store."""
+
+    def create(self, job: Job, request: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        """The job, or None when unknown or past its retention."""
+        raise NotImplementedError
+
+    def request_of(self, job_id: str) -> bytes | None:
+        """The request snapshot (snapshot.py), kept until the job finishes."""
+        raise NotImplementedError
+
+    def result(self, job_id: str) -> Result | None:
+        raise NotImplementedError
+
+    def claim(self, job_id: str, worker: str, now: float) -> Job | None:
+        """queued -> running, for one worker only; None if cancelled or taken."""
+        raise NotImplementedError
+
+    def beat(self, job_id: str, now: float) -> bool:
+        """A running job's heartbeat; True when its cancellation was asked for."""
+        raise NotImplementedError
+
+    def asked_to_stop(self, job_id: str) -> bool:
+        """Read only, asked by the running job's worker a few times a second."""
+        raise NotImplementedError
+
+    def finish(self, job_id: str, ending: Ending) -> bool:
+        """running -> a final state; False if it was not running (already finished)."""
+        raise NotImplementedError
+
+    def cancel(self, job_id: str, now: float, retention: float) -> str:
+        """A queued job is cancelled at once; a running one is asked to stop.
+        Returns the state after: cancelled, running (stop asked) or a final state."""
+        raise NotImplementedError
+
+    def delete(self, job_id: str) -> None:
+        raise NotImplementedError
+
+    def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
+        """Running jobs held by `worker`, or whose last heartbeat is older than
+        `beat_before`: their job worker died, or their whole server did."""
+        raise NotImplementedError
+
+    def sweep(self, now: float) -> int:
+        """Remove jobs past their retention; how many."""
+        raise NotImplementedError
+
+    def stats(self) -> QueueStats:
+        raise NotImplementedError
+
+    def fail_lost(self, ending: Ending, worker: str | None, beat_before: float) -> list[Job]:
+        """End the running jobs of a dead worker (or with a stale heartbeat) as `ending`."""
+        lost = []
+        for job_id in self.running_ids(worker, beat_before):
+            if self.finish(job_id, ending):
+                job = self.get(job_id, ending.at)
+                if job is not None:
+                    lost.append(job)
+        return lost

@@ -1,0 +1,158 @@
+"""The job store's promises, against both back ends: the embedded SQLite file and a real
+redis-server. A state changes only from the state its caller expects, so a cancel and a
+start, or two workers, can never both win."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.jobs.queue import JobQueue
+from service.jobs.store import FAILED, QUEUED, Ending, Job, Result
+from tests.servers import redis_server
+
+RETENTION = 3600.0
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request, tmp_path: Path) -> Iterator[JobQueue]:
+    settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
+    if request.param == "redis":
+        settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
+    q = JobQueue(settings)
+    if request.param == "redis":
+        q.huey.storage.conn.flushdb()
+    yield q
+    q.close()
+
+
+SAMPLE = {
+    "state": QUEUED,
+    "zone": "api",
+    "script": "report.py",
+    "method": "POST",
+    "path": "/api/report.py",
+    "owner": "owner-token",
+    "trace_id": "0af7651916cd43dd8448eb211c80319c",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+}
+
+
+def make_job(job_id: str, created_at: float | None = None) -> Job:
+    """A queued job, created now unless `created_at` says otherwise."""
+    return Job(id=job_id, created_at=time.time() if created_at is None else created_at, **SAMPLE)
+
+
+def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
+    store = queue.store
+    job = make_job("a" * 32)
+    store.create(job, b'{"snapshot": 1}')
+    assert store.get(job.id, time.time()) == job
+    assert store.request_of(job.id) == b'{"snapshot": 1}'
+    assert store.get("b" * 32, time.time()) is None
+
+
+def test_exactly_one_of_many_claims_wins(queue: JobQueue) -> None:
+    store = queue.store
+    store.create(make_job("c" * 32), b"{}")
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda n: store.claim("c" * 32, f"w:{n}", time.time()), range(16)))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1 and winners[0].state == "running"
+    assert store.stats().running == 1 and store.stats().queued == 0
+
+
+def test_cancel_of_a_queued_job_wins_against_a_later_claim(queue: JobQueue) -> None:
+    store = queue.store
+    store.create(make_job("d" * 32), b"{}")
+    assert store.cancel("d" * 32, time.time(), RETENTION) == "cancelled"
+    assert store.claim("d" * 32, "w:1", time.time()) is None
+    job = store.get("d" * 32, time.time())
+    assert job is not None and job.state == "cancelled" and job.expires_at is not None
+    assert store.request_of("d" * 32) is None  # the snapshot is gone with the job's run
+
+
+def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
+    store = queue.store
+    store.create(make_job("e" * 32), b"{}")
+    store.claim("e" * 32, "w:1", time.time())
+    assert not store.asked_to_stop("e" * 32)
+    assert store.cancel("e" * 32, time.time(), RETENTION) == "running"
+    assert store.asked_to_stop("e" * 32) and store.beat("e" * 32, time.time())
+    assert store.finish("e" * 32, Ending("cancelled", time.time(), RETENTION, "cancelled"))
+    assert not store.finish("e" * 32, Ending("succeeded", time.time(), RETENTION))  # once only
+    assert store.cancel("e" * 32, time.time(), RETENTION) == "cancelled"
+
+
+def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
+    store = queue.store
+    store.create(make_job("f" * 32), b"{}")
+    store.claim("f" * 32, "w:1", time.time())
+    result = Result(201, (("Content-Type", "application/octet-stream"), ("X-A", "b")), bytes(256))
+    assert store.finish("f" * 32, Ending("succeeded", time.time(), RETENTION, None, result))
+    assert store.result("f" * 32) == result
+    assert store.get("f" * 32, time.time()).result_status == 201
+
+
+def test_jobs_past_retention_are_gone(queue: JobQueue) -> None:
+    store = queue.store
+    store.create(make_job("g" * 32), b"{}")
+    store.claim("g" * 32, "w:1", time.time())
+    store.finish("g" * 32, Ending("succeeded", time.time(), 1.0))
+    assert store.get("g" * 32, time.time()) is not None
+    assert store.get("g" * 32, time.time() + 2) is None
+    store.sweep(time.time() + 2)  # SQLite deletes now; Redis has the key's TTL
+    if queue.settings.job_broker_url:
+        assert 0 < queue.huey.storage.conn.ttl("scriptgate.job." + "g" * 32) <= 1
+    else:
+        assert store.get("g" * 32, 0) is None
+
+
+def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
+    store = queue.store
+    now = time.time()
+    for job_id, worker in (("h" * 32, "host:1"), ("i" * 32, "host:2")):
+        store.create(make_job(job_id), b"{}")
+        store.claim(job_id, worker, now)
+    lost = store.fail_lost(Ending(FAILED, now, RETENTION, "the job worker died"), "host:1", 0.0)
+    assert [job.id for job in lost] == ["h" * 32]
+    assert (lost[0].state, lost[0].error) == (FAILED, "the job worker died")
+    store.beat("i" * 32, now - 120)  # no heartbeat for two minutes
+    stale = store.fail_lost(Ending(FAILED, now, RETENTION, "lost"), None, now - 60)
+    assert [job.id for job in stale] == ["i" * 32]
+    assert store.fail_lost(Ending(FAILED, now, RETENTION, "lost"), "host:1", now) == []
+
+
+def test_stats_count_and_age_the_queue(queue: JobQueue) -> None:
+    store = queue.store
+    now = time.time()
+    store.create(make_job("j" * 32, now - 30), b"{}")
+    store.create(make_job("k" * 32, now - 10), b"{}")
+    store.create(make_job("l" * 32, now), b"{}")
+    store.claim("l" * 32, "w:1", now)
+    stats = store.stats()
+    assert (stats.queued, stats.running) == (2, 1)
+    assert stats.oldest_queued_at == pytest.approx(now - 30)
+
+
+def test_submit_queues_the_id_for_huey(queue: JobQueue) -> None:
+    job = make_job("m" * 32)
+    queue.submit(job, b"{}")
+    seen: list[str] = []
+    queue.serve(seen.append)
+    task = queue.huey.dequeue()
+    queue.huey.execute(task)
+    assert seen == [job.id]
+    assert queue.huey.dequeue() is None
