@@ -61,7 +61,8 @@ class Design:
 SYNC = Design(
     report.MIXED_SYNC,
     "today: 3 sync workers",
-    # gunicorn quietly runs gthread for "sync" when threads > 1 (the default is 8).
+    # Before 0844f60, gunicorn quietly ran gthread for "sync" with threads > 1 (the default
+    # is 8); --threads 1 selects one call per process on either side of that commit.
     ("--worker-class", "sync", "--threads", "1"),
     False,
 )
