@@ -16,7 +16,7 @@ ORIGIN = "origin"
 SCRIPTGATE = "scriptgate"
 SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
 APACHE = "scriptgate-apache"
-# The mixed workload's two designs (bench/mixed.py).
+# The mixed workload's two designs (bench/mixed.py, bench/mixed_report.py).
 MIXED_SYNC = "sync"
 MIXED_GTHREAD = "gthread"
 
@@ -139,11 +139,25 @@ def contenders_markdown(results: dict) -> str:
 
 
 def goals_markdown(judged: list[dict]) -> str:
-    lines = ["| goal | measured | |", "| --- | ---: | --- |"]
+    lines = ["| goal | measured | | today's design |", "| --- | ---: | --- | ---: |"]
     for g in judged:
-        value = "-" if g["value"] is None else f"{g['value']} {g['unit']}"
-        lines.append(f"| {g['goal']} | {value} | {g['verdict']} |")
+        lines.append(
+            f"| {g['goal']} | {_measured(g['value'], g['unit'], ' ')} | {g['verdict']} "
+            f"| {_beside(g, ' ')} |"
+        )
     return "\n".join(lines)
+
+
+def _measured(value: float | None, unit: str, space: str = "") -> str:
+    return "-" if value is None else f"{value}{space}{unit}"
+
+
+def _beside(judged: dict, space: str = "") -> str:
+    """Today's design's figure for a goal set for the new one, judged alike."""
+    beside = judged.get("beside")
+    if beside is None:
+        return ""
+    return f"{_measured(beside['value'], judged['unit'], space)} {beside['verdict']}"
 
 
 @dataclass(frozen=True)
@@ -153,19 +167,31 @@ class Goal:
     target: float
     higher_is_better: bool
     unit: str
+    # The same figure for today's design, printed beside the new design's, judged alike.
+    beside: Callable[[dict], float | None] | None = None
 
     def judge(self, results: dict) -> dict:
-        try:
-            value = self.measure(results)
-        except (KeyError, TypeError, ZeroDivisionError):
-            value = None
+        value = _value(self.measure, results)
+        judged = {"goal": self.text, "value": value, "unit": self.unit}
+        judged["verdict"] = self.verdict(value)
+        if self.beside is not None:
+            other = _value(self.beside, results)
+            judged["beside"] = {"value": other, "verdict": self.verdict(other)}
+        return judged
+
+    def verdict(self, value: float | None) -> str:
         if value is None:
-            verdict = "N/A"
-        elif self.higher_is_better:
-            verdict = "PASS" if value >= self.target else "MISS"
-        else:
-            verdict = "PASS" if value <= self.target else "MISS"
-        return {"goal": self.text, "value": value, "unit": self.unit, "verdict": verdict}
+            return "N/A"
+        if self.higher_is_better:
+            return "PASS" if value >= self.target else "MISS"
+        return "PASS" if value <= self.target else "MISS"
+
+
+def _value(measure: Callable[[dict], float | None], results: dict) -> float | None:
+    try:
+        return measure(results)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def goals(sizes: dict) -> list[Goal]:
@@ -176,6 +202,8 @@ def goals(sizes: dict) -> list[Goal]:
     return [
         Goal("Scriptgate >= 1.2x the assembly's requests/s", vs(ASSEMBLY), 1.2, True, "x"),
         Goal("Scriptgate >= 0.7x bare Flask's requests/s", vs(BARE), 0.7, True, "x"),
+        # The mixed workload's issue: the new design may not lower the hello ratio.
+        Goal("Scriptgate >= 0.52x bare Flask (today's ratio)", vs(BARE), 0.52, True, "x"),
         Goal("Scriptgate >= 5x the source post's dispatcher", vs(ORIGIN), 5.0, True, "x"),
         Goal(
             "change detection <= 20 us per request",
@@ -198,31 +226,7 @@ def goals(sizes: dict) -> list[Goal]:
             False,
             "MB",
         ),
-        Goal(
-            "mixed: new design's fast-call p99 < 50 ms", new_design("fast_p99_ms"), 50, False, "ms"
-        ),
-        Goal(
-            "mixed: new design's health p99 < 1 s", new_design("health_p99_ms"), 1000, False, "ms"
-        ),
-        Goal(
-            "holding: new design holds >= 12 waiting scripts",
-            lambda r: r["mixed"]["designs"][MIXED_GTHREAD]["hold"]["held_at_once"],
-            12,
-            True,
-            "",
-        ),
-        Goal(
-            "holding: new RSS <= 1.5x today's idle RSS",
-            lambda r: r["mixed"]["hold_rss_ratio"],
-            1.5,
-            False,
-            "x",
-        ),
     ]
-
-
-def new_design(key: str) -> Callable[[dict], float | None]:
-    return lambda r: r["mixed"]["designs"][MIXED_GTHREAD][key]
 
 
 def scrape_goal(scrape: dict) -> dict | None:
@@ -250,8 +254,10 @@ RSS MB: the largest worker after the load (the Apache row shows its backend's)."
 def goals_table(judged: list[dict]) -> str:
     lines = []
     for g in judged:
-        value = "-" if g["value"] is None else f"{g['value']}{g['unit']}"
-        lines.append(f"  {g['verdict']:<5} {g['goal']:<52} measured {value}")
+        line = f"  {g['verdict']:<5} {g['goal']:<52} measured {_measured(g['value'], g['unit'])}"
+        if "beside" in g:
+            line += f"   (today's design: {_beside(g)})"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -307,140 +313,3 @@ def flat_figures(data: object, prefix: str = "", limit: int = 40) -> list[str]:
 
     walk(data, prefix)
     return lines
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _mixed_rows(mixed: dict) -> list[tuple[str, ...]]:
-    """One row of cells per design: the mixed workload's table, text or Markdown."""
-    rows = []
-    for d in mixed["designs"].values():
-        rows.append(
-            (
-                d["label"],
-                _num(d.get("alone_rps")),
-                _num(d.get("alone_p99_ms"), 1),
-                _num(d["fast_rps"]),
-                _num(d["fast_p50_ms"], 1),
-                _num(d["fast_p99_ms"], 1),
-                str(d["slow_completed"]),
-                _num(d["health_p99_ms"], 1),
-                f"{d['health_over_1s']}/{d['health_failed']}/{d['health_probes']}",
-                _num(d["rss_mb_max"]),
-                _num(d["anon_mb_max"]),
-            )
-        )
-    return rows
-
-
-MIXED_HEADER = (
-    "design",
-    "alone req/s",
-    "p99",
-    "mixed req/s",
-    "p50",
-    "p99",
-    "slow ok",
-    "health p99",
-    ">1s/fail/n",
-    "RSS MB",
-    "anon MB",
-)
-MIXED_WIDTHS = (28, 12, 8, 12, 8, 8, 8, 11, 11, 8, 8)
-
-
-def _hold_rows(mixed: dict) -> list[tuple[str, ...]]:
-    rows = []
-    for d in mixed["designs"].values():
-        h = d["hold"]
-        rows.append(
-            (
-                d["label"],
-                f"{h['held_at_once']} of {h['calls']}",
-                f"{h['gathered_in_s']:.2f}",
-                f"{h['idle']['rss_mb']:.0f} ({h['idle']['anon_mb']:.0f})",
-                f"{h['holding']['rss_mb']:.0f} ({h['holding']['anon_mb']:.0f})",
-                str(h["holding"]["processes"]),
-            )
-        )
-    return rows
-
-
-HOLD_HEADER = ("design", "held at once", "in s", "idle MB", "holding MB", "processes")
-HOLD_WIDTHS = (28, 14, 8, 14, 14, 11)
-
-
-def _text_table(header: tuple[str, ...], widths: tuple[int, ...], rows: list) -> list[str]:
-    def line(cells: tuple[str, ...]) -> str:
-        first, *rest = cells
-        return f"{first:<{widths[0]}}" + "".join(
-            f"{cell:>{w}}" for cell, w in zip(rest, widths[1:], strict=True)
-        )
-
-    top = line(header)
-    return [top, "-" * len(top), *(line(row) for row in rows)]
-
-
-def _markdown_table(header: tuple[str, ...], rows: list) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "| --- |" + " ---: |" * (len(header) - 1),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-def _mixed_notes(mixed: dict) -> list[str]:
-    notes = [
-        f"fast-call req/s, new / today: {_ratio(mixed.get('fast_rps_ratio'))} "
-        "(median of per-round ratios)",
-        f"new design holding / today's idle: RSS {_ratio(mixed.get('hold_rss_ratio'))}, "
-        f"anonymous {_ratio(mixed.get('hold_anon_ratio'))}",
-    ]
-    return notes + [f"note: {note}" for note in mixed.get("notes", [])]
-
-
-def mixed_text(mixed: dict) -> str:
-    shape = mixed["shape"]
-    lines = [
-        f"mixed workload: wrk {shape['fast_connections']} connections on /api/hello.py, "
-        f"{shape['slow_callers']} callers of /api/slow.py (sleeps 2 s), 1 health probe/s; "
-        f"{shape['rounds']} rounds of {shape['seconds']} s",
-        *_text_table(MIXED_HEADER, MIXED_WIDTHS, _mixed_rows(mixed)),
-        MIXED_LEGEND,
-        "",
-        "holding test: calls at once to /api/gather.py, which waits until released",
-        *_text_table(HOLD_HEADER, HOLD_WIDTHS, _hold_rows(mixed)),
-        HOLD_LEGEND,
-        *_mixed_notes(mixed),
-    ]
-    return "\n".join(lines)
-
-
-def mixed_markdown(mixed: dict) -> str:
-    return "\n".join(
-        [
-            *_markdown_table(MIXED_HEADER, _mixed_rows(mixed)),
-            "",
-            *_markdown_table(HOLD_HEADER, _hold_rows(mixed)),
-            "",
-            *_mixed_notes(mixed),
-        ]
-    )
-
-
-MIXED_LEGEND = """\
-alone: the fast calls with nothing else running (reference, medians over rounds);
-mixed: the fast calls while the slow callers and the health probe run; req/s, p50 and
-  p99 (ms) are medians over rounds; slow ok: slow calls answered 200 (each
-  started in a window; the last ones end after it).
-health p99 (ms): all probes pooled, a failed one counts as 5000; >1s/fail/n: probes
-  answered after more than 1 s / not answered in 5 s / sent.
-RSS MB, anon MB: the most, summed over master, workers and plane, sampled once a second;
-  anon counts each anonymous page once however many processes share it (Pss_Anon)."""
-
-HOLD_LEGEND = """\
-held at once: the most calls waiting in the script together; in s: until all arrived
-  (or the window closed). MB: RSS (anon) summed over master, workers and plane, idle
-  before the calls and while they wait."""
