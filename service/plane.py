@@ -73,8 +73,8 @@ def fork_from_master(listeners: list[Any], run: Callable[[], None], name: str) -
     if pid:
         return pid
     try:
-        for name in _MASTER_SIGNALS:
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for signal_name in _MASTER_SIGNALS:
+            signal.signal(getattr(signal, signal_name), signal.SIG_DFL)
         die_with_parent()
         name_process(name)
         for listener in listeners:  # the workers' port is not ours
