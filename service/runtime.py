@@ -11,10 +11,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from service.bulkhead import Bulkhead
+from service.callers import Callers
 from service.config import Settings
 from service.deadline import RunnerPool
 from service.loader import ScriptCache
 from service.metrics import Metrics
+from service.script_secrets import Secrets
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Runtime:
     log: logging.Logger
     runners: RunnerPool
     bulkhead: Bulkhead
+    callers: Callers
+    secrets: Secrets
     started_at: float
     platform_only: bool = False
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from service.config import ConfigError, Settings
+from service.keys import key_digest
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def test_values_are_parsed(env):
     )
     settings = Settings.from_env(env)
     assert len(settings.api_trusted_ips) == 3
-    assert settings.api_keys == ("a", "b")
+    # Kept as digests only: the cleartext keys do not outlive startup.
+    assert settings.api_keys == (key_digest("a"), key_digest("b"))
     assert settings.admin_auth is False
     assert settings.script_timeout == 2.5
     assert settings.log_file is None
