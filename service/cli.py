@@ -3,6 +3,7 @@
   scriptgate serve    serve the scripts folder (gunicorn; Ctrl-C stops it)
   scriptgate routes   list the URLs the scripts folder serves
   scriptgate check    import every script and report what is broken
+  scriptgate keys     make a named key (secret shown once), or check a keys file
 
 Settings come from the environment (see the README's configuration table); the options
 below override them.
@@ -16,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from service import keys_cli
 from service.config import ConfigError, Settings
 from service.resolve import ZONES, list_scripts
 
@@ -44,9 +46,26 @@ def _text(value: int | None) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from service import handoff
     from service.server import serve as run_server
 
-    return run_server(settings_from(args))
+    if args.settings_fd is not None:  # re-executed without the secrets (handoff.py)
+        return run_server(handoff.receive(args.settings_fd))
+    settings = settings_from(args)
+    if handoff.secrets_in(os.environ):
+        handoff.reexec_without_secrets(settings, os.environ)
+    return run_server(settings)
+
+
+def keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service import keys_cli
+
+    if args.keys_command == "new":
+        return keys_cli.new(args)
+    configured = os.environ.get("KEYS_FILE", "").strip()
+    return keys_cli.check(args, Path(configured) if configured else None)
 
 
 def routes(args: argparse.Namespace) -> int:
@@ -102,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("gthread", "sync"),
         help="gthread (default): scripts run in threads; sync: one script per process",
     )
+    p_serve.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
     p_routes = sub.add_parser("routes", help="print the routes as JSON")
     p_check = sub.add_parser("check", help="import every script; non-zero exit on failures")
     for p in (p_serve, p_routes, p_check):
@@ -109,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.set_defaults(func=serve)
     p_routes.set_defaults(func=routes)
     p_check.set_defaults(func=check)
+    keys_cli.add_parser(sub).set_defaults(func=keys)
     return parser
 
 

@@ -56,7 +56,7 @@ def read_keys_file(path: Path) -> tuple[ApiKey, ...]:
     entries = document.get("keys") or {}
     if not isinstance(entries, Mapping):
         raise KeysFileError(f"{path}: `keys` must be a table of entries by id")
-    keys = [_parse_entry(path, str(key_id), entry) for key_id, entry in entries.items()]
+    keys = [parse_entry(path, str(key_id), entry) for key_id, entry in entries.items()]
     seen: dict[bytes, str] = {}
     for key in keys:
         if key.digest in seen:
@@ -77,7 +77,7 @@ def _format_name(path: Path) -> str:
     return "YAML" if path.suffix.lower() in (".yaml", ".yml") else "TOML"
 
 
-def _parse_entry(path: Path, key_id: str, entry: Any) -> ApiKey:
+def parse_entry(path: Path, key_id: str, entry: Any) -> ApiKey:
     where = f"{path}: key {key_id!r}"
     if not _ID.match(key_id):
         raise KeysFileError(f"{where}: an id is 1-64 letters, digits, '_', '.', '@' or '-'")
