@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -23,6 +24,7 @@ from bench.procs import REPO, free_port, stop_process, wait_until
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
 VHOST = REPO / "observability" / "apache" / "scriptgate.conf"
+REDIRECT = REPO / "observability" / "apache" / "redirect.conf"
 # Module name -> file; modules compiled into Debian's binary are skipped by <IfModule>.
 PROXY_MODULES = {
     "mpm_event_module": "mod_mpm_event.so",
@@ -34,6 +36,12 @@ PROXY_MODULES = {
     "proxy_http_module": "mod_proxy_http.so",
     "proxy_balancer_module": "mod_proxy_balancer.so",
     "lbmethod_byrequests_module": "mod_lbmethod_byrequests.so",
+}
+# With TLS: the shipped vhost speaks HTTPS, and redirect.conf answers plain HTTP.
+TLS_MODULES = {
+    "ssl_module": "mod_ssl.so",
+    "socache_shmcb_module": "mod_socache_shmcb.so",
+    "rewrite_module": "mod_rewrite.so",
 }
 _MEMBER = re.compile(r"^(\s*BalancerMember\b.*)\$\{SCRIPTGATE_BACKEND_(\d+)\}(.*)$", re.M)
 
@@ -57,17 +65,51 @@ def render_vhost(backends: list[str]) -> str:
     return text[:start] + lines + text[end:]
 
 
-def server_config(tmp: Path, port: int, backends: list[str], vhost: Path) -> str:
+@dataclass(frozen=True)
+class Tls:
+    """A certificate and key for the vhost, and the plain port that redirects to it."""
+
+    cert: Path
+    key: Path
+    plain_port: int
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed pair for 127.0.0.1 and localhost: the Makefile's `make cert`."""
+    result = subprocess.run(
+        ["make", "-s", "-C", str(REPO), "cert", f"TLS_DIR={directory}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"make cert failed:\n{result.stdout}{result.stderr}")
+    return directory / "server.crt", directory / "server.key"
+
+
+def server_config(
+    tmp: Path, port: int, backends: list[str], vhost: Path, tls: Tls | None = None
+) -> str:
     """A minimal httpd.conf: modules, Defines for the placeholders, logs in `tmp`."""
+    modules = {**PROXY_MODULES, **(TLS_MODULES if tls else {})}
     loads = "\n".join(
         f"<IfModule !{name}>\n    LoadModule {name} {MODULES / so}\n</IfModule>"
-        for name, so in PROXY_MODULES.items()
+        for name, so in modules.items()
     )
     defines = "\n".join(
         f"Define SCRIPTGATE_BACKEND_{i} {backend}" for i, backend in enumerate(backends, 1)
     )
     # Started as root (CI), Apache hands its children to an unprivileged user.
     user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+    redirect = ""
+    if tls is not None:
+        defines += (
+            f"\nDefine SCRIPTGATE_TLS\nDefine SCRIPTGATE_TLS_CERT {tls.cert}"
+            f"\nDefine SCRIPTGATE_TLS_KEY {tls.key}"
+            f"\nDefine SCRIPTGATE_REDIRECT_PORT {tls.plain_port}"
+            f"\nDefine SCRIPTGATE_TLS_PUBLIC_PORT {port}"
+        )
+        redirect = f'Listen 127.0.0.1:{tls.plain_port}\nInclude "{REDIRECT}"\n'
     return f"""\
 ServerRoot "{tmp}"
 DefaultRuntimeDir "{tmp}"
@@ -81,7 +123,7 @@ ErrorLog "{tmp}/error.log"
 LogLevel warn
 CustomLog "{tmp}/access.log" scriptgate
 Include "{vhost}"
-"""
+{redirect}"""
 
 
 class ApacheFront(str):
@@ -89,13 +131,18 @@ class ApacheFront(str):
 
     access_log: Path
     error_log: Path
+    cert: Path | None  # with TLS: the certificate to trust
+    plain_url: str | None  # with TLS: the plain HTTP port that redirects
 
 
 @contextlib.contextmanager
-def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
+def apache_front(
+    backends: list[str], tmp_path: Path, *, tls: bool = False
+) -> Iterator[ApacheFront]:
     """Run Apache on a free 127.0.0.1 port in front of `backends` ("host:port" each).
 
-    Yields the base URL; Apache is stopped however the caller ends.
+    Yields the base URL (https:// with `tls`, a `make cert` pair, and redirect.conf on
+    a second port); Apache is stopped however the caller ends.
     """
     if not backends:
         raise ValueError("apache_front needs at least one backend")
@@ -104,8 +151,12 @@ def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
     port = free_port()
     vhost = tmp / "scriptgate.conf"
     vhost.write_text(render_vhost(backends))
+    tls_files = None
+    if tls:
+        cert, key = make_cert(tmp / "tls")
+        tls_files = Tls(cert, key, free_port())
     conf = tmp / "httpd.conf"
-    conf.write_text(server_config(tmp, port, backends, vhost))
+    conf.write_text(server_config(tmp, port, backends, vhost, tls_files))
     check = subprocess.run(
         [str(APACHE), "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30
     )
@@ -119,14 +170,18 @@ def apache_front(backends: list[str], tmp_path: Path) -> Iterator[ApacheFront]:
             stderr=subprocess.STDOUT,
             cwd=tmp,
         )
-    url = ApacheFront(f"http://127.0.0.1:{port}")
+    url = ApacheFront(f"{'https' if tls else 'http'}://127.0.0.1:{port}")
     url.access_log = tmp / "access.log"
     url.error_log = tmp / "error.log"
+    url.cert = tls_files.cert if tls_files else None
+    url.plain_url = f"http://127.0.0.1:{tls_files.plain_port}" if tls_files else None
+    verify = str(url.cert) if url.cert else True
     try:
         wait_until(
             lambda: (
                 proc.poll() is not None
-                or requests.get(url + "/_platform/health", timeout=2).status_code < 500
+                or requests.get(url + "/_platform/health", timeout=2, verify=verify).status_code
+                < 500
             ),
             timeout=20,
             what="Apache to proxy /_platform/health",
