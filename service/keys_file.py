@@ -2,7 +2,7 @@
 
     [keys.reports-bot]
     owner = "team-a@example.com"
-    hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    hash = "sha256:8eba6535384d7e95e7b393a8ae12d330899c46e426295c0d31180eed6a730a80"
     scopes = ["api:reports/*"]        # zone:glob on the zone-relative script path
     methods = ["GET"]                 # optional; default every method
     expires = 2027-01-01T00:00:00Z    # optional

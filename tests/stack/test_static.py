@@ -111,6 +111,8 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
         pytest.skip("apache2 not installed")
     (tmp_path / "conf").mkdir()
     shutil.copy(apache.VHOST, tmp_path / "conf" / "scriptgate.conf")
+    shutil.copy(apache.REDIRECT, tmp_path / "conf" / "redirect.conf")
+    apache.make_cert(tmp_path / "conf" / "tls")  # what `make cert` leaves for the mount
     text = (apache.VHOST.parent / "httpd.conf").read_text()
     text = re.sub(r"^ServerRoot .*$", f'ServerRoot "{tmp_path}"', text, flags=re.M)
     text = re.sub(
@@ -126,6 +128,8 @@ def test_apache_accepts_the_containers_httpd_conf(tmp_path: Path) -> None:
         "SCRIPTGATE_PORT": "8080",
         "SCRIPTGATE_BACKEND_1": "scriptgate-1:8000",
         "SCRIPTGATE_BACKEND_2": "scriptgate-2:8000",
+        "SCRIPTGATE_REDIRECT_PORT": "8081",
+        "SCRIPTGATE_TLS_PUBLIC_PORT": "8443",
     }
     result = subprocess.run(
         [str(apache.APACHE), "-t", "-f", str(conf)],
