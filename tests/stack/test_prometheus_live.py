@@ -13,6 +13,7 @@ the alerts look for.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,17 +27,20 @@ from tests.stack import prom, queries
 from tests.stack.conftest import make_scripts
 
 API_KEY = "stack-test-key"
+SCOPED_KEY = "sg_stack_scoped_0123456789abcdefghijklmnopqrstuvw"  # api:reports/* only
 # What the dashboards' template variables are set to: boom.py has traffic, errors and
 # latency, so every per-script panel has something to show.
 VARIABLES = {
     "instance": ".*",
     "zone": "root",
     "script": "boom.py",
+    "caller": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "5m",
 }
 DENIALS = 250  # > 0.5/s over the 5m window of ScriptgateAuthDenialBurst
+REFUSALS = 120  # > 0.2/s over the 5m window of ScriptgateCallerRefusalBurst
 
 pytestmark = pytest.mark.skipif(not prom.PROMETHEUS.exists(), reason="prometheus not installed")
 
@@ -52,6 +56,7 @@ class Stack:
 def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Response]]:
     """One round of traffic: every outcome once, and in round two the alert-sized load."""
     key = {"X-API-Key": API_KEY}
+    scoped = {"X-API-Key": SCOPED_KEY}
 
     def get(path: str, **kw: object) -> Callable[[], requests.Response]:
         return lambda: server.get(path, **kw)
@@ -65,10 +70,12 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
         get("/boom.py"),  # 500 exception
         get("/sleep.py"),  # 504 timeout
         get("/slow.py"),  # 2.6 s
+        get("/api/hello.py", headers=scoped),  # 403 scope, caller="stack-scoped"
     ]
     if round_two:
         calls += [get("/boom.py")] * 30 + [get("/sleep.py")] * 3 + [get("/hello.py")] * 10
         calls += [get("/api/hello.py")] * DENIALS
+        calls += [get("/api/hello.py", headers=scoped)] * REFUSALS
     return calls
 
 
@@ -82,13 +89,16 @@ def _value(prometheus: prom.Prometheus, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) -> bool:
+def _scraped(
+    prometheus: prom.Prometheus, slow: int, denials: int, errors: int, refusals: int = 0
+) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
     return (
         _value(prometheus, 'sum(scriptgate_request_duration_seconds_count{script="slow.py"})')
         >= slow
         and _value(prometheus, 'sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
+        and _value(prometheus, "sum(scriptgate_caller_refusals_total)") >= refusals
     )
 
 
@@ -96,7 +106,13 @@ def _scraped(prometheus: prom.Prometheus, slow: int, denials: int, errors: int) 
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
-    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5"}
+    keys = tmp / "keys.toml"
+    digest = hashlib.sha256(SCOPED_KEY.encode()).hexdigest()
+    keys.write_text(
+        f'[keys.stack-scoped]\nowner = "stack"\nhash = "sha256:{digest}"\n'
+        'scopes = ["api:reports/*"]\n'
+    )
+    env = {"API_KEY": API_KEY, "SCRIPT_TIMEOUT": "0.5", "KEYS_FILE": str(keys)}
     with contextlib.ExitStack() as stack_:
         server = stack_.enter_context(gunicorn(scripts, tmp, workers=6, env=env))
         am = None
@@ -107,15 +123,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prom.prometheus(tmp, [f"127.0.0.1:{server.port}", dead], alertmanager=am)
         )
         statuses = _run(_calls(server, round_two=False))
-        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200], statuses
+        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 403], statuses
         wait_until(
-            lambda: _scraped(prometheus, slow=1, denials=1, errors=2),
+            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, refusals=1),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
         _run(_calls(server, round_two=True))
         wait_until(
-            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2),
+            lambda: _scraped(prometheus, slow=2, denials=DENIALS + 2, errors=2, refusals=REFUSALS),
             timeout=15,
             what="Prometheus to scrape the second round",
         )
