@@ -80,15 +80,19 @@ def parse_redis_url(variable: str, raw: str | None) -> str | None:
     return value
 
 
-def parse_keys_file(variable: str, raw: str | None) -> Path | None:
+def parse_keys_file(variable: str, raw: str | None, env_keys: tuple[str, ...] = ()) -> Path | None:
     """The keys file, read once here so a bad one stops startup (workers re-read it)."""
     if not raw or not raw.strip():
         return None
     path = Path(raw.strip()).resolve()
     try:
-        read_keys_file(path)
+        named = read_keys_file(path)
     except KeysFileError as exc:
         raise ConfigError(variable, str(exc)) from None
+    taken = {key_digest(k) for k in env_keys}
+    for key in named:
+        if key.digest in taken:
+            raise ConfigError(variable, f"key {key.id!r} reuses an API_KEY/ADMIN_API_KEY secret")
     return path
 
 
@@ -247,7 +251,11 @@ class Settings:
             admin_trusted_ips=parse_networks("ADMIN_TRUSTED_IPS", env.get("ADMIN_TRUSTED_IPS")),
             api_keys=parse_keys(env.get("API_KEY")),
             admin_keys=parse_keys(env.get("ADMIN_API_KEY")),
-            keys_file=parse_keys_file("KEYS_FILE", env.get("KEYS_FILE")),
+            keys_file=parse_keys_file(
+                "KEYS_FILE",
+                env.get("KEYS_FILE"),
+                parse_keys(env.get("API_KEY")) + parse_keys(env.get("ADMIN_API_KEY")),
+            ),
             platform_trusted_ips=parse_networks(
                 "PLATFORM_TRUSTED_IPS", env.get("PLATFORM_TRUSTED_IPS")
             ),

@@ -204,9 +204,11 @@ class KeysFile:
         self._lock = threading.Lock()
         self._stamp: Stamp | None = None
         self._ring = Keyring(fixed)
+        # Startup already refused a bad file (config.py). A worker started later (a
+        # recycled one) must not fail to boot on a file broken since: it logs and serves
+        # the environment's keys alone until the file is fixed (fail closed).
         if path is not None:
-            self._stamp = _stamp(path)
-            self._ring = Keyring(fixed + self._checked(read_keys_file(path)))
+            self._reload(path, _stamp(path))
 
     def keyring(self) -> Keyring:
         if self.path is not None and _stamp(self.path) != self._stamp:
@@ -225,7 +227,8 @@ class KeysFile:
         try:
             named = self._checked(read_keys_file(path))
         except KeysFileError as exc:
-            self.log.error("keys file not reloaded, the previous keys stay: %s", exc)
+            kept = len(self._ring.keys) - len(self.fixed)
+            self.log.error("keys file not reloaded, %d named keys stay: %s", kept, exc)
             return
         self._ring = Keyring(self.fixed + named)
         self.log.info("keys file %s reloaded: %d named keys", path, len(named))

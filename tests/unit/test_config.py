@@ -96,3 +96,47 @@ def test_cli_missing_scripts_folder(tmp_path):
     )
     assert result.returncode == 2
     assert "SCRIPTS_DIR" in result.stderr
+
+
+def test_bad_keys_file_stops_startup_naming_the_entry(env, tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys.bot]\nowner = "o"\nhash = "hunter2"\nscopes = ["api:*"]\n')
+    env["KEYS_FILE"] = str(keys)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == "KEYS_FILE"
+    assert "key 'bot'" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_named_key_reusing_api_key_stops_startup(env, tmp_path):
+    keys = tmp_path / "keys.toml"
+    digest = key_digest("shared-secret").hex()
+    keys.write_text(f'[keys.bot]\nowner = "o"\nhash = "sha256:{digest}"\nscopes = ["api:*"]\n')
+    env.update(KEYS_FILE=str(keys), API_KEY="shared-secret")
+    with pytest.raises(ConfigError, match="reuses an API_KEY"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_URL", "http://:hunter2@redis:6379"),
+        ("REDIS_URL", "redis-host:6379"),
+        ("SECRETS_DIR", "/nonexistent/secrets"),
+        ("PLATFORM_TRUSTED_IPS", "10.0.0.0/33"),
+    ],
+)
+def test_bad_caller_settings_stop_startup(env, variable, value):
+    env[variable] = value
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    assert "hunter2" not in str(caught.value)  # a URL's password is never echoed
+
+
+def test_caller_settings_are_parsed(env, tmp_path):
+    env.update(REDIS_URL="rediss://:pw@cache:6380/1", SECRETS_DIR=str(tmp_path))
+    settings = Settings.from_env(env)
+    assert settings.redis_url == "rediss://:pw@cache:6380/1"
+    assert settings.secrets_dir == tmp_path.resolve()
+    assert settings.keys_file is None and settings.platform_trusted_ips == ()

@@ -231,7 +231,20 @@ def test_reload_keeps_the_last_good_keys_and_logs_why(tmp_path, caplog):
     assert watcher.keyring().ids == frozenset()  # deleted: every named key revoked
 
 
-def test_named_key_may_not_reuse_an_environment_key(tmp_path):
+def test_named_key_may_not_reuse_an_environment_key(tmp_path, caplog):
     fixed = env_keys([key_digest(SECRET)], [])
-    with pytest.raises(KeysFileError, match="reuses an API_KEY"):
-        KeysFile(keys_file(tmp_path, entry("bot")), fixed, logging.getLogger("t"))
+    with caplog.at_level(logging.ERROR, logger="t"):
+        watcher = KeysFile(keys_file(tmp_path, entry("bot")), fixed, logging.getLogger("t"))
+    assert watcher.keyring().ids == {"api-key-1"}
+    assert "reuses an API_KEY" in caplog.text
+
+
+def test_worker_started_on_a_broken_file_serves_the_environment_keys(tmp_path, caplog):
+    """Startup refuses a bad file; a worker started later must still boot (fail closed)."""
+    path = keys_file(tmp_path, "[keys.bot\n")
+    with caplog.at_level(logging.ERROR, logger="t"):
+        watcher = KeysFile(path, env_keys([key_digest("env")], []), logging.getLogger("t"))
+    assert watcher.keyring().ids == {"api-key-1"}
+    assert "not valid TOML" in caplog.text
+    replace_file(path, entry("bot"))
+    assert watcher.keyring().ids == {"api-key-1", "bot"}
