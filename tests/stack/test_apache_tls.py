@@ -9,19 +9,16 @@ one address the replica trusts as a proxy (TRUSTED_PROXIES) and for the platform
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from bench import apache
 from tests.servers import Gunicorn, gunicorn, log_records, request_record
 from tests.stack.conftest import make_scripts
-from tests.stack.test_apache import CLIENT, PROXY, Reply
+from tests.stack.test_apache import CLIENT, PROXY, call
 
 SECRET = "sg_tls_0123456789abcdefghijklmnopqrstuvwxyzABCDEF"
 SCRAPER = "sg_scraper_0123456789abcdefghijklmnopqrstuvwxyzAB"
@@ -31,26 +28,6 @@ pytestmark = pytest.mark.skipif(
     not apache.available() or not (apache.MODULES / "mod_ssl.so").exists(),
     reason="apache2 with mod_ssl not installed",
 )
-
-
-def call(url: str, path: str, headers: dict[str, str] | None = None, cert: Path | None = None):
-    """GET from 127.0.0.2, over TLS (trusting `cert`) when the URL says https."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=str(cert) if cert else None)
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=30, source_address=(CLIENT, 0), context=context
-        )
-    else:
-        conn = http.client.HTTPConnection(
-            parts.hostname, parts.port, timeout=30, source_address=(CLIENT, 0)
-        )
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        conn.close()
 
 
 def keys_entry(key_id: str, secret: str, scopes: str) -> str:
@@ -91,7 +68,7 @@ def front(
 
 def test_key_and_client_address_pass_through_tls(front):
     url, server = front
-    reply = call(url, "/api/whoami.py", {"X-API-Key": SECRET}, url.cert)
+    reply = call(url, "/api/whoami.py", headers={"X-API-Key": SECRET}, cert=url.cert)
     assert reply.status == 200
     assert reply.json()["caller"] == "tls-client"
     assert reply.json()["client"] == CLIENT  # Apache's X-Forwarded-For, believed from 127.0.0.1
@@ -102,7 +79,7 @@ def test_key_and_client_address_pass_through_tls(front):
 
 def test_wrong_key_over_tls_is_the_platforms_401(front):
     url, _ = front
-    reply = call(url, "/api/whoami.py", {"X-API-Key": "nope"}, url.cert)
+    reply = call(url, "/api/whoami.py", headers={"X-API-Key": "nope"}, cert=url.cert)
     assert reply.status == 401
     assert reply.json()["reason"] == "api_key"
     assert reply.json()["trace_id"] == reply.headers["X-Trace-Id"]
@@ -121,7 +98,7 @@ def test_plain_http_is_redirected_to_https(front):
 def test_a_key_sent_in_clear_is_refused_not_redirected(front, header):
     url, server = front
     before = len(log_records(server))
-    reply = call(url.plain_url, "/api/whoami.py", {header: SECRET})
+    reply = call(url.plain_url, "/api/whoami.py", headers={header: SECRET})
     assert reply.status == 403
     assert "Location" not in reply.headers
     assert len(log_records(server)) == before  # it never reached the replica
@@ -147,7 +124,7 @@ def test_tls_is_real(front):
 )
 def test_platform_plane_through_apache(front, path, headers, status):
     url, _ = front
-    reply = call(url, path, headers, url.cert)
+    reply = call(url, path, headers=headers, cert=url.cert)
     assert reply.status == status, reply.body[:200]
     if path.endswith("/keys") and status == 200:
         ids = {entry["id"] for entry in json.loads(reply.body)["keys"]}

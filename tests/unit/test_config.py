@@ -58,6 +58,9 @@ def test_values_are_parsed(env):
         ("ADMIN_AUTH", "disabled"),
         ("LOG_LEVEL", "LOUD"),
         ("SCRIPTS_DIR", "/nonexistent/scripts"),
+        ("REDIS_URL", "redis-host:6379"),
+        ("SECRETS_DIR", "/nonexistent/secrets"),
+        ("PLATFORM_TRUSTED_IPS", "10.0.0.0/33"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable, value):
@@ -117,21 +120,11 @@ def test_named_key_reusing_api_key_stops_startup(env, tmp_path):
         Settings.from_env(env)
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("REDIS_URL", "http://:hunter2@redis:6379"),
-        ("REDIS_URL", "redis-host:6379"),
-        ("SECRETS_DIR", "/nonexistent/secrets"),
-        ("PLATFORM_TRUSTED_IPS", "10.0.0.0/33"),
-    ],
-)
-def test_bad_caller_settings_stop_startup(env, variable, value):
-    env[variable] = value
-    with pytest.raises(ConfigError) as caught:
+def test_redis_url_password_is_never_echoed(env):
+    env["REDIS_URL"] = "http://:hunter2@redis:6379"
+    with pytest.raises(ConfigError, match="REDIS_URL") as caught:
         Settings.from_env(env)
-    assert caught.value.variable == variable
-    assert "hunter2" not in str(caught.value)  # a URL's password is never echoed
+    assert "hunter2" not in str(caught.value)
 
 
 def test_caller_settings_are_parsed(env, tmp_path):
