@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
 DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server
 
-.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs soak clean
+.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs soak clean cert
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,19 @@ run: install
 	@echo "try: curl -i -H 'X-API-Key: $(DEMO_API_KEY)' 'http://127.0.0.1:5000/api/hello.py?name=Rico'"
 	API_KEY=$${API_KEY:-$(DEMO_API_KEY)} ADMIN_API_KEY=$${ADMIN_API_KEY:-$(DEMO_ADMIN_KEY)} \
 	  $(VENV)/bin/scriptgate serve --bind 127.0.0.1:5000 --scripts scripts
+
+# A self-signed certificate for a first try of the compose stack's HTTPS (Apache mounts
+# $(TLS_DIR)); browsers and curl must be told to trust it (curl --cacert tls/server.crt).
+# Replace both files with your CA's before serving anyone else.
+TLS_DIR ?= tls
+cert: $(TLS_DIR)/server.crt
+
+$(TLS_DIR)/server.crt:
+	mkdir -p $(TLS_DIR)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+	  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(TLS_DIR)/server.key -out $(TLS_DIR)/server.crt 2>/dev/null
+	chmod 600 $(TLS_DIR)/server.key
 
 lint: install
 	$(VENV)/bin/ruff check .

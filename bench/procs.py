@@ -73,6 +73,28 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+@contextlib.contextmanager
+def daemon(
+    argv: list[str], cwd: Path, name: str, ready: Callable[[], Any], timeout: float = 30
+) -> Iterator[subprocess.Popen]:
+    """Start a server process in `cwd`, wait until ready() is truthy; always stop it.
+
+    Its output goes to `cwd/<name>.out`, shown when it exits before it is ready.
+    """
+    output = cwd / f"{name}.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or ready(), timeout=timeout, what=f"{name} to be ready"
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{output.read_text()[-3000:]}")
+        yield proc
+    finally:
+        stop_process(proc)
+
+
 def child_pids(pid: int) -> set[int]:
     """The children of a process (a gunicorn master's are its workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")

@@ -1,7 +1,8 @@
 """Who is calling, and may they: client IP behind trusted proxies, allowlists, keys.
 
 Access is decided here and nowhere else: `RealClient` settles who the client is once,
-for every layer below it, and `authorize` applies the contract's checks in order.
+for every layer below it, `authorize` applies the contract's checks in order and says
+which key is calling, and `check_scope` keeps a key to its scopes.
 
 Threat model: any client can send any `X-Forwarded-For`. It is only believed when the
 TCP peer is a trusted proxy, and then only up to the right-most address that is not a
@@ -13,13 +14,14 @@ allowlist and the request is refused (fail closed).
 from __future__ import annotations
 
 import functools
-import hmac
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from service.config import Network, Settings
 from service.errors import AccessDenied
+from service.keys import ANONYMOUS, Caller, Keyring
+from service.resolve import PLATFORM_ZONE, zone_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_LOGGED_ADDRESS = 64
@@ -70,22 +72,6 @@ def ip_allowed(address: str, allowlist: Sequence[Network]) -> bool:
     return not allowlist or in_networks(parse_address(address), allowlist)
 
 
-def key_matches(presented: Sequence[str], keys: Sequence[str]) -> bool:
-    """Exactly one header value, equal to one of the configured keys.
-
-    Every key is compared, in constant time, so timing tells neither the key nor which
-    of several rotating keys came closest. Two header values are refused: a proxy and a
-    client disagreeing about the key is not a case to guess at.
-    """
-    if len(presented) != 1 or not keys:
-        return False
-    candidate = _header_bytes(presented[0])
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode("utf-8", "surrogateescape"))
-    return matched
-
-
 def _header_bytes(value: str) -> bytes:
     """The bytes the client sent: WSGI hands header values over decoded as latin-1."""
     try:
@@ -96,35 +82,80 @@ def _header_bytes(value: str) -> bytes:
 
 # zone -> (key header, denial reason)
 ZONE_KEY_HEADERS = {"api": ("X-API-Key", "api_key"), "admin": ("X-Admin-Key", "admin_key")}
+PLATFORM_KEY_HEADER = "X-Admin-Key"
+# Platform endpoints that PLATFORM_TRUSTED_IPS, or else a key with a platform scope,
+# guards; /_platform/keys always needs the key. Health stays open for probes.
+GUARDED_VIEWS = frozenset({"routes", "metrics", "keys"})
+KEY_ONLY_VIEWS = frozenset({"keys"})
 
 
-def authorize(zone: str, client: str, headers: Any, settings: Settings) -> None:
-    """The contract's checks, in its order; raises AccessDenied.
+def authorize(
+    zone: str, path: str, client: str, headers: Any, settings: Settings, keyring: Keyring
+) -> Caller:
+    """The contract's checks, in its order; returns who is calling, or raises AccessDenied.
 
     1. `API_TRUSTED_IPS`, for every path, platform endpoints included;
     2. the zone's own allowlist (`ADMIN_TRUSTED_IPS` for /admin);
-    3. the zone's key. A zone whose key is not configured is closed unless its
-       `*_AUTH=off` opens it on purpose.
-    Script lookup comes after, so without the right key an unknown script looks
-    exactly like a known one.
+    3. the zone's key: one of the zone's keys (API_KEY, ADMIN_API_KEY, or a named key
+       with a scope in the zone). A zone no key may call is closed unless its
+       `*_AUTH=off` opens it on purpose. A key with no scope in the zone is refused
+       like a wrong one (401), so it learns nothing about the zone.
+    Scopes and script lookup come after, so without the right key an unknown script
+    looks exactly like a known one.
     """
     if not ip_allowed(client, settings.api_trusted_ips):
         raise AccessDenied("ip")
     if zone == "admin" and not ip_allowed(client, settings.admin_trusted_ips):
         raise AccessDenied("ip")
+    if zone == PLATFORM_ZONE:
+        return authorize_platform(zone_of(path)[1], client, headers, settings, keyring)
     if zone not in ZONE_KEY_HEADERS:
-        return
+        return ANONYMOUS
     header, reason = ZONE_KEY_HEADERS[zone]
-    if zone == "api":
-        keys, required = settings.api_keys, settings.api_auth
-    else:
-        keys, required = settings.admin_keys, settings.admin_auth
-    if not required:
-        return
-    if not keys:
+    if not (settings.api_auth if zone == "api" else settings.admin_auth):
+        return ANONYMOUS
+    return caller_by_key(zone, headers.getlist(header), keyring, reason)
+
+
+def authorize_platform(
+    view: str, client: str, headers: Any, settings: Settings, keyring: Keyring
+) -> Caller:
+    """Routes and metrics: open, unless PLATFORM_TRUSTED_IPS is set and the client is
+    not in it; then a key with a platform scope (`X-Admin-Key`) lets it in. Keys: that
+    key, always. A guarded view asked for without any key is 403 `ip`."""
+    if view not in GUARDED_VIEWS:
+        return ANONYMOUS
+    trusted = settings.platform_trusted_ips
+    if view not in KEY_ONLY_VIEWS and (not trusted or ip_allowed(client, trusted)):
+        return ANONYMOUS
+    presented = headers.getlist(PLATFORM_KEY_HEADER)
+    if not presented and view not in KEY_ONLY_VIEWS:
+        raise AccessDenied("ip")
+    return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key")
+
+
+def caller_by_key(zone: str, presented: Sequence[str], keyring: Keyring, reason: str) -> Caller:
+    """Exactly one header value, matching one of the zone's keys (constant time).
+
+    Two header values are refused: a proxy and a client disagreeing about the key is
+    not a case to guess at.
+    """
+    if not keyring.has_zone(zone):
         raise AccessDenied("zone_disabled")
-    if not key_matches(headers.getlist(header), keys):
+    key = keyring.identify(zone, _header_bytes(presented[0])) if len(presented) == 1 else None
+    if key is None:
         raise AccessDenied(reason)
+    return Caller(key.id, key)
+
+
+def check_scope(caller: Caller, zone: str, path: str, method: str) -> None:
+    """A key may call only the zone-relative paths (and methods) of its scopes.
+
+    Runs on the URL's validated path before any file is looked at, so a scoped key
+    gets the same 403 for a script outside its scopes whether it exists or not.
+    """
+    if caller.key is not None and not caller.key.allows(zone, path, method):
+        raise AccessDenied("scope")
 
 
 ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"

@@ -17,6 +17,7 @@ from flask import Flask
 
 from service.access import RealClient
 from service.bulkhead import Bulkhead
+from service.callers import Callers
 from service.config import Settings
 from service.deadline import RunnerPool
 from service.errors import ScriptFailed, render_error
@@ -26,6 +27,7 @@ from service.logs import build_logger
 from service.metrics import Metrics
 from service.pipeline import handle_request
 from service.runtime import Runtime
+from service.script_secrets import Secrets
 from service.tracing import build_tracer_provider, instrument, span_ids
 
 
@@ -59,7 +61,8 @@ def create_app(
     tracer = instrument(app, provider)  # first: its before_request opens the server span
     # Outermost, so the span, the log, the allowlists and the script all see the client.
     app.wsgi_app = RealClient(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
-    log = build_logger(settings.log_level, settings.log_file, settings.log_stdout)
+    secrets = Secrets(settings.secrets_dir)
+    log = build_logger(settings.log_level, settings.log_file, settings.log_stdout, secrets.scrub)
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
@@ -79,6 +82,8 @@ def create_app(
         runners=RunnerPool(),
         bulkhead=Bulkhead(run_dir / "slots"),
         jobs=JobQueue(settings, metrics),  # opens its store on first use, per process
+        callers=Callers(settings, run_dir, log),
+        secrets=secrets,
         started_at=started_at or time.time(),
         platform_only=platform_only,
     )

@@ -4,6 +4,7 @@
   scriptgate routes   list the URLs the scripts folder serves
   scriptgate check    import every script and report what is broken
   scriptgate jobs     run job workers only (the queue shared with the servers)
+  scriptgate keys     make a named key (secret shown once), or check a keys file
 
 Settings come from the environment (see the README's configuration table); the options
 below override them.
@@ -17,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from service import keys_cli
 from service.config import ConfigError, Settings
 from service.resolve import ZONES, list_scripts
 
@@ -46,9 +48,26 @@ def _text(value: int | None) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from service import handoff
     from service.server import serve as run_server
 
-    return run_server(settings_from(args))
+    if args.settings_fd is not None:  # re-executed without the secrets (handoff.py)
+        return run_server(handoff.receive(args.settings_fd))
+    settings = settings_from(args)
+    if handoff.secrets_in(os.environ):
+        handoff.reexec_without_secrets(settings, os.environ)
+    return run_server(settings)
+
+
+def keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service import keys_cli
+
+    if args.keys_command == "new":
+        return keys_cli.new(args)
+    configured = os.environ.get("KEYS_FILE", "").strip()
+    return keys_cli.check(args, Path(configured) if configured else None)
 
 
 def jobs(args: argparse.Namespace) -> int:
@@ -120,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.add_argument(
         "--platform-bind", help="HOST:PORT for /_platform/health and metrics (default off)"
     )
+    p_serve.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
     p_routes = sub.add_parser("routes", help="print the routes as JSON")
     p_check = sub.add_parser("check", help="import every script; non-zero exit on failures")
     for p in (p_serve, p_jobs, p_routes, p_check):
@@ -128,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.set_defaults(func=jobs)
     p_routes.set_defaults(func=routes)
     p_check.set_defaults(func=check)
+    keys_cli.add_parser(sub).set_defaults(func=keys)
     return parser
 
 

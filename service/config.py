@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service import __version__
+from service.keys import key_digest
+from service.keys_file import KeysFileError, read_keys_file
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,6 +28,8 @@ DEFAULT_WORKERS = 3
 # docs/benchmarks.md: 3 workers x 8 threads hold 24 waiting scripts at once (sync: 3) with
 # 1.27x the sync design's idle RSS, most of it the platform plane's own process.
 DEFAULT_THREADS = 8
+DEFAULT_SECRETS_DIR = "/run/secrets"  # where Docker and Kubernetes mount secret files
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 WORKER_CLASSES = ("gthread", "sync")
 PROXY_TIMEOUT_MARGIN = 15  # seconds a proxy waits beyond MAX_SCRIPT_TIMEOUT
 DEFAULT_JOB_DATA_DIR = "data"
@@ -69,6 +73,46 @@ def parse_keys(raw: str | None) -> tuple[str, ...]:
     if not raw:
         return ()
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def parse_redis_url(variable: str, raw: str | None) -> str | None:
+    """A Redis URL (redis://[:password@]host:port/db, rediss://..., redis+unix:///path)."""
+    value = (raw or "").strip()
+    if not value:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in REDIS_SCHEMES or not rest:
+        # The value may hold a password: name the variable, never echo it.
+        raise ConfigError(
+            variable, f"not a URL starting {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+        )
+    return value
+
+
+def parse_keys_file(variable: str, raw: str | None, env_keys: tuple[str, ...] = ()) -> Path | None:
+    """The keys file, read once here so a bad one stops startup (workers re-read it)."""
+    if not raw or not raw.strip():
+        return None
+    path = Path(raw.strip()).resolve()
+    try:
+        named = read_keys_file(path)
+    except KeysFileError as exc:
+        raise ConfigError(variable, str(exc)) from None
+    taken = {key_digest(k) for k in env_keys}
+    for key in named:
+        if key.digest in taken:
+            raise ConfigError(variable, f"key {key.id!r} reuses an API_KEY/ADMIN_API_KEY secret")
+    return path
+
+
+def parse_secrets_dir(variable: str, raw: str | None) -> Path:
+    """Scripts' secret files; an explicitly named folder must exist."""
+    if not raw or not raw.strip():
+        return Path(DEFAULT_SECRETS_DIR)
+    path = Path(raw.strip())
+    if not path.is_dir():
+        raise ConfigError(variable, f"{raw.strip()!r} is not a directory")
+    return path.resolve()
 
 
 def parse_switch(variable: str, raw: str | None, default: bool) -> bool:
@@ -137,8 +181,13 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     api_trusted_ips: tuple[Network, ...] = ()
     admin_trusted_ips: tuple[Network, ...] = ()
-    api_keys: tuple[str, ...] = ()
-    admin_keys: tuple[str, ...] = ()
+    # Given as text, kept as SHA-256 digests only (see __post_init__).
+    api_keys: tuple[str | bytes, ...] = ()
+    admin_keys: tuple[str | bytes, ...] = ()
+    keys_file: Path | None = None
+    platform_trusted_ips: tuple[Network, ...] = ()
+    secrets_dir: Path = Path(DEFAULT_SECRETS_DIR)
+    redis_url: str | None = None  # shared store for rate limits and last use
     api_auth: bool = True
     admin_auth: bool = True
     trusted_proxies: tuple[Network, ...] = ()
@@ -170,6 +219,11 @@ class Settings:
     job_max_result_bytes: int = DEFAULT_JOB_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
+        # Keys are hashed on the way in: no cleartext key outlives startup (a digest
+        # stays a digest when dataclasses.replace() builds a copy).
+        for name in ("api_keys", "admin_keys"):
+            keys = tuple(k if isinstance(k, bytes) else key_digest(k) for k in getattr(self, name))
+            object.__setattr__(self, name, keys)
         if not self.max_script_timeout:
             object.__setattr__(self, "max_script_timeout", default_max_timeout(self.script_timeout))
 
@@ -235,6 +289,16 @@ class Settings:
             admin_trusted_ips=parse_networks("ADMIN_TRUSTED_IPS", env.get("ADMIN_TRUSTED_IPS")),
             api_keys=parse_keys(env.get("API_KEY")),
             admin_keys=parse_keys(env.get("ADMIN_API_KEY")),
+            keys_file=parse_keys_file(
+                "KEYS_FILE",
+                env.get("KEYS_FILE"),
+                parse_keys(env.get("API_KEY")) + parse_keys(env.get("ADMIN_API_KEY")),
+            ),
+            platform_trusted_ips=parse_networks(
+                "PLATFORM_TRUSTED_IPS", env.get("PLATFORM_TRUSTED_IPS")
+            ),
+            secrets_dir=parse_secrets_dir("SECRETS_DIR", env.get("SECRETS_DIR")),
+            redis_url=parse_redis_url("REDIS_URL", env.get("REDIS_URL")),
             api_auth=parse_switch("API_AUTH", env.get("API_AUTH"), True),
             admin_auth=parse_switch("ADMIN_AUTH", env.get("ADMIN_AUTH"), True),
             trusted_proxies=parse_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES")),

@@ -44,7 +44,14 @@ class NotFound(RequestError):
 class AccessDenied(RequestError):
     """Refused before any script is looked up; `reason` is the contract's reason code."""
 
-    STATUS = {"ip": 403, "zone_disabled": 403, "api_key": 401, "admin_key": 401}
+    STATUS = {
+        "ip": 403,
+        "zone_disabled": 403,
+        "api_key": 401,
+        "admin_key": 401,
+        "expired": 401,  # a named key past its `expires`
+        "scope": 403,  # a valid key, outside its scopes or methods
+    }
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -70,6 +77,13 @@ class TooManyRequests(RequestError):
 
     def __init__(self, reason: str, retry_after: int = 1) -> None:
         super().__init__(reason, headers={"Retry-After": str(retry_after)})
+
+
+class Unavailable(RequestError):
+    """A store the platform needs to decide (the rate limit store) did not answer:
+    refused rather than let an unlimited call through (fail closed)."""
+
+    status, error = 503, "service unavailable"
 
 
 class ScriptFailed(RequestError):

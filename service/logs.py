@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,20 @@ LOGGER_NAME = "scriptgate"
 class AppendHandler(logging.Handler):
     """Format each record once and write it, plus newline, to every descriptor in one call."""
 
-    def __init__(self, fds: list[int], owned: list[int]) -> None:
+    def __init__(
+        self, fds: list[int], owned: list[int], scrub: Callable[[str], str] | None = None
+    ) -> None:
         super().__init__()
         self.fds = fds
         self.owned = owned
+        self.scrub = scrub  # blanks out known secret values (script_secrets.Secrets)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            line = self.format(record)
+            if self.scrub is not None:
+                line = self.scrub(line)
+            data = (line + "\n").encode("utf-8", "backslashreplace")
             for fd in self.fds:
                 written = os.write(fd, data)
                 while written < len(data):  # only on a pipe or a full disk; never on a file
@@ -83,14 +89,19 @@ def json_formatter() -> JsonFormatter:
     )
 
 
-def build_logger(level: str, log_file: Path | None, stdout: bool = True) -> logging.Logger:
+def build_logger(
+    level: str,
+    log_file: Path | None,
+    stdout: bool = True,
+    scrub: Callable[[str], str] | None = None,
+) -> logging.Logger:
     """A logger private to one app, so two apps in one test process never share handlers."""
     logger = logging.Logger(LOGGER_NAME, level)
     logger.propagate = False
     fds: list[int] = [sys.stdout.fileno()] if stdout else []
     owned = [open_append(log_file)] if log_file is not None else []
     if fds or owned:
-        handler = AppendHandler(fds + owned, owned)
+        handler = AppendHandler(fds + owned, owned, scrub)
         handler.setFormatter(json_formatter())
         logger.addHandler(handler)
     return logger

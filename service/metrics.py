@@ -77,6 +77,17 @@ class Metrics:
             "zone script reason",
             "Requests refused at once by a limit, by reason (concurrency, rate_limit).",
         )
+        # Per key: `caller` is a configured key id or "anonymous", so it stays bounded.
+        self.caller_requests = counter(
+            "scriptgate_caller_requests",
+            "zone script caller",
+            "Requests by the key that made them (a configured key id, or anonymous).",
+        )
+        self.caller_refusals = counter(
+            "scriptgate_caller_refusals",
+            "zone caller reason",
+            "Calls of a known key refused by its own limits: scope, expired, rate_limit.",
+        )
         self.in_progress = gauge(
             "scriptgate_requests_in_progress",
             "zone",
@@ -104,6 +115,7 @@ class Metrics:
         self.build_info.labels(version).set(1)
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._in_progress_children: dict[str, Any] = {}
+        self._caller_children: dict[tuple[str, str, str], Any] = {}
         self._collector: FastMultiProcessCollector | None = None
         self._live = CollectorRegistry()  # read at scrape time: register_live
         if multiproc_dir is None:
@@ -147,6 +159,13 @@ class Metrics:
         """A collector asked at each scrape, not read from the workers' files: the job
         queue's depth is one store query, the same whichever worker answers."""
         self._live.register(collector)
+
+    def count_caller(self, zone: str, script: str, caller: str) -> None:
+        key = (zone, script, caller)
+        child = self._caller_children.get(key)
+        if child is None:
+            child = self._caller_children[key] = self.caller_requests.labels(zone, script, caller)
+        child.inc()
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Render the registry: text 0.0.4, or OpenMetrics when Accept asks for it."""

@@ -2,7 +2,8 @@
 
     context   zone, client (already the real one: access.RealClient), server span
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
-    lookup    a platform view, or the script: resolve, import if changed (loader.py)
+    caller    the key's expiry and rate limit, its last use             (callers.py)
+    lookup    a platform view, or the script: scope, resolve, import if changed
     checks    method, body size
     job?      `Prefer: respond-async` or ASYNC = True: queue it, 202     (jobs/http.py)
     run       bulkhead slot, then the handler under its deadline         (deadline.py)
@@ -23,7 +24,8 @@ from flask import Request, Response, request
 from opentelemetry import trace
 from werkzeug.exceptions import HTTPException
 
-from service.access import authorize
+from service.access import authorize, check_scope
+from service.callers import hand_over
 from service.convert import to_response
 from service.deadline import ScriptStopped, ScriptTimeout
 from service.errors import (
@@ -43,7 +45,7 @@ from service.loader import LoadedScript, ScriptLoadError
 from service.metrics import ERROR_KINDS
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
-from service.resolve import PLATFORM_ZONE, locate, parse_target, zone_of
+from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
 from service.runtime import Runtime, runtime
 
 T = TypeVar("T")
@@ -79,23 +81,28 @@ def handle_request() -> Response:
 def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if rt.platform_only and ctx.zone != PLATFORM_ZONE:  # the platform plane runs no script
         raise NotFound(req.path)
-    authorize(ctx.zone, ctx.client_ip, req.headers, rt.settings)
+    keyring = rt.callers.keyring()
+    ctx.caller = authorize(ctx.zone, req.path, ctx.client_ip, req.headers, rt.settings, keyring)
+    rt.callers.admit(ctx.caller)
     if ctx.zone == PLATFORM_ZONE:
         view = platform_view(req.path)
         ctx.script = view.name
+        check_scope(ctx.caller, ctx.zone, view.name, req.method)
         check_method(req.method, view.methods)
         return view.func(rt, req)
-    script = lookup(rt, ctx, req.path)
+    target = parse_target(req.path)
+    check_scope(ctx.caller, ctx.zone, target.rel_path, req.method)
+    script = lookup(rt, ctx, target)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)
     if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
         return start_job(rt, ctx, req)
+    hand_over(ctx.caller, req.environ)
     return run(rt, ctx, req, script)
 
 
-def lookup(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
-    """The script for this path, imported (under the import deadline) if it changed."""
-    target = parse_target(path)
+def lookup(rt: Runtime, ctx: RequestContext, target: Target) -> LoadedScript:
+    """The script for this target, imported (under the import deadline) if it changed."""
     script = rt.scripts.cached_target(target)
     if script is not None:
         ctx.script = target.rel_path

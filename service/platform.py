@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, jsonify
 
+from service.callers import keys_view
 from service.describe import describe_route
 from service.errors import NotFound
 from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_result, job_status
@@ -73,6 +74,7 @@ VIEWS = {
         PlatformView("health", health),
         PlatformView("routes", routes),
         PlatformView("metrics", metrics),
+        PlatformView("keys", keys_view),
     )
 }
 

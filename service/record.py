@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Request, Response
 from opentelemetry.trace import Span, Status, StatusCode
 
+from service.keys import ANONYMOUS, Caller
 from service.logs import format_failure, redact_query
 from service.resolve import UNMATCHED, url_for_script
 from service.tracing import add_trace_headers, span_ids
@@ -21,12 +22,15 @@ if TYPE_CHECKING:
 
 # Any other method name is counted as "other", so made-up methods cannot add series.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Refusals that concern one key, counted per caller for the refusal-burst alert.
+CALLER_REFUSALS = frozenset({"scope", "expired", "rate_limit"})
 
 
 class RequestContext:
     """What the pipeline learns about one request, handed from stage to stage."""
 
     __slots__ = (
+        "caller",
         "client_ip",
         "denied_reason",
         "rejected_reason",
@@ -47,6 +51,7 @@ class RequestContext:
         self.trace_id, self.span_id = span_ids(server_span)
         self.denied_reason: str | None = None  # an AccessDenied reason
         self.rejected_reason: str | None = None  # a TooManyRequests reason
+        self.caller: Caller = ANONYMOUS  # the key that made the call (access.authorize)
 
 
 def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Response) -> None:
@@ -61,6 +66,8 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
             route = url_for_script(ctx.zone, ctx.script)
             span.update_name(f"{req.method} {route}")
             span.set_attribute("http.route", route)
+        if ctx.caller.key is not None:
+            span.set_attribute("enduser.id", ctx.caller.id)
     metrics = rt.metrics
     if metrics is not None:
         method = req.method if req.method in KNOWN_METHODS else "other"
@@ -69,6 +76,10 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
             metrics.auth_denied.labels(ctx.zone, ctx.denied_reason).inc()
         if ctx.rejected_reason is not None:
             metrics.rejected.labels(ctx.zone, ctx.script, ctx.rejected_reason).inc()
+        metrics.count_caller(ctx.zone, ctx.script, ctx.caller.id)
+        refusal = ctx.denied_reason or ctx.rejected_reason
+        if ctx.caller.key is not None and refusal in CALLER_REFUSALS:
+            metrics.caller_refusals.labels(ctx.zone, ctx.caller.id, refusal).inc()
     rt.log.info(
         "request",
         extra={
@@ -80,6 +91,7 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
             "path": req.path,
             "query": redact_query(req.args.to_dict(flat=False)) if req.query_string else {},
             "client_ip": ctx.client_ip,
+            "caller": ctx.caller.id,
             "status": status,
             "duration_ms": round(duration * 1000, 3),
         },

@@ -11,11 +11,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from service.bulkhead import Bulkhead
+from service.callers import Callers
 from service.config import Settings
 from service.deadline import RunnerPool
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.metrics import Metrics
+from service.script_secrets import Secrets
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Runtime:
     runners: RunnerPool
     bulkhead: Bulkhead
     jobs: JobQueue
+    callers: Callers
+    secrets: Secrets
     started_at: float
     platform_only: bool = False
 

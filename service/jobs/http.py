@@ -22,7 +22,7 @@ from flask import Request, Response, jsonify
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from service.access import ZONE_KEY_HEADERS, authorize
+from service.access import ZONE_KEY_HEADERS, authorize, check_scope
 from service.errors import AccessDenied, JobConflict, JobNotFound, QueueUnavailable, RequestError
 from service.jobs.snapshot import snapshot
 from service.jobs.store import CANCELLED, FINISHED, QUEUED, RUNNING, Job
@@ -151,8 +151,11 @@ def visible_job(rt: Runtime, req: Request, job_id: str) -> Job:
         job = rt.jobs.store.get(job_id, time.time())
     if job is None:
         raise JobNotFound()
-    try:  # the zone's checks as they stand now: a revoked key no longer sees its jobs
-        authorize(job.zone, req.remote_addr or "", req.headers, rt.settings)
+    try:  # the checks as they stand now: a revoked or narrowed key no longer sees its jobs
+        keyring = rt.callers.keyring()
+        url = url_for_script(job.zone, job.script)
+        caller = authorize(job.zone, url, req.remote_addr or "", req.headers, rt.settings, keyring)
+        check_scope(caller, job.zone, job.script, job.method)
     except AccessDenied:
         raise JobNotFound() from None
     if not same_caller(job, req.headers):

@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,12 +51,22 @@ class Reply:
         return json.loads(self.body)
 
 
-def call(url: str, path: str, source: str = CLIENT, headers: dict[str, str] | None = None) -> Reply:
-    """GET through the proxy from a chosen loopback source address."""
+def call(
+    url: str,
+    path: str,
+    source: str = CLIENT,
+    headers: dict[str, str] | None = None,
+    cert: Path | None = None,
+) -> Reply:
+    """GET through the proxy from a chosen loopback source address (https: trusting
+    `cert`, or the system's CAs without one)."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(
-        parts.hostname, parts.port, timeout=30, source_address=(source, 0)
-    )
+    options: dict = {"timeout": 30, "source_address": (source, 0)}
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=str(cert) if cert else None)
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, **options)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, **options)
     try:
         conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()

@@ -17,6 +17,7 @@ while another holds its slot.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,17 +32,20 @@ from tests.stack import prom, queries
 from tests.stack.conftest import Gate, make_scripts
 
 API_KEY = "stack-test-key"
+SCOPED_KEY = "sg_stack_scoped_0123456789abcdefghijklmnopqrstuvw"  # api:reports/* only
 # What the dashboards' template variables are set to: boom.py has traffic, errors and
 # latency, so every per-script panel has something to show.
 VARIABLES = {
     "instance": ".*",
     "zone": "root",
     "script": "boom.py",
+    "caller": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "5m",
 }
 DENIALS = 250  # > 0.5/s over the 5m window of ScriptgateAuthDenialBurst
+REFUSALS = 120  # > 0.2/s over the 5m window of ScriptgateCallerRefusalBurst
 
 pytestmark = pytest.mark.skipif(not prom.PROMETHEUS.exists(), reason="prometheus not installed")
 
@@ -58,6 +62,7 @@ class Stack:
 def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Response]]:
     """One round of traffic: every outcome once, and in round two the alert-sized load."""
     key = {"X-API-Key": API_KEY}
+    scoped = {"X-API-Key": SCOPED_KEY}
 
     def get(path: str, **kw: object) -> Callable[[], requests.Response]:
         return lambda: server.get(path, **kw)
@@ -75,10 +80,12 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
         get("/slow.py"),  # 2.6 s
         get("/hello.py", headers=job),  # 202: a job that succeeds
         get("/boom.py", headers=job),  # 202: a job that fails
+        get("/api/hello.py", headers=scoped),  # 403 scope, caller="stack-scoped"
     ]
     if round_two:
         calls += [get("/boom.py")] * 30 + [get("/sleep.py")] * 3 + [get("/hello.py")] * 10
         calls += [get("/api/hello.py")] * DENIALS
+        calls += [get("/api/hello.py", headers=scoped)] * REFUSALS
     return calls
 
 
@@ -101,6 +108,7 @@ def _scraped(
     errors: int,
     refused: int,
     failed_jobs: int,
+    refusals: int = 0,
 ) -> bool:
     """Has Prometheus stored at least this much of the traffic sent so far?"""
     failed = 'sum(scriptgate_jobs_total{script="boom.py", state="failed"})'
@@ -111,6 +119,7 @@ def _scraped(
         and prometheus.value('sum(scriptgate_auth_denied_total{reason="api_key"})') >= denials
         and len(prometheus.query("scriptgate_script_errors_total")) >= errors
         and prometheus.value("sum(scriptgate_requests_rejected_total)") >= refused
+        and prometheus.value("sum(scriptgate_caller_refusals_total)") >= refusals
     )
 
 
@@ -120,11 +129,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     scripts = make_scripts(tmp / "scripts")
     target = f"127.0.0.1:{free_port()}"
     gate = Gate(tmp / "gate")
+    keys = tmp / "keys.toml"
+    digest = hashlib.sha256(SCOPED_KEY.encode()).hexdigest()
+    keys.write_text(
+        f'[keys.stack-scoped]\nowner = "stack"\nhash = "sha256:{digest}"\n'
+        'scopes = ["api:reports/*"]\n'
+    )
     env = {
         "API_KEY": API_KEY,
         "SCRIPT_TIMEOUT": "0.5",
         "PLATFORM_BIND": target,
         "JOB_WORKERS": "1",
+        "KEYS_FILE": str(keys),
         **gate.env,
     }
     with contextlib.ExitStack() as stack_:
@@ -136,10 +152,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         _queue_a_stale_job(tmp, scripts)
         statuses = _run(_calls(server, round_two=False))
-        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202], statuses
+        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202, 403], statuses
         assert _refuse_one(server, gate) == [200, 429]
         wait_until(
-            lambda: _scraped(prometheus, slow=1, denials=1, errors=2, refused=1, failed_jobs=1),
+            lambda: _scraped(
+                prometheus, slow=1, denials=1, errors=2, refused=1, failed_jobs=1, refusals=1
+            ),
             timeout=15,
             what="Prometheus to scrape the first round",
         )
@@ -147,7 +165,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert _refuse_one(server, gate) == [200, 429]
         wait_until(
             lambda: _scraped(
-                prometheus, slow=2, denials=DENIALS + 2, errors=2, refused=2, failed_jobs=2
+                prometheus,
+                slow=2,
+                denials=DENIALS + 2,
+                errors=2,
+                refused=2,
+                failed_jobs=2,
+                refusals=REFUSALS,
             ),
             timeout=15,
             what="Prometheus to scrape the second round",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.access import client_ip, ip_allowed, key_matches
+from service.access import caller_by_key, client_ip, ip_allowed
 from service.config import parse_networks
+from service.errors import AccessDenied
+from service.keys import Keyring, env_keys, key_digest
 from tests.unit.conftest import ADMIN, ADMIN_KEY, API, API_KEY
 
 PROXIES = parse_networks("TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2, fd00::/8")
@@ -65,6 +67,16 @@ def test_ip_allowlist(address, allowed):
 
 def test_empty_allowlist_admits_everyone():
     assert ip_allowed("8.8.8.8", ())
+
+
+def key_matches(presented: list[str], keys: tuple[str, ...]) -> bool:
+    """Would these header values pass as one of these API_KEY keys?"""
+    ring = Keyring(env_keys([key_digest(k) for k in keys], []))
+    try:
+        caller_by_key("api", presented, ring, "api_key")
+    except AccessDenied:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(

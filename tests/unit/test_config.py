@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from service.config import ConfigError, Settings
+from service.keys import key_digest
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def test_values_are_parsed(env):
     )
     settings = Settings.from_env(env)
     assert len(settings.api_trusted_ips) == 3
-    assert settings.api_keys == ("a", "b")
+    # Kept as digests only: the cleartext keys do not outlive startup.
+    assert settings.api_keys == (key_digest("a"), key_digest("b"))
     assert settings.admin_auth is False
     assert settings.script_timeout == 2.5
     assert settings.log_file is None
@@ -56,6 +58,9 @@ def test_values_are_parsed(env):
         ("ADMIN_AUTH", "disabled"),
         ("LOG_LEVEL", "LOUD"),
         ("SCRIPTS_DIR", "/nonexistent/scripts"),
+        ("REDIS_URL", "redis-host:6379"),
+        ("SECRETS_DIR", "/nonexistent/secrets"),
+        ("PLATFORM_TRUSTED_IPS", "10.0.0.0/33"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable, value):
@@ -94,3 +99,37 @@ def test_cli_missing_scripts_folder(tmp_path):
     )
     assert result.returncode == 2
     assert "SCRIPTS_DIR" in result.stderr
+
+
+def test_bad_keys_file_stops_startup_naming_the_entry(env, tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[keys.bot]\nowner = "o"\nhash = "hunter2"\nscopes = ["api:*"]\n')
+    env["KEYS_FILE"] = str(keys)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == "KEYS_FILE"
+    assert "key 'bot'" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_named_key_reusing_api_key_stops_startup(env, tmp_path):
+    keys = tmp_path / "keys.toml"
+    digest = key_digest("shared-secret").hex()
+    keys.write_text(f'[keys.bot]\nowner = "o"\nhash = "sha256:{digest}"\nscopes = ["api:*"]\n')
+    env.update(KEYS_FILE=str(keys), API_KEY="shared-secret")
+    with pytest.raises(ConfigError, match="reuses an API_KEY"):
+        Settings.from_env(env)
+
+
+def test_redis_url_password_is_never_echoed(env):
+    env["REDIS_URL"] = "http://:hunter2@redis:6379"
+    with pytest.raises(ConfigError, match="REDIS_URL") as caught:
+        Settings.from_env(env)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_caller_settings_are_parsed(env, tmp_path):
+    env.update(REDIS_URL="rediss://:pw@cache:6380/1", SECRETS_DIR=str(tmp_path))
+    settings = Settings.from_env(env)
+    assert settings.redis_url == "rediss://:pw@cache:6380/1"
+    assert settings.secrets_dir == tmp_path.resolve()
+    assert settings.keys_file is None and settings.platform_trusted_ips == ()

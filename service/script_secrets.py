@@ -1,0 +1,77 @@
+"""Scripts' own secrets: files in SECRETS_DIR, read through one helper, kept out of logs.
+
+The way containers get secrets (Docker and Kubernetes mount each as a file, by default
+under /run/secrets), so nothing secret has to live in the environment:
+
+    from service.script_secrets import secret
+
+    def main(request):
+        password = secret("db_password")   # $SECRETS_DIR/db_password, trailing newline cut
+
+Every value handed out is remembered by the worker, and the platform's log lines write
+"***" wherever one appears (a script logging it, an exception message quoting it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+REDACTED = "***"
+MIN_REDACTED_LENGTH = 4  # shorter values would blank out ordinary words in every line
+MAX_NAME_LENGTH = 255
+
+
+class SecretNotFound(LookupError):
+    """No readable file of that name in SECRETS_DIR (the message names the folder)."""
+
+
+class Secrets:
+    """One app's secrets folder, and every value read from it so far."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._forms: tuple[str, ...] = ()
+
+    def read(self, name: str) -> str:
+        """The secret's text; raises SecretNotFound, or ValueError for a name that is
+        not a plain file name (no folders, nothing hidden)."""
+        if (
+            not name
+            or len(name) > MAX_NAME_LENGTH
+            or name[0] == "."
+            or any(c in name for c in "/\\\x00")
+        ):
+            raise ValueError(f"{name!r} is not a secret's file name")
+        try:
+            value = (self.directory / name).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            raise SecretNotFound(f"no secret {name!r} in {self.directory}") from None
+        self.remember(value)
+        return value
+
+    def remember(self, value: str) -> None:
+        """Redact this value from every later log line of this process."""
+        if len(value) < MIN_REDACTED_LENGTH:
+            return
+        # A JSON log line writes the value escaped (quotes, backslashes, non-ASCII).
+        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+        with self._lock:
+            merged = set(self._forms) | forms
+            self._forms = tuple(sorted(merged, key=len, reverse=True))  # longest first
+
+    def scrub(self, line: str) -> str:
+        for form in self._forms:
+            if form in line:
+                line = line.replace(form, REDACTED)
+        return line
+
+
+def secret(name: str) -> str:
+    """Read a secret from SECRETS_DIR, for the script running now."""
+    from flask import current_app
+
+    secrets: Secrets = current_app.extensions["scriptgate"].secrets
+    return secrets.read(name)
