@@ -115,16 +115,35 @@ def authorize(zone: str, client: str, headers: Any, settings: Settings) -> None:
     if zone not in ZONE_KEY_HEADERS:
         return
     header, reason = ZONE_KEY_HEADERS[zone]
-    if zone == "api":
-        keys, required = settings.api_keys, settings.api_auth
-    else:
-        keys, required = settings.admin_keys, settings.admin_auth
+    keys, required = zone_keys(zone, settings)
     if not required:
         return
     if not keys:
         raise AccessDenied("zone_disabled")
     if not key_matches(headers.getlist(header), keys):
-        raise AccessDenied(reason)
+        raise AccessDenied(reason, header)
+
+
+def may_call(zone: str, client: str, headers: Any, settings: Settings) -> bool:
+    """Whether this caller could call a script of `zone`: what the API documentation and
+    the docs page show them. The one place that filter lives (named keys extend it)."""
+    try:
+        authorize(zone, client, headers, settings)
+    except AccessDenied:
+        return False
+    return True
+
+
+def zone_keys(zone: str, settings: Settings) -> tuple[tuple[str, ...], bool]:
+    """The keys of a keyed zone ("api" or "admin"), and whether a key is required."""
+    if zone == "api":
+        return settings.api_keys, settings.api_auth
+    return settings.admin_keys, settings.admin_auth
+
+
+def closed_zones(settings: Settings) -> list[str]:
+    """The zones that answer every call 403 zone_disabled: a key is required but unset."""
+    return [zone for zone in ZONE_KEY_HEADERS if zone_keys(zone, settings) == ((), True)]
 
 
 ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"
