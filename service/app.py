@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask
 
+from service import scriptlog
 from service.access import RealClient
 from service.bulkhead import Bulkhead
 from service.config import Settings
@@ -59,6 +60,7 @@ def create_app(
     # Outermost, so the span, the log, the allowlists and the script all see the client.
     app.wsgi_app = RealClient(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     log = build_logger(settings.log_level, settings.log_file, settings.log_stdout)
+    scriptlog.install(settings.log_level)
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)

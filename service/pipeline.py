@@ -3,7 +3,7 @@
     context   zone, client (already the real one: access.RealClient), server span
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
     lookup    a platform view, or the script: resolve, import if changed (loader.py)
-    checks    method, body size
+    checks    method, body size, declared parameters                    (params.py)
     run       bulkhead slot, then the handler under its deadline         (deadline.py)
     convert   what the handler returned becomes a response               (convert.py)
     record    trace headers, metrics, the request log line               (record.py)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from typing import Any
 
 from flask import Request, Response, request
 from opentelemetry import trace
@@ -38,10 +39,12 @@ from service.errors import (
 )
 from service.loader import LoadedScript, ScriptLoadError
 from service.metrics import ERROR_KINDS
+from service.params import arguments
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
 from service.resolve import PLATFORM_ZONE, locate, parse_target, zone_of
 from service.runtime import Runtime, runtime
+from service.scriptlog import serving
 
 
 def handle_request() -> Response:
@@ -54,7 +57,8 @@ def handle_request() -> Response:
     if in_progress is not None:
         in_progress.inc()
     try:
-        response = respond(rt, ctx, req)
+        with serving(rt.log, ctx):  # a script's own log lines carry this request's fields
+            response = respond(rt, ctx, req)
     except RequestError as exc:
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
@@ -83,7 +87,8 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     script = lookup(rt, ctx, req.path)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)
-    return run(rt, ctx, req, script)
+    values = arguments(script.params, req)
+    return run(rt, ctx, req, script, values)
 
 
 def lookup(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
@@ -147,8 +152,15 @@ def check_body(req: Request, limit: int) -> None:
     req.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
-def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
-    """Hold a slot of the script's bulkhead, then run and convert under its deadline."""
+def run(
+    rt: Runtime,
+    ctx: RequestContext,
+    req: Request,
+    script: LoadedScript,
+    values: dict[str, Any] | None = None,
+) -> Response:
+    """Hold a slot of the script's bulkhead, then run and convert under its deadline;
+    the handler gets its declared parameters' values as keyword arguments."""
     with contextlib.ExitStack() as stack:
         if script.concurrency:
             name = f"{ctx.zone}:{ctx.script}"
@@ -162,7 +174,9 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
             )
         )
         try:
-            return rt.runners.run(lambda: to_response(script.handler(req)), script.timeout)
+            return rt.runners.run(
+                lambda: to_response(script.handler(req, **(values or {}))), script.timeout
+            )
         except ScriptTimeout as exc:
             record_failure(rt, ctx, span, "timeout", exc)
             raise ScriptTimedOut() from None
