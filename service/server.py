@@ -19,8 +19,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from service import multiproc, plane, recycle
+from service import multiproc, plane, recycle, scriptlog
 from service.config import ConfigError, Settings
+from service.logs import open_append
 
 # gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
 # error); a script calling os._exit(3) must only cost its own worker.
@@ -89,6 +90,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
     # gunicorn hooks: (server, worker) signatures are gunicorn's.
     def post_fork(self, server: Any, worker: Any) -> None:
         recycle.attach(worker)
+        scriptlog.install_print_capture()  # a script's print: JSON lines of its request
         # Scripts run in the workers: when they spin on every core, the master and the
         # platform plane still get the CPU first, so health checks and scrapes answer.
         os.nice(WORKER_NICENESS)
@@ -130,13 +132,13 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         self.cleanup()
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self.metrics_dir is not None:
-            self.metrics_dir.cleanup()
+        remove_folders(self.run_dir, self.metrics_dir)
 
 
 def serve(settings: Settings) -> int:
     """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+    plane.bind(settings.bind, "BIND").close()  # a taken port: one line, not five retries
+    check_log_file(settings.log_file)
     metrics_dir = None
     if settings.metrics_enabled:
         try:
@@ -146,24 +148,34 @@ def serve(settings: Settings) -> int:
         except OSError as exc:
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", str(exc)) from None
         settings = replace(settings, multiproc_dir=metrics_dir.path)
-    # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
-    # forked worker starts with it loaded (about half a second of CPU per worker).
-    import service.app  # noqa: F401
-
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
     master = os.getpid()
-    try:
-        server = ScriptgateServer(settings, run_dir, metrics_dir)
-    except ConfigError:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if metrics_dir is not None:
-            metrics_dir.cleanup()
-        raise
-    try:
-        server.run()
+    try:  # however the start fails, the folders made for it go
+        # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
+        # forked worker starts with it loaded (about half a second of CPU per worker).
+        import service.app  # noqa: F401
+
+        ScriptgateServer(settings, run_dir, metrics_dir).run()
     finally:
         # Workers leave through here too (gunicorn exits them with SystemExit): only
         # the master owns the folders.
         if os.getpid() == master:
-            server.cleanup()
+            remove_folders(run_dir, metrics_dir)
     return 0
+
+
+def check_log_file(path: Path | None) -> None:
+    """A LOG_FILE the workers could not open stops startup here, in one line, instead
+    of a traceback from every worker that tries."""
+    if path is None:
+        return
+    try:
+        os.close(open_append(path))
+    except OSError as exc:
+        raise ConfigError("LOG_FILE", f"cannot write {str(path)!r}: {exc.strerror}") from None
+
+
+def remove_folders(run_dir: Path, metrics_dir: Any) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if metrics_dir is not None:
+        metrics_dir.cleanup()
