@@ -47,10 +47,11 @@ ERROR_SCHEMA = {
     },
 }
 FIELD_ERRORS_SCHEMA = {
-    "allOf": [{"$ref": _SCHEMAS_REF + "Error"}],
     "type": "object",
-    "required": ["fields"],
+    "description": "A 400 for parameters that do not fit: one entry per field at fault.",
+    "required": ["error", "fields", "trace_id"],
     "properties": {
+        "error": {"const": "invalid parameters"},
         "fields": {
             "type": "array",
             "items": {
@@ -63,7 +64,8 @@ FIELD_ERRORS_SCHEMA = {
                     "type": {"type": "string", "description": "pydantic's error type"},
                 },
             },
-        }
+        },
+        "trace_id": _TRACE_ID,
     },
 }
 # status -> (component name, description, schema)
