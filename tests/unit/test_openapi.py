@@ -125,7 +125,7 @@ def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) ->
     order = doc["components"]["schemas"]["api_body_py.Order"]
     assert order["required"] == ["customer", "items"]
     assert order["properties"]["items"]["items"] == {
-        "$ref": "#/components/schemas/api_body_py.Item"
+        "$ref": "#/components/schemas/api_body_py.Line"
     }
     assert "413" in body["responses"]
 

@@ -21,19 +21,19 @@ SCRIPTS = {
                     "untyped": untyped}
     ''',
     "api/body.py": '''
-        """A JSON body."""
+        """A JSON body: a dataclass holding TypedDicts."""
         from dataclasses import dataclass
+        from typing_extensions import TypedDict
         METHODS = ["POST"]
-        @dataclass
-        class Item:
+        class Line(TypedDict):
             sku: str
-            quantity: int = 1
+            quantity: int
         @dataclass
         class Order:
             customer: str
-            items: list[Item]
+            items: list[Line]
         def main(request, order: Order, dry_run: bool = False):
-            assert isinstance(order, Order) and isinstance(order.items[0], Item)
+            assert isinstance(order, Order) and isinstance(order.items[0], dict)
             return {"customer": order.customer, "n": len(order.items), "dry_run": dry_run}
     ''',
     "api/maybe_body.py": """
@@ -116,7 +116,10 @@ def test_a_bad_value_is_never_echoed_back(client) -> None:
 
 BODIES = [
     # (body, content type, status, [(in, name, type)])
-    ('{"customer": "Rico", "items": [{"sku": "A-1"}]}', "application/json", 200, []),
+    ('{"customer": "Rico", "items": [{"sku": "A-1", "quantity": 2}]}', "application/json", 200,
+     []),
+    ('{"customer": "Rico", "items": [{"sku": "A-1"}]}', "application/json", 400,
+     [("body", "items[0].quantity", "missing")]),
     ('{"customer": "Rico", "items": [{"sku": "A", "quantity": "x"}]}', "application/json", 400,
      [("body", "items[0].quantity", "int_parsing")]),
     ('{"items": []}', "application/json", 400, [("body", "customer", "missing")]),
@@ -147,6 +150,7 @@ def test_query_and_body_errors_come_together_in_declaration_order(client) -> Non
     fields = response.get_json()["fields"]
     assert [(f["in"], f["name"]) for f in fields] == [
         ("body", "items[0].sku"),
+        ("body", "items[0].quantity"),
         ("query", "dry_run"),
     ]
 
