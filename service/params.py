@@ -67,16 +67,17 @@ class Params:
 
 
 def read_params(handler: Callable[..., Any]) -> Params | None:
-    """The parameters after `request`, or None when the handler takes the request alone."""
+    """The parameters after `request`, or None when the handler takes the request alone
+    (or is a callable whose signature Python cannot tell: it is called as before)."""
     try:
         signature = inspect.signature(handler)
-        hints = typing.get_type_hints(handler, include_extras=True)
-    except (TypeError, ValueError, NameError) as exc:
-        raise DeclarationError(f"cannot read the handler's parameters: {exc}") from None
+    except (TypeError, ValueError):
+        return None
     declared = list(signature.parameters.values())[1:]
     declared = [p for p in declared if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if not declared:
         return None
+    hints = _declared_hints(handler, declared)
     docs = _docstring_args(handler.__doc__)
     params, fields = [], {}
     for p in declared:
@@ -103,6 +104,20 @@ def read_params(handler: Callable[..., Any]) -> Params | None:
         raise DeclarationError(f"parameters: {first_line}") from None
     query = tuple(p for p in params if p.where == QUERY)
     return Params(query, bodies[0] if bodies else None, model, schema)
+
+
+def _declared_hints(handler: Callable[..., Any], declared: list[inspect.Parameter]) -> dict:
+    """The declared parameters' annotations, evaluated (`from __future__ import annotations`
+    makes them strings). Only theirs: `request: Request` may name a type imported for type
+    checkers only, and must not break the script."""
+    raw = types.SimpleNamespace(
+        __annotations__={p.name: p.annotation for p in declared if p.annotation is not p.empty}
+    )
+    module_globals = getattr(inspect.unwrap(handler), "__globals__", {})
+    try:
+        return typing.get_type_hints(raw, globalns=module_globals, include_extras=True)
+    except Exception as exc:  # NameError, SyntaxError in a string annotation...
+        raise DeclarationError(f"cannot read the parameters' types: {exc}") from None
 
 
 def arguments(params: Params | None, req: Request) -> dict[str, Any]:

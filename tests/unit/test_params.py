@@ -222,3 +222,23 @@ def test_routes_detail_names_the_declared_parameters(client) -> None:
     detail = {e["path"]: e for e in client.get("/_platform/routes?detail=1").get_json()["api"]}
     assert detail["body.py"]["parameters"] == {"dry_run": "query", "order": "body"}
     assert "parameters" not in detail["plain.py"]
+
+
+def test_string_annotations_and_a_type_checking_only_request_type(make_app, scripts_dir):
+    write_scripts(scripts_dir, {"api/future.py": """
+        from __future__ import annotations
+        from typing import TYPE_CHECKING
+        if TYPE_CHECKING:
+            from flask import Request  # never imported at run time
+        def main(request: Request, n: int = 1) -> dict:
+            return {"n": n}
+    """, "api/callable.py": """
+        class Handler:
+            def __call__(self, request):
+                return {"ok": True}
+        main = Handler()
+    """})  # fmt: skip
+    client = make_app().test_client()
+    assert client.get("/api/future.py?n=3", headers=API).get_json() == {"n": 3}
+    assert client.get("/api/future.py?n=x", headers=API).status_code == 400
+    assert client.get("/api/callable.py", headers=API).get_json() == {"ok": True}
