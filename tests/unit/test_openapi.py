@@ -3,6 +3,7 @@ built from the scripts, showing each caller only the zones it may call."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,31 @@ def test_every_error_response_is_the_json_error_body(client) -> None:
         assert response["headers"]["X-Trace-Id"] == {"$ref": "#/components/headers/X-Trace-Id"}
     error = doc["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "trace_id"]
+
+
+def test_docs_page_and_its_assets_come_from_this_server(client) -> None:
+    page = client.get("/_platform/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "<title>Scriptgate API</title>" in html
+    assert re.findall(r'(?:src|href)="([^"]+)"', html) == [
+        "docs/swagger-ui.css",
+        "docs/favicon-32x32.png",
+        "docs/swagger-ui-bundle.js",
+        "docs/scriptgate-docs.js",
+    ], "every asset from this server"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    for asset, mimetype in (
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("scriptgate-docs.js", "text/javascript"),
+        ("favicon-32x32.png", "image/png"),
+    ):
+        response = client.get(f"/_platform/docs/{asset}")
+        assert response.status_code == 200 and response.mimetype == mimetype, asset
+        assert response.headers["Cache-Control"] == "public, max-age=3600"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/_platform/docs/swagger-ui-standalone-preset.js", "/_platform/docs/../health",
+                 "/_platform/docs/index.html", "/_platform/docs/"):  # fmt: skip
+        assert client.get(path).status_code == 404, path
