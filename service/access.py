@@ -141,9 +141,22 @@ def zone_keys(zone: str, settings: Settings) -> tuple[tuple[str, ...], bool]:
     return settings.admin_keys, settings.admin_auth
 
 
-def closed_zones(settings: Settings) -> list[str]:
-    """The zones that answer every call 403 zone_disabled: a key is required but unset."""
-    return [zone for zone in ZONE_KEY_HEADERS if zone_keys(zone, settings) == ((), True)]
+# zone -> (key variable, switch variable), for the warning about a closed zone
+ZONE_VARIABLES = {"api": ("API_KEY", "API_AUTH"), "admin": ("ADMIN_API_KEY", "ADMIN_AUTH")}
+
+
+def closed_zone_warnings(settings: Settings) -> list[str]:
+    """One line for each zone that answers every call 403 zone_disabled: a key is
+    required but none is set (fail closed, on purpose; this says so at startup)."""
+    lines = []
+    for zone in ZONE_KEY_HEADERS:
+        if zone_keys(zone, settings) == ((), True):
+            key, switch = ZONE_VARIABLES[zone]
+            lines.append(
+                f"warning: /{zone}/* is closed (403 zone_disabled): {key} is not set. "
+                f"Set it, or {switch}=off to open /{zone} without a key."
+            )
+    return lines
 
 
 ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"

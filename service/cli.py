@@ -28,7 +28,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service.access import closed_zones
 from service.config import ConfigError, Settings
 from service.resolve import ZONES, list_scripts
 
@@ -56,22 +55,10 @@ def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-# zone -> (key variable, switch variable), for the warning about a closed zone
-ZONE_VARIABLES = {"api": ("API_KEY", "API_AUTH"), "admin": ("ADMIN_API_KEY", "ADMIN_AUTH")}
-
-
 def serve(args: argparse.Namespace) -> int:
     from service.server import serve as run_server
 
-    settings = settings_from(args)
-    for zone in closed_zones(settings):
-        key, switch = ZONE_VARIABLES[zone]
-        print(
-            f"warning: /{zone}/* is closed (403 zone_disabled): {key} is not set. "
-            f"Set it, or {switch}=off to open /{zone} without a key.",
-            file=sys.stderr,
-        )
-    return run_server(settings)
+    return run_server(settings_from(args))
 
 
 def routes(args: argparse.Namespace) -> int:

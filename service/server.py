@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from service import multiproc, plane, recycle, scriptlog
+from service.access import closed_zone_warnings
 from service.config import ConfigError, Settings
 from service.logs import open_append
 
@@ -123,6 +124,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             file=sys.stderr,
             flush=True,
         )
+        for warning in closed_zone_warnings(s):
+            print(warning, file=sys.stderr, flush=True)
 
     def on_exit(self, server: Any) -> None:
         if self.plane_pid is not None:
