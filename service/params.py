@@ -21,6 +21,7 @@ import json
 import re
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Union
@@ -96,8 +97,12 @@ def read_params(handler: Callable[..., Any]) -> Params | None:
     if len(bodies) > 1:
         raise DeclarationError(f"only one JSON body parameter: {', '.join(b.name for b in bodies)}")
     try:
-        config = ConfigDict(use_attribute_docstrings=True)
-        model = create_model("Parameters", __config__=config, **fields)  # type: ignore[call-overload]
+        # Any name will do: `model_id` (no reserved prefix), `fields` or `json` (a field
+        # shadowing a BaseModel method is read with getattr, which gives the value).
+        config = ConfigDict(use_attribute_docstrings=True, protected_namespaces=())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)
+            model = create_model("Parameters", __config__=config, **fields)  # type: ignore[call-overload]
         schema = model.model_json_schema()
     except Exception as exc:  # pydantic's messages name the field and the type
         first_line = str(exc).strip().splitlines()[0]

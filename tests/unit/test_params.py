@@ -242,3 +242,14 @@ def test_string_annotations_and_a_type_checking_only_request_type(make_app, scri
     assert client.get("/api/future.py?n=3", headers=API).get_json() == {"n": 3}
     assert client.get("/api/future.py?n=x", headers=API).status_code == 400
     assert client.get("/api/callable.py", headers=API).get_json() == {"ok": True}
+
+
+def test_any_parameter_name_will_do(make_app, scripts_dir, recwarn) -> None:
+    write_scripts(scripts_dir, {"api/names.py": """
+        def main(request, fields: str = "", json: bool = False, model_id: int = 0):
+            return {"fields": fields, "json": json, "model_id": model_id}
+    """})  # fmt: skip
+    client = make_app().test_client()
+    response = client.get("/api/names.py?fields=a,b&json=1&model_id=7", headers=API)
+    assert response.get_json() == {"fields": "a,b", "json": True, "model_id": 7}
+    assert not [w for w in recwarn if "shadows" in str(w.message)]
