@@ -92,7 +92,8 @@ def read_params(handler: Callable[..., Any]) -> Params | None:
         many = where == QUERY and typing.get_origin(base) in _MANY
         params.append(Param(p.name, where, required, many, description))
         default = ... if required else p.default
-        fields[p.name] = (annotation, Field(default, description=description or None))
+        extra = {"description": description} if description else {}
+        fields[p.name] = (annotation, Field(default, **extra))
     bodies = [p for p in params if p.where == BODY]
     if len(bodies) > 1:
         raise DeclarationError(f"only one JSON body parameter: {', '.join(b.name for b in bodies)}")
@@ -211,10 +212,11 @@ def _is_body(base: Any) -> bool:
 
 
 def _annotated_text(annotation: Any) -> str:
-    if typing.get_origin(annotation) is Annotated:
-        texts = [m for m in annotation.__metadata__ if isinstance(m, str)]
-        return " ".join(texts)
-    return ""
+    """`Annotated[int, "text"]`, or a pydantic `Field(description=...)` in it."""
+    if typing.get_origin(annotation) is not Annotated:
+        return ""
+    texts = [m if isinstance(m, str) else m.description for m in annotation.__metadata__]
+    return " ".join(t for t in texts if isinstance(t, str) and t)
 
 
 def _docstring_args(doc: str | None) -> dict[str, str]:

@@ -253,3 +253,20 @@ def test_any_parameter_name_will_do(make_app, scripts_dir, recwarn) -> None:
     response = client.get("/api/names.py?fields=a,b&json=1&model_id=7", headers=API)
     assert response.get_json() == {"fields": "a,b", "json": True, "model_id": 7}
     assert not [w for w in recwarn if "shadows" in str(w.message)]
+
+
+def test_pydantic_field_limits_and_description(make_app, scripts_dir) -> None:
+    write_scripts(scripts_dir, {"api/limits.py": """
+        from typing import Annotated
+        from pydantic import Field
+        def main(request, times: Annotated[int, Field(ge=1, le=5, description="how many")] = 1):
+            return {"times": times}
+    """})  # fmt: skip
+    client = make_app().test_client()
+    assert client.get("/api/limits.py?times=5", headers=API).get_json() == {"times": 5}
+    fields = client.get("/api/limits.py?times=9", headers=API).get_json()["fields"]
+    assert [(f["name"], f["type"]) for f in fields] == [("times", "less_than_equal")]
+    doc = client.get("/_platform/openapi.json", headers=API).get_json()
+    (param,) = doc["paths"]["/api/limits.py"]["get"]["parameters"]
+    assert param["description"] == "how many"
+    assert (param["schema"]["minimum"], param["schema"]["maximum"]) == (1, 5)
