@@ -25,6 +25,12 @@ COPY service ./service
 RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info
 
+# The packages the scripts import (scripts/requirements.txt), before the scripts: the
+# layer is rebuilt only when that list changes. Scripts mounted at run time need their
+# packages listed there too, and the image built again.
+COPY scripts/requirements.txt ./scripts/requirements.txt
+RUN pip install --no-cache-dir -r scripts/requirements.txt
+
 # Root-owned: the server (and so any script) cannot rewrite the scripts it serves.
 COPY scripts ./scripts
 RUN mkdir -p /app/logs /app/data && chown scriptgate:scriptgate /app/logs /app/data

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
-DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server
+DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium
 
 .PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs soak clean cert
 
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real (Apache, Prometheus/promtool, wrk, Redis).
+# Debian packages the tests drive for real (Apache, Prometheus/promtool, wrk, Redis, and
+# Chromium for the docs page, driven by Playwright with this binary: no browser download).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -24,14 +25,30 @@ debs:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Demo keys are fixed and printed so a first curl works; set your own in production.
+# `make run` serves from an environment of its own: Scriptgate and scripts/requirements.txt,
+# exactly what the Docker image installs (not .venv's test tools), so a script that works
+# here works in the image.
+RUN_VENV ?= .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed
+$(RUN_STAMP): pyproject.toml scripts/requirements.txt
+	test -x $(RUN_VENV)/bin/python || python3 -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/python -m pip install -q --disable-pip-version-check -e . -r scripts/requirements.txt
+	touch $(RUN_STAMP)
+
+# A key you did not set is a demo key, printed so a first curl works; one you set is
+# printed as yours; one set empty closes its zone (serve warns). Set your own in production.
 DEMO_API_KEY ?= demo-api-key
 DEMO_ADMIN_KEY ?= demo-admin-key
-run: install
-	@echo "Scriptgate on http://127.0.0.1:5000  (X-API-Key: $(DEMO_API_KEY)  X-Admin-Key: $(DEMO_ADMIN_KEY))"
-	@echo "try: curl -i -H 'X-API-Key: $(DEMO_API_KEY)' 'http://127.0.0.1:5000/api/hello.py?name=Rico'"
-	API_KEY=$${API_KEY:-$(DEMO_API_KEY)} ADMIN_API_KEY=$${ADMIN_API_KEY:-$(DEMO_ADMIN_KEY)} \
-	  $(VENV)/bin/scriptgate serve --bind 127.0.0.1:5000 --scripts scripts
+PORT ?= 5000
+run: $(RUN_STAMP)
+	@api="$${API_KEY-$(DEMO_API_KEY)}"; admin="$${ADMIN_API_KEY-$(DEMO_ADMIN_KEY)}"; \
+	note() { if [ "$$1" = set ]; then echo "yours, from $$2"; else echo "demo key; set $$2 to use your own"; fi; }; \
+	echo "Keys in use:"; \
+	if [ -n "$$api" ]; then echo "  X-API-Key: $${api%%,*}   ($$(note "$${API_KEY+set}" API_KEY))"; fi; \
+	if [ -n "$$admin" ]; then echo "  X-Admin-Key: $${admin%%,*}   ($$(note "$${ADMIN_API_KEY+set}" ADMIN_API_KEY))"; fi; \
+	if [ -n "$$api" ]; then echo "Try: curl -i -H 'X-API-Key: $${api%%,*}' 'http://127.0.0.1:$(PORT)/api/hello.py?name=Rico'"; fi; \
+	echo "Docs: http://127.0.0.1:$(PORT)/_platform/docs"; \
+	API_KEY="$$api" ADMIN_API_KEY="$$admin" exec $(RUN_VENV)/bin/scriptgate serve --bind 127.0.0.1:$(PORT) --scripts scripts
 
 # A self-signed certificate for a first try of the compose stack's HTTPS (Apache mounts
 # $(TLS_DIR)); browsers and curl must be told to trust it (curl --cacert tls/server.crt).
@@ -76,4 +93,4 @@ soak: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/hardening/test_soak.py --soak-seconds 60
 
 clean:
-	rm -rf $(VENV) .cache logs data
+	rm -rf $(VENV) $(RUN_VENV) .cache logs data

@@ -114,7 +114,7 @@ def authorize(
     header, reason = ZONE_KEY_HEADERS[zone]
     if not (settings.api_auth if zone == "api" else settings.admin_auth):
         return ANONYMOUS
-    return caller_by_key(zone, headers.getlist(header), keyring, reason)
+    return caller_by_key(zone, headers.getlist(header), keyring, reason, header)
 
 
 def authorize_platform(
@@ -131,20 +131,22 @@ def authorize_platform(
     presented = headers.getlist(PLATFORM_KEY_HEADER)
     if not presented and view not in KEY_ONLY_VIEWS:
         raise AccessDenied("ip")
-    return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key")
+    return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
 
 
-def caller_by_key(zone: str, presented: Sequence[str], keyring: Keyring, reason: str) -> Caller:
+def caller_by_key(
+    zone: str, presented: Sequence[str], keyring: Keyring, reason: str, header: str
+) -> Caller:
     """Exactly one header value, matching one of the zone's keys (constant time).
 
     Two header values are refused: a proxy and a client disagreeing about the key is
-    not a case to guess at.
+    not a case to guess at. A refusal names `header`, where the key goes.
     """
     if not keyring.has_zone(zone):
         raise AccessDenied("zone_disabled")
     key = keyring.identify(zone, _header_bytes(presented[0])) if len(presented) == 1 else None
     if key is None:
-        raise AccessDenied(reason)
+        raise AccessDenied(reason, header)
     return Caller(key.id, key)
 
 
@@ -156,6 +158,48 @@ def check_scope(caller: Caller, zone: str, path: str, method: str) -> None:
     """
     if caller.key is not None and not caller.key.allows(zone, path, method):
         raise AccessDenied("scope")
+
+
+def may_call(
+    zone: str, path: str, client: str, headers: Any, settings: Settings, keyring: Keyring
+) -> bool:
+    """Whether this caller could call the script at `path` (zone-relative) of `zone`: what
+    the API documentation and the docs page show them. The one place that filter lives."""
+    try:
+        caller = authorize(zone, f"/{zone}/{path}", client, headers, settings, keyring)
+        check_scope(caller, zone, path, "GET")
+    except AccessDenied:
+        return False
+    return True
+
+
+def zone_keys(zone: str, settings: Settings) -> tuple[tuple[bytes, ...], bool]:
+    """The environment's keys of a keyed zone ("api" or "admin"), and whether a key is
+    required there."""
+    if zone == "api":
+        return settings.api_keys, settings.api_auth
+    return settings.admin_keys, settings.admin_auth
+
+
+# zone -> (key variable, switch variable), for the warning about a closed zone
+ZONE_VARIABLES = {"api": ("API_KEY", "API_AUTH"), "admin": ("ADMIN_API_KEY", "ADMIN_AUTH")}
+
+
+def closed_zone_warnings(settings: Settings) -> list[str]:
+    """One line for each zone that answers every call 403 zone_disabled: a key is
+    required but none is set (fail closed, on purpose; this says so at startup). With a
+    KEYS_FILE, its named keys may open the zone, so nothing is said."""
+    if settings.keys_file is not None:
+        return []
+    lines = []
+    for zone in ZONE_KEY_HEADERS:
+        if zone_keys(zone, settings) == ((), True):
+            key, switch = ZONE_VARIABLES[zone]
+            lines.append(
+                f"warning: /{zone}/* is closed (403 zone_disabled): {key} is not set. "
+                f"Set it, or {switch}=off to open /{zone} without a key."
+            )
+    return lines
 
 
 ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask
 
+from service import scriptlog
 from service.access import RealClient
 from service.bulkhead import Bulkhead
 from service.callers import Callers
@@ -63,6 +64,7 @@ def create_app(
     app.wsgi_app = RealClient(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     secrets = Secrets(settings.secrets_dir)
     log = build_logger(settings.log_level, settings.log_file, settings.log_stdout, secrets.scrub)
+    scriptlog.install(settings.log_level)
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)

@@ -1,13 +1,23 @@
 """Scriptgate: every Python file in a folder is an HTTP endpoint.
 
-  scriptgate serve    serve the scripts folder (gunicorn; Ctrl-C stops it)
-  scriptgate routes   list the URLs the scripts folder serves
-  scriptgate check    import every script and report what is broken
-  scriptgate jobs     run job workers only (the queue shared with the servers)
-  scriptgate keys     make a named key (secret shown once), or check a keys file
+Write scripts/hello.py:
 
-Settings come from the environment (see the README's configuration table); the options
-below override them.
+    def main(request, name: str = "Guest"):
+        return {"message": f"Hello, {name}!"}
+
+then serve the folder and call it:
+
+    scriptgate serve
+    curl 'http://127.0.0.1:5000/hello.py?name=Rico'
+
+Scripts under scripts/api/ answer at /api/... to callers sending X-API-Key: $API_KEY,
+scripts under scripts/admin/ at /admin/... to X-Admin-Key: $ADMIN_API_KEY; a zone whose
+key is not set stays closed. http://127.0.0.1:5000/_platform/docs lists every script
+you may call and lets you try it.
+
+Settings come from the environment (API_KEY, ADMIN_API_KEY, SCRIPT_TIMEOUT, LOG_LEVEL,
+...: the README's configuration table); options override them. `scriptgate COMMAND -h`
+shows a command's options.
 """
 
 from __future__ import annotations
@@ -91,19 +101,28 @@ def check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = create_app(settings, log_file=None, log_stdout=False, metrics_enabled=False)
     rt = app.extensions["scriptgate"]
-    failures = total = 0
-    for zone in ZONES:
-        for rel in list_scripts(settings.scripts_dir, zone):
-            total += 1
-            entry = describe_route(rt, zone, rel)
-            shown = f"{zone}/{rel}" if zone != "root" else rel
-            if entry["state"] != "ok":
-                failures += 1
-                print(f"FAIL {shown}: {entry['state']}: {entry['error']}", file=sys.stderr)
-            elif "warning" in entry:
-                print(f"WARN {shown}: {entry['warning']}", file=sys.stderr)
-    print(f"{total - failures} of {total} scripts OK")
+    listed = [(zone, rel) for zone in ZONES for rel in list_scripts(settings.scripts_dir, zone)]
+    width = max((len(shown_name(zone, rel)) for zone, rel in listed), default=0)
+    failures = 0
+    for zone, rel in listed:
+        entry = describe_route(rt, zone, rel)
+        shown = shown_name(zone, rel)
+        if entry["state"] != "ok":
+            failures += 1
+            print(f"FAIL {shown}: {entry['state']}: {entry['error']}", file=sys.stderr)
+            continue
+        methods = ",".join(m for m in entry["methods"] if m != "HEAD")
+        params = ", ".join(entry.get("parameters", {}))
+        line = f"ok   {shown:<{width}}  {methods:<14}  timeout {entry['timeout']:g} s"
+        print(line + (f"  params: {params}" if params else ""))
+        if "warning" in entry:
+            print(f"WARN {shown}: {entry['warning']}", file=sys.stderr)
+    print(f"{len(listed) - failures} of {len(listed)} scripts OK")
     return 1 if failures else 0
+
+
+def shown_name(zone: str, rel: str) -> str:
+    return rel if zone == "root" else f"{zone}/{rel}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,16 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p_serve = sub.add_parser("serve", help="serve the scripts folder")
-    p_serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:5000, $BIND)")
+    p_serve = sub.add_parser(
+        "serve",
+        help="serve the scripts folder (Ctrl-C stops it)",
+        description="Serve the scripts folder with gunicorn until Ctrl-C. A script added or "
+        "edited is served on the next request, without a restart.",
+        epilog="example: API_KEY=my-key scriptgate serve --bind 127.0.0.1:8000 --scripts ./scripts",
+    )
+    p_serve.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:5000, $BIND; 0.0.0.0:PORT for every interface)",
+    )
     p_serve.add_argument(
         "--platform-bind",
+        metavar="HOST:PORT",
         help="HOST:PORT for /_platform/* in a process of its own, so health checks and "
         "scrapes are answered while scripts fill every worker ($PLATFORM_BIND; default off)",
     )
-    p_serve.add_argument("--workers", type=int, help="worker processes (default 3, $WORKERS)")
     p_serve.add_argument(
-        "--threads", type=int, help="threads per worker: scripts waiting at once (default 8)"
+        "--workers", type=int, metavar="N", help="worker processes (default 3, $WORKERS)"
+    )
+    p_serve.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads per worker: scripts running at once in each (default 8, $THREADS)",
     )
     p_serve.add_argument(
         "--worker-class",
@@ -132,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--job-workers", type=int, help="job worker processes (default 2, $JOB_WORKERS; 0: none)"
     )
+    p_serve.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
     p_jobs = sub.add_parser("jobs", help="run job workers only, apart from the HTTP servers")
     p_jobs.add_argument(
         "--workers", dest="job_workers", type=int, help="job worker processes (default 2)"
@@ -139,11 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.add_argument(
         "--platform-bind", help="HOST:PORT for /_platform/health and metrics (default off)"
     )
-    p_serve.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
-    p_routes = sub.add_parser("routes", help="print the routes as JSON")
-    p_check = sub.add_parser("check", help="import every script; non-zero exit on failures")
+    p_check = sub.add_parser(
+        "check",
+        help="import every script and say which are broken and why (exit 1 if any)",
+        description="Import every script the way a worker would. Prints one line per script "
+        "(methods, effective timeout, declared parameters) and, on stderr, each one that "
+        "fails: its state (import_error, no_handler), the error and its line, and for a "
+        "missing package where to add it.",
+    )
+    p_routes = sub.add_parser(
+        "routes",
+        help="print the scripts each zone serves, as JSON",
+        description="Print the scripts of each zone (root, api, admin) as JSON, "
+        "without importing them.",
+    )
     for p in (p_serve, p_jobs, p_routes, p_check):
-        p.add_argument("--scripts", help="scripts folder (default ./scripts, $SCRIPTS_DIR)")
+        p.add_argument(
+            "--scripts", metavar="DIR", help="scripts folder (default ./scripts, $SCRIPTS_DIR)"
+        )
     p_serve.set_defaults(func=serve)
     p_jobs.set_defaults(func=jobs)
     p_routes.set_defaults(func=routes)

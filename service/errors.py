@@ -7,6 +7,7 @@ none carries a stack trace, a file path or a secret. Stages raise; the pipeline 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from flask import Response, current_app
 
@@ -29,6 +30,7 @@ class RequestError(Exception):
         if error is not None:
             self.error = error
         self.headers = dict(headers or {})
+        self.details: dict[str, Any] = {}  # more fields of the body, before trace_id
 
 
 class NotFound(RequestError):
@@ -42,7 +44,11 @@ class NotFound(RequestError):
 
 
 class AccessDenied(RequestError):
-    """Refused before any script is looked up; `reason` is the contract's reason code."""
+    """Refused before any script is looked up; `reason` is the contract's reason code.
+
+    A 401 names the header the key goes in (`WWW-Authenticate` and the body's `header`),
+    so a first curl without it says what to add.
+    """
 
     STATUS = {
         "ip": 403,
@@ -53,10 +59,13 @@ class AccessDenied(RequestError):
         "scope": 403,  # a valid key, outside its scopes or methods
     }
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, key_header: str | None = None) -> None:
         super().__init__(reason)
         self.status = self.STATUS[reason]
         self.error = "unauthorized" if self.status == 401 else "forbidden"
+        if self.status == 401 and key_header:
+            self.headers["WWW-Authenticate"] = f'ApiKey header="{key_header}"'
+            self.details["header"] = key_header
 
 
 class MethodNotAllowed(RequestError):
@@ -64,6 +73,19 @@ class MethodNotAllowed(RequestError):
 
     def __init__(self, allowed: frozenset[str]) -> None:
         super().__init__(headers={"Allow": ", ".join(sorted(allowed))})
+
+
+class InvalidParameters(RequestError):
+    """Query or body parameters that do not fit the script's declaration (params.py).
+
+    The body lists every field at fault: `{"in", "name", "message", "type"}`.
+    """
+
+    status, error = 400, "invalid parameters"
+
+    def __init__(self, fields: list[dict[str, str]]) -> None:
+        super().__init__()
+        self.details["fields"] = fields
 
 
 class PayloadTooLarge(RequestError):
@@ -126,10 +148,12 @@ class QueueUnavailable(RequestError):
 
 
 def render_error(exc: RequestError, trace_id: str) -> Response:
-    """The contract's JSON error body: `error`, `reason` when there is one, `trace_id`."""
-    body: dict[str, str] = {"error": exc.error}
+    """The contract's JSON error body: `error`, `reason` when there is one, the error's
+    own details (a 400's `fields`), `trace_id`."""
+    body: dict[str, Any] = {"error": exc.error}
     if exc.reason is not None:
         body["reason"] = exc.reason
+    body.update(exc.details)
     body["trace_id"] = trace_id
     response = current_app.json.response(body)
     response.status_code = exc.status

@@ -9,11 +9,13 @@ one-second mtime, so a quick edit could otherwise keep serving the old code.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,16 @@ from typing import Any
 
 from service.deadline import ScriptTimeout
 from service.errors import NotFound
-from service.finder import HelperFinder, SourceLoader
+from service.importer import HelperFinder, SourceLoader
+from service.params import DeclarationError, Params, read_params
 from service.resolve import Target, zone_dir
 
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
 LIB_DIR = "_lib"
 HANDLER_NAMES = ("handle", "main")  # handle wins if both exist
+# Listings (health, routes, the API document) retry a failed import of an unchanged file
+# after this long: a package installed since then is found without touching the script.
+FAILURE_RECHECK_SECONDS = 30.0
 
 Stamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
@@ -53,6 +59,8 @@ class LoadedScript:
     requested_timeout: float | None  # the script's own TIMEOUT, when it set one
     concurrency: int  # 0: no limit
     summary: str
+    description: str  # the module docstring after its first line
+    params: Params | None  # what the handler declares after `request` (params.py)
     stamps: tuple[Stamp, ...]
     run_async: bool = False  # ASYNC = True: every call runs as a job (service/jobs)
     job_timeout: float | None = None  # the script's JOB_TIMEOUT; None: $JOB_TIMEOUT
@@ -74,9 +82,10 @@ def unchanged(stamps: Iterable[Stamp]) -> bool:
     return all(stamp(s[0]) == s for s in stamps)
 
 
-def _summary(module: ModuleType) -> str:
-    doc = (module.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+def _docstring(module: ModuleType) -> tuple[str, str]:
+    """(summary, description): the module docstring's first line, and the rest."""
+    summary, _, rest = inspect.cleandoc(module.__doc__ or "").partition("\n")
+    return summary.strip(), rest.strip()
 
 
 def _methods(module: ModuleType) -> frozenset[str]:
@@ -137,6 +146,7 @@ class ScriptCache:
         self.log = log or logging.getLogger("scriptgate")
         self._scripts: dict[str, LoadedScript] = {}
         self._targets: dict[Target, tuple[str, LoadedScript]] = {}
+        self._failures: dict[str, tuple[Stamp | None, float, BaseException]] = {}
         # Imports mutate sys.meta_path and sys.modules: one load at a time per process.
         self._lock = threading.Lock()
 
@@ -188,11 +198,27 @@ class ScriptCache:
             script = self.cached(path)
             if script is None:
                 self._scripts.pop(path, None)
-                script = self._import(path)
+                try:
+                    script = self._import(path)
+                except ScriptLoadError as exc:
+                    self.remember_failure(path, exc)
+                    raise
                 self._scripts[path] = script
+                self._failures.pop(path, None)
             return script
         finally:
             self._lock.release()
+
+    def remember_failure(self, path: str, exc: BaseException) -> None:
+        self._failures[path] = (stamp(path), time.monotonic(), exc)
+
+    def recent_failure(self, path: str) -> BaseException | None:
+        """How the last import of this unchanged file failed, for listings that must not
+        re-run a broken script's code on every call; None when it is worth another try."""
+        entry = self._failures.get(path)
+        if entry is None or entry[0] != stamp(path):
+            return None
+        return entry[2] if time.monotonic() - entry[1] < FAILURE_RECHECK_SECONDS else None
 
     def _import(self, path: str) -> LoadedScript:
         own = stamp(path)
@@ -228,6 +254,11 @@ class ScriptCache:
         if handler is None:
             raise ScriptLoadError("no handle(request) or main(request) function", "no_handler")
         requested = _seconds(module, "TIMEOUT")
+        summary, description = _docstring(module)
+        try:
+            params = read_params(handler)
+        except DeclarationError as exc:
+            raise ScriptLoadError(str(exc)) from None
         script = LoadedScript(
             path=path,
             module=module,
@@ -236,7 +267,9 @@ class ScriptCache:
             timeout=min(requested or self.default_timeout, self.max_timeout),
             requested_timeout=requested,
             concurrency=_concurrency(module, self.default_concurrency),
-            summary=_summary(module),
+            summary=summary,
+            description=description,
+            params=params,
             stamps=(own, *helpers),
             run_async=_run_async(module),
             job_timeout=_seconds(module, "JOB_TIMEOUT"),

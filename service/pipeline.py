@@ -4,7 +4,7 @@
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
     caller    the key's expiry and rate limit, its last use             (callers.py)
     lookup    a platform view, or the script: scope, resolve, import if changed
-    checks    method, body size
+    checks    method, body size, declared parameters                    (params.py)
     job?      `Prefer: respond-async` or ASYNC = True: queue it, 202     (jobs/http.py)
     run       bulkhead slot, then the handler under its deadline         (deadline.py)
     convert   what the handler returned becomes a response               (convert.py)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import Request, Response, request
 from opentelemetry import trace
@@ -43,10 +43,12 @@ from service.errors import (
 from service.jobs.http import start_job, wants_job
 from service.loader import LoadedScript, ScriptLoadError
 from service.metrics import ERROR_KINDS
+from service.params import arguments
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
 from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
 from service.runtime import Runtime, runtime
+from service.scriptlog import serving
 
 T = TypeVar("T")
 
@@ -61,7 +63,8 @@ def handle_request() -> Response:
     if in_progress is not None:
         in_progress.inc()
     try:
-        response = respond(rt, ctx, req)
+        with serving(rt.log, ctx):  # a script's own log lines carry this request's fields
+            response = respond(rt, ctx, req)
     except RequestError as exc:
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
@@ -95,10 +98,11 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     script = lookup(rt, ctx, target)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)
+    values = arguments(script.params, req)  # a bad parameter: 400, nothing queued or run
     if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
         return start_job(rt, ctx, req)
     hand_over(ctx.caller, req.environ)
-    return run(rt, ctx, req, script)
+    return run(rt, ctx, req, script, values)
 
 
 def lookup(rt: Runtime, ctx: RequestContext, target: Target) -> LoadedScript:
@@ -162,8 +166,15 @@ def check_body(req: Request, limit: int) -> None:
     req.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
-def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
-    """Take a slot of the script's bulkhead, then run and convert under its deadline.
+def run(
+    rt: Runtime,
+    ctx: RequestContext,
+    req: Request,
+    script: LoadedScript,
+    values: dict[str, Any] | None = None,
+) -> Response:
+    """Take a slot of the script's bulkhead, then run and convert under its deadline;
+    the handler gets its declared parameters' values as keyword arguments.
 
     The slot and the in-flight gauge are given back when the script's code has really
     stopped (`after`), not when its caller got a 504: an abandoned script still counts.
@@ -179,7 +190,7 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
     return call_handler(
         rt,
         ctx,
-        lambda: to_response(script.handler(req)),
+        lambda: to_response(script.handler(req, **(values or {}))),
         script.timeout,
         after=lambda: [release() for release in releases],
     )

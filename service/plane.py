@@ -40,13 +40,13 @@ PROCESS_NAME = "sg-plane"  # /proc/PID/comm: tells the plane from gunicorn's wor
 RESTARTS_PER_MINUTE = 10
 
 
-def bind(address: str) -> socket.socket:
+def bind(address: str, variable: str = "PLATFORM_BIND") -> socket.socket:
     """Listen in the master, before gunicorn starts, so a taken port stops startup."""
     host, _, port = address.rpartition(":")
     try:
         return socket.create_server((host.strip("[]"), int(port)), backlog=128)
     except OSError as exc:
-        raise ConfigError("PLATFORM_BIND", f"cannot listen on {address}: {exc.strerror}") from None
+        raise ConfigError(variable, f"cannot listen on {address}: {exc.strerror}") from None
 
 
 def start(server: Any, listeners: list[Any]) -> int:

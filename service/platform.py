@@ -1,4 +1,5 @@
-"""The /_platform endpoints: health, routes and metrics, over the data the app itself uses.
+"""The /_platform endpoints: health, routes, metrics, the API document and its docs page,
+over the data the app itself uses.
 
 Plain functions in a table, so the pipeline runs them through the same stages as a
 script (access, method check, record) and a script can never shadow one.
@@ -13,9 +14,11 @@ from typing import TYPE_CHECKING
 from flask import Request, Response, jsonify
 
 from service.callers import keys_view
-from service.describe import describe_route
+from service.describe import all_states, describe_route
+from service.docs import ASSETS, docs_asset, docs_page
 from service.errors import NotFound
 from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_result, job_status
+from service.openapi import openapi_document
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 
 if TYPE_CHECKING:
@@ -33,13 +36,14 @@ class PlatformView:
 
 def health(rt: Runtime, req: Request) -> Response:
     totals = rt.metrics.totals() if rt.metrics is not None else None
-    scripts = sum(len(list_scripts(rt.settings.scripts_dir, zone)) for zone in ZONES)
+    states = all_states(rt)  # imports what it has not seen: a broken script is counted
     return jsonify(
         status="ok",
         uptime_sec=rt.uptime(),
         requests_total=totals.requests_total if totals else None,
         errors_total=totals.errors_total if totals else None,
-        scripts=scripts,
+        scripts=len(states),
+        scripts_broken=sum(state.state != "ok" for state in states),
         version=rt.settings.version,
     )
 
@@ -75,6 +79,9 @@ VIEWS = {
         PlatformView("routes", routes),
         PlatformView("metrics", metrics),
         PlatformView("keys", keys_view),
+        PlatformView("openapi.json", openapi_document),
+        PlatformView("docs", docs_page),
+        *(PlatformView(f"docs/{name}", docs_asset) for name in ASSETS),
     )
 }
 

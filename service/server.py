@@ -20,8 +20,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from service import multiproc, plane, recycle
+from service import multiproc, plane, recycle, scriptlog
+from service.access import closed_zone_warnings
 from service.config import ConfigError, Settings
+from service.logs import open_append
 
 # gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
 # error); a script calling os._exit(3) must only cost its own worker.
@@ -93,6 +95,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
     # gunicorn hooks: (server, worker) signatures are gunicorn's.
     def post_fork(self, server: Any, worker: Any) -> None:
         recycle.attach(worker)
+        scriptlog.install_print_capture()  # a script's print: JSON lines of its request
         # Scripts run in the workers: when they spin on every core, the master and the
         # platform plane still get the CPU first, so health checks and scrapes answer.
         os.nice(WORKER_NICENESS)
@@ -140,6 +143,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             file=sys.stderr,
             flush=True,
         )
+        for warning in closed_zone_warnings(s):
+            print(warning, file=sys.stderr, flush=True)
 
     def supervise(self) -> None:
         """Called by the master on every loop turn (see _Arbiter)."""
@@ -159,9 +164,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         _Arbiter(self).run()
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self.metrics_dir is not None:
-            self.metrics_dir.cleanup()
+        remove_folders(self.run_dir, self.metrics_dir)
 
 
 class _Arbiter(Arbiter):  # type: ignore[misc]
@@ -194,30 +197,42 @@ def prepare(settings: Settings) -> tuple[Settings, multiproc.MetricsDir | None]:
         if metrics_dir is not None:
             metrics_dir.cleanup()
         raise
-    # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
-    # forked worker starts with it loaded (about half a second of CPU per worker).
-    import service.app  # noqa: F401
-
     return settings, metrics_dir
 
 
 def serve(settings: Settings) -> int:
     """Prepare the shared folders, run gunicorn until it stops, then remove them."""
+    plane.bind(settings.bind, "BIND").close()  # a taken port: one line, not five retries
+    check_log_file(settings.log_file)
     settings, metrics_dir = prepare(settings)
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
     master = os.getpid()
-    try:
-        server = ScriptgateServer(settings, run_dir, metrics_dir)
-    except ConfigError:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if metrics_dir is not None:
-            metrics_dir.cleanup()
-        raise
-    try:
-        server.run()
+    try:  # however the start fails, the folders made for it go
+        # Imported once in the master, now that PROMETHEUS_MULTIPROC_DIR is set, so every
+        # forked worker starts with it loaded (about half a second of CPU per worker).
+        import service.app  # noqa: F401
+
+        ScriptgateServer(settings, run_dir, metrics_dir).run()
     finally:
         # Workers leave through here too (gunicorn exits them with SystemExit): only
         # the master owns the folders.
         if os.getpid() == master:
-            server.cleanup()
+            remove_folders(run_dir, metrics_dir)
     return 0
+
+
+def check_log_file(path: Path | None) -> None:
+    """A LOG_FILE the workers could not open stops startup here, in one line, instead
+    of a traceback from every worker that tries."""
+    if path is None:
+        return
+    try:
+        os.close(open_append(path))
+    except OSError as exc:
+        raise ConfigError("LOG_FILE", f"cannot write {str(path)!r}: {exc.strerror}") from None
+
+
+def remove_folders(run_dir: Path, metrics_dir: Any) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if metrics_dir is not None:
+        metrics_dir.cleanup()

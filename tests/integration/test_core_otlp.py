@@ -92,14 +92,16 @@ def receiver():
 def test_spans_of_a_request_reach_the_otlp_receiver(receiver, tmp_path: Path):
     scripts = tmp_path / "scripts"
     (scripts / "api").mkdir(parents=True)
-    (scripts / "api" / "hello.py").write_text("def main(request):\n    return {'ok': True}\n")
-    (scripts / "bad.py").write_text("def main(request):\n    raise ValueError('x')\n")
     env = {
         "API_KEY": "otlp-key",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     with gunicorn(scripts, tmp_path, workers=2, env=env) as server:
+        # Written once the server is up: the readiness probe (health) imports the scripts
+        # it counts, and these requests must import their own (the script.import span).
+        (scripts / "api" / "hello.py").write_text("def main(request):\n    return {'ok': True}\n")
+        (scripts / "bad.py").write_text("def main(request):\n    raise ValueError('x')\n")
         ok = server.get("/api/hello.py", headers={"X-API-Key": "otlp-key"})
         bad = server.get("/bad.py")
         assert (ok.status_code, bad.status_code) == (200, 500)

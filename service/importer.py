@@ -1,5 +1,9 @@
-"""How a script and its helpers are imported: from source, helpers from its own folder
-and `_lib/` only (used by loader.py)."""
+"""How a script and its helper modules are found and compiled.
+
+Scripts and helpers are compiled straight from source, never from a `.pyc`: bytecode
+caches are keyed on a one-second mtime, so a quick edit could otherwise keep serving the
+old code. Helpers come from the script's own folder and `_lib/`, private names included.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ from typing import Any
 
 
 class SourceLoader(importlib.machinery.SourceFileLoader):
-    """Compile from source every time: bytecode caches are keyed on a one-second mtime,
-    so a quick edit could otherwise keep serving the old code."""
+    """Compile from source every time (see the module docstring)."""
 
     def get_code(self, fullname: str) -> Any:
         path = self.get_filename(fullname)

@@ -1,0 +1,184 @@
+"""GET /_platform/openapi.json: valid OpenAPI 3.1 (checked by openapi-spec-validator),
+built from the scripts, showing each caller only the zones it may call."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+
+from service.app import create_app
+from service.config import Settings, parse_networks
+from tests.unit.conftest import ADMIN, API, write_scripts
+from tests.unit.test_params import SCRIPTS as PARAM_SCRIPTS
+
+REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+BOTH = {**API, **ADMIN}
+
+
+def document(client, headers=None) -> dict:
+    response = client.get("/_platform/openapi.json", headers=headers or {})
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    return response.get_json()
+
+
+def test_the_example_scripts_document_is_valid_openapi_3_1(tmp_path: Path) -> None:
+    app = create_app(
+        Settings(
+            scripts_dir=REPO_SCRIPTS,
+            api_keys=("k",),
+            admin_keys=("a",),
+            log_file=tmp_path / "log",
+            log_stdout=False,
+        )
+    )
+    doc = document(app.test_client(), {"X-API-Key": "k", "X-Admin-Key": "a"})
+    validate(doc, cls=OpenAPIV31SpecValidator)
+    assert doc["openapi"] == "3.1.0"
+    assert {"/hello.py", "/api/greet.py", "/api/orders.py", "/admin/stats.py"} <= set(doc["paths"])
+
+
+def test_the_test_fixtures_document_is_valid_openapi_3_1(make_app, scripts_dir) -> None:
+    write_scripts(scripts_dir, PARAM_SCRIPTS)
+    write_scripts(scripts_dir, {"api/broken.py": "def main(request)\n", "limited.py": LIMITED})
+    doc = document(make_app().test_client(), BOTH)
+    validate(doc, cls=OpenAPIV31SpecValidator)
+    assert "/api/_private.py" not in doc["paths"] and "/api/notes.txt" not in doc["paths"]
+
+
+LIMITED = '''
+"""Limited.
+
+Runs two at a time.
+"""
+CONCURRENCY = 2
+METHODS = ["GET", "PUT"]
+def main(request, n: int):
+    """Args:
+        n: how many
+    """
+    return n
+'''
+
+
+# headers -> the zones whose scripts the caller sees
+VISIBILITY = [
+    ({}, {"root"}),
+    (API, {"root", "api"}),
+    (ADMIN, {"root", "admin"}),
+    (BOTH, {"root", "api", "admin"}),
+    ({"X-API-Key": "wrong"}, {"root"}),
+    ({"X-Admin-Key": "unit-api-key-0123456789"}, {"root"}),  # the other zone's key
+]
+
+
+def zones_seen(doc: dict) -> set[str]:
+    return {op["tags"][0] for item in doc["paths"].values() for op in item.values()}
+
+
+@pytest.mark.parametrize(("headers", "zones"), VISIBILITY)
+def test_a_caller_sees_only_the_scripts_it_may_call(client, headers, zones) -> None:
+    doc = document(client, headers)
+    assert zones_seen(doc) == zones
+    assert {tag["name"] for tag in doc["tags"]} == zones
+    # The schemes are always there, so the docs page can offer to Authorize.
+    assert set(doc["components"]["securitySchemes"]) == {"apiKey", "adminKey"}
+
+
+def test_an_open_zone_shows_to_everyone_and_a_closed_one_to_no_one(make_app) -> None:
+    client = make_app(api_auth=False, admin_keys=()).test_client()
+    assert zones_seen(document(client, BOTH)) == {"root", "api"}
+    api_ops = document(client)["paths"]["/api/hello.py"]
+    assert "security" not in api_ops["get"] and "401" not in api_ops["get"]["responses"]
+
+
+def test_the_document_obeys_the_ip_allowlist(make_app) -> None:
+    client = make_app(api_trusted_ips=parse_networks("API_TRUSTED_IPS", "10.0.0.1")).test_client()
+    response = client.get("/_platform/openapi.json", headers=BOTH)
+    assert response.status_code == 403 and response.get_json()["reason"] == "ip"
+
+
+def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) -> None:
+    write_scripts(scripts_dir, PARAM_SCRIPTS)
+    write_scripts(scripts_dir, {"limited.py": LIMITED})
+    doc = document(make_app().test_client(), API)
+
+    typed = doc["paths"]["/api/typed.py"]
+    assert set(typed) == {"get", "post"}  # HEAD is implied by GET
+    params = {p["name"]: p for p in typed["get"]["parameters"]}
+    assert params["name"]["required"] is True and params["name"]["in"] == "query"
+    assert params["count"]["schema"]["type"] == "integer"
+    assert params["count"]["schema"]["default"] == 1
+    assert params["ids"]["schema"]["type"] == "array"
+    assert params["mode"]["schema"]["enum"] == ["a", "b"]
+    assert params["note"]["description"] == "free text"
+    assert typed["get"]["summary"] == "Typed query parameters."
+    assert typed["get"]["security"] == [{"apiKey": []}]
+    assert set(typed["get"]["responses"]) == {"200", "400", "401", "500", "504"}
+
+    body = doc["paths"]["/api/body.py"]["post"]
+    schema = body["requestBody"]["content"]["application/json"]["schema"]
+    assert body["requestBody"]["required"] is True
+    assert schema == {"$ref": "#/components/schemas/api_body_py.Order"}
+    order = doc["components"]["schemas"]["api_body_py.Order"]
+    assert order["required"] == ["customer", "items"]
+    assert order["properties"]["items"]["items"] == {
+        "$ref": "#/components/schemas/api_body_py.Line"
+    }
+    assert "413" in body["responses"]
+
+    limited = doc["paths"]["/limited.py"]
+    assert limited["put"]["description"] == "Runs two at a time."
+    assert limited["get"]["parameters"][0]["description"] == "how many"
+    assert "429" in limited["get"]["responses"] and "requestBody" not in limited["get"]
+    assert "security" not in limited["get"]
+
+
+def test_a_broken_script_is_listed_as_broken(make_app, scripts_dir) -> None:
+    write_scripts(scripts_dir, {"broken.py": "def main(request)\n"})
+    doc = document(make_app().test_client())
+    get = doc["paths"]["/broken.py"]["get"]
+    assert get["x-scriptgate-state"] == "import_error"
+    assert "broken" in get["summary"] and set(get["responses"]) == {"200", "500"}
+
+
+def test_every_error_response_is_the_json_error_body(client) -> None:
+    doc = document(client, BOTH)
+    responses = doc["components"]["responses"]
+    for name, response in responses.items():
+        schema = response["content"]["application/json"]["schema"]["$ref"]
+        assert schema.rsplit("/", 1)[1] in ("Error", "FieldErrors"), name
+        assert response["headers"]["X-Trace-Id"] == {"$ref": "#/components/headers/X-Trace-Id"}
+    error = doc["components"]["schemas"]["Error"]
+    assert error["required"] == ["error", "trace_id"]
+
+
+def test_docs_page_and_its_assets_come_from_this_server(client) -> None:
+    page = client.get("/_platform/docs")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "<title>Scriptgate API</title>" in html
+    assert re.findall(r'(?:src|href)="([^"]+)"', html) == [
+        "docs/swagger-ui.css",
+        "docs/favicon-32x32.png",
+        "docs/swagger-ui-bundle.js",
+        "docs/scriptgate-docs.js",
+    ], "every asset from this server"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    for asset, mimetype in (
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("scriptgate-docs.js", "text/javascript"),
+        ("favicon-32x32.png", "image/png"),
+    ):
+        response = client.get(f"/_platform/docs/{asset}")
+        assert response.status_code == 200 and response.mimetype == mimetype, asset
+        assert response.headers["Cache-Control"] == "public, max-age=3600"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/_platform/docs/swagger-ui-standalone-preset.js", "/_platform/docs/../health",
+                 "/_platform/docs/index.html", "/_platform/docs/"):  # fmt: skip
+        assert client.get(path).status_code == 404, path
