@@ -29,7 +29,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from service import recycle
 from service.convert import to_response
 from service.deadline import GRACE_SECONDS, ScriptStopped
-from service.errors import CallerError, RequestError, ScriptFailed, ScriptTimedOut, render_error
+from service.errors import (
+    CallerError,
+    InvalidParameters,
+    RequestError,
+    ScriptFailed,
+    ScriptTimedOut,
+    render_error,
+)
 from service.jobs.snapshot import environ
 from service.jobs.store import (
     CANCELLED,
@@ -42,9 +49,10 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
+from service.params import arguments
 from service.pipeline import call_handler, check_method, lookup
 from service.record import RequestContext
-from service.resolve import url_for_script
+from service.resolve import parse_target, url_for_script
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -213,10 +221,11 @@ class JobExecutor:
         """The synchronous call's stages from lookup to conversion, answers captured."""
         limit = rt.settings.job_max_result_bytes
         try:
-            script = lookup(rt, ctx, req.path)
+            script = lookup(rt, ctx, parse_target(req.path))
             check_method(req.method, script.methods)
+            values = arguments(script.params, req)  # checked when queued; the script may differ
             seconds = script.job_timeout or rt.settings.job_timeout
-            call = lambda: capture(to_response(script.handler(req)), limit)  # noqa: E731
+            call = lambda: capture(to_response(script.handler(req, **values)), limit)  # noqa: E731
             answer = call_handler(rt, ctx, call, seconds, watch)
             result = answer if isinstance(answer, Result) else capture(answer, limit)
             return Outcome(SUCCEEDED, result=result)
@@ -228,7 +237,7 @@ class JobExecutor:
         except ScriptTimedOut as exc:
             self.settle()
             return Outcome(TIMED_OUT, "timeout", self.answer(exc, ctx))
-        except CallerError as exc:  # the script's own abort(4xx): its answer
+        except (CallerError, InvalidParameters) as exc:  # a 4xx answer, as the call's
             return Outcome(SUCCEEDED, result=self.answer(exc, ctx))
         except RequestError as exc:  # 404 (deleted since), 405, 500
             cause = exc.__cause__

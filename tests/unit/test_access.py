@@ -73,7 +73,7 @@ def key_matches(presented: list[str], keys: tuple[str, ...]) -> bool:
     """Would these header values pass as one of these API_KEY keys?"""
     ring = Keyring(env_keys([key_digest(k) for k in keys], []))
     try:
-        caller_by_key("api", presented, ring, "api_key")
+        caller_by_key("api", presented, ring, "api_key", "X-API-Key")
     except AccessDenied:
         return False
     return True
