@@ -358,7 +358,9 @@ def test_apache_waits_longer_than_the_replicas_may_take(
     replica_envs = [services[name]["environment"] for name in ("scriptgate-1", "scriptgate-2")]
     assert {env["MAX_SCRIPT_TIMEOUT"] for env in replica_envs} == {apache_env["MAX_SCRIPT_TIMEOUT"]}
     # The replica's settings, read the way the platform reads them.
-    settings = Settings.from_env({**replica_envs[0], "SCRIPTS_DIR": str(tmp_path)})
+    settings = Settings.from_env(
+        {**replica_envs[0], "SCRIPTS_DIR": str(tmp_path), "SECRETS_DIR": str(tmp_path)}
+    )
     result = run_apache_command(services["apache"], tmp_path, 'printf "%s\\n" "$@"')
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["-C", f"Define SCRIPTGATE_PROXY_TIMEOUT {expected}"]
