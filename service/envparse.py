@@ -1,0 +1,146 @@
+"""How each kind of environment value is parsed and checked, for config.Settings.
+
+Every function names the variable in its ConfigError, so a bad value stops startup with
+one line that says which setting to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from pathlib import Path
+
+from service.keys import key_digest
+from service.keys_file import KeysFileError, read_keys_file
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_SECRETS_DIR = "/run/secrets"  # where Docker and Kubernetes mount secret files
+_SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+
+
+class ConfigError(ValueError):
+    """A configuration value that must stop startup; str() is the one line to print."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"configuration error: {variable}: {problem}")
+        self.variable = variable
+
+
+def parse_networks(variable: str, raw: str | None) -> tuple[Network, ...]:
+    """Parse a comma-separated list of IPs and CIDRs (v4 and v6)."""
+    if not raw or not raw.strip():
+        return ()
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            # strict=False accepts 10.0.0.1/8 the way firewall configs usually write it.
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(variable, f"{item!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def parse_keys(raw: str | None) -> tuple[str, ...]:
+    """Parse one key or several comma-separated keys (rotation); blanks are dropped."""
+    if not raw:
+        return ()
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def parse_redis_url(variable: str, raw: str | None) -> str | None:
+    """A Redis URL (redis://[:password@]host:port/db, rediss://..., redis+unix:///path)."""
+    value = (raw or "").strip()
+    if not value:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in REDIS_SCHEMES or not rest:
+        # The value may hold a password: name the variable, never echo it.
+        raise ConfigError(
+            variable, f"not a URL starting {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+        )
+    return value
+
+
+def parse_keys_file(variable: str, raw: str | None, env_keys: tuple[str, ...] = ()) -> Path | None:
+    """The keys file, read once here so a bad one stops startup (workers re-read it)."""
+    if not raw or not raw.strip():
+        return None
+    path = Path(raw.strip()).resolve()
+    try:
+        named = read_keys_file(path)
+    except KeysFileError as exc:
+        raise ConfigError(variable, str(exc)) from None
+    taken = {key_digest(k) for k in env_keys}
+    for key in named:
+        if key.digest in taken:
+            raise ConfigError(variable, f"key {key.id!r} reuses an API_KEY/ADMIN_API_KEY secret")
+    return path
+
+
+def parse_secrets_dir(variable: str, raw: str | None) -> Path:
+    """Scripts' secret files; an explicitly named folder must exist."""
+    if not raw or not raw.strip():
+        return Path(DEFAULT_SECRETS_DIR)
+    path = Path(raw.strip())
+    if not path.is_dir():
+        raise ConfigError(variable, f"{raw.strip()!r} is not a directory")
+    return path.resolve()
+
+
+def parse_switch(variable: str, raw: str | None, default: bool) -> bool:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return _SWITCH[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(variable, f"{raw!r} is not one of on, off") from None
+
+
+def parse_number(variable: str, raw: str | None, default: float, *, integer: bool = False) -> float:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(variable, f"{raw!r} is not {kind}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(variable, f"{raw!r} must be greater than 0")
+    return value
+
+
+def parse_bind(variable: str, raw: str | None, default: str | None) -> str | None:
+    """HOST:PORT, or None for "off" (only where the default allows it)."""
+    value = (raw or "").strip() or default
+    if value is None or value.lower() == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(variable, f"{value!r} is not HOST:PORT (for example 127.0.0.1:5000)")
+    return value
+
+
+def parse_duration(variable: str, raw: str | None, default: float) -> float:
+    """Seconds, or a number with a unit: `90`, `30m`, `12h`, `7d`."""
+    text = (raw or "").strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0) if text else 0
+    if unit:
+        text = text[:-1]
+    return parse_number(variable, text or raw, default) * (unit or 1)
+
+
+def parse_broker(raw: str | None) -> str | None:
+    """JOB_BROKER_URL: Redis for a queue shared by several servers; unset, the embedded
+    SQLite store. The value may hold a password, so an error never repeats it."""
+    url = (raw or "").strip()
+    if not url:
+        return None
+    if not url.startswith(BROKER_SCHEMES):
+        raise ConfigError("JOB_BROKER_URL", f"must start with {', '.join(BROKER_SCHEMES)}")
+    return url
