@@ -170,7 +170,7 @@ def may_call(
         check_scope(caller, zone, path, "GET")
     except AccessDenied:
         return False
-    return True
+    return caller.key is None or not caller.key.expired()
 
 
 def zone_keys(zone: str, settings: Settings) -> tuple[tuple[bytes, ...], bool]:

@@ -57,16 +57,23 @@ def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-def serve(args: argparse.Namespace) -> int:
+def without_secrets(args: argparse.Namespace) -> Settings:
+    """The settings, in a process whose environment holds no platform secret: scripts
+    run in it (handoff.py re-executes the command without them, once)."""
     from service import handoff
-    from service.server import serve as run_server
 
-    if args.settings_fd is not None:  # re-executed without the secrets (handoff.py)
-        return run_server(handoff.receive(args.settings_fd))
+    if args.settings_fd is not None:  # re-executed without the secrets
+        return handoff.receive(args.settings_fd)
     settings = settings_from(args)
     if handoff.secrets_in(os.environ):
         handoff.reexec_without_secrets(settings, os.environ)
-    return run_server(settings)
+    return settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    from service.server import serve as run_server
+
+    return run_server(without_secrets(args))
 
 
 def keys(args: argparse.Namespace) -> int:
@@ -83,7 +90,7 @@ def keys(args: argparse.Namespace) -> int:
 def jobs(args: argparse.Namespace) -> int:
     from service.jobs.command import run_jobs
 
-    return run_jobs(settings_from(args))
+    return run_jobs(without_secrets(args))
 
 
 def routes(args: argparse.Namespace) -> int:
@@ -167,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--job-workers", type=int, help="job worker processes (default 2, $JOB_WORKERS; 0: none)"
     )
-    p_serve.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
     p_jobs = sub.add_parser("jobs", help="run job workers only, apart from the HTTP servers")
     p_jobs.add_argument(
         "--workers", dest="job_workers", type=int, help="job worker processes (default 2)"
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_jobs.add_argument(
         "--platform-bind", help="HOST:PORT for /_platform/health and metrics (default off)"
     )
+    for p in (p_serve, p_jobs):  # only for the re-executed command itself (handoff.py)
+        p.add_argument("--settings-fd", type=int, help=argparse.SUPPRESS)
     p_check = sub.add_parser(
         "check",
         help="import every script and say which are broken and why (exit 1 if any)",

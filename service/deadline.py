@@ -103,7 +103,12 @@ class _Runner:
                     job.error = exc
             except ScriptTimeout as exc:  # injected between the script's end and here
                 job.error = job.error or exc
-            self._settle(job)
+            while True:  # one injected on the way into _settle is retried, not fatal
+                try:
+                    self._settle(job)
+                    break
+                except ScriptTimeout:
+                    continue
             if job.after is not None:
                 with contextlib.suppress(Exception):  # releasing must not kill the runner
                     job.after()
@@ -254,8 +259,10 @@ class _Reaper:
             now = time.monotonic()
             for job in jobs:
                 with job.lock:
-                    if job.state == _ABANDONED and job.runner is not None:
-                        _set_async_exc(job.runner.thread.ident, id(ScriptTimeout))
+                    runner = job.runner
+                    # A dead thread's id may be reused by a new one: never aim at it.
+                    if job.state == _ABANDONED and runner and runner.thread.is_alive():
+                        _set_async_exc(runner.thread.ident, id(ScriptTimeout))
                 if job.state == _ABANDONED and now >= job.give_up_at:
                     recycle.request("a script outlived its deadline and could not be stopped")
             time.sleep(REPEAT_SECONDS)

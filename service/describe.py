@@ -9,6 +9,7 @@ and must not run a broken script's code on every call.
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def script_state(rt: Runtime, zone: str, path: str) -> ScriptState | None:
                 raise failure
             script = rt.runners.run(lambda: rt.scripts.load(real), settings.script_timeout)
     except ScriptLoadError as exc:
-        error = describe_error(exc, real, str(settings.scripts_dir))
+        error = rt.secrets.scrub(describe_error(exc, real, str(settings.scripts_dir)))
         return ScriptState(zone, path, url, exc.state, error=error)
     except ScriptTimeout as exc:
         if rt.scripts.recent_failure(real) is not exc:  # a new timeout, not the remembered one
@@ -112,6 +113,14 @@ def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
     return entry
 
 
+# An absolute path in an exception's text (an ImportError names the library's file).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"()]+")
+
+
+def _shorten(match: re.Match[str]) -> str:
+    return "…/" + match.group(0).rstrip("/").rpartition("/")[2]
+
+
 def describe_error(exc: ScriptLoadError, path: str, scripts_dir: str) -> str:
     """The cause's type and message, and its line in the script: never a stack, never
     a path outside the scripts folder. A missing package says where packages go."""
@@ -125,7 +134,7 @@ def describe_error(exc: ScriptLoadError, path: str, scripts_dir: str) -> str:
         lines = [f.lineno for f in traceback.extract_tb(cause.__traceback__) if f.filename == path]
         if lines:
             where = f" (line {lines[-1]})"
-    message = str(cause).replace(scripts_dir + "/", "")
+    message = _ABSOLUTE_PATH.sub(_shorten, str(cause).replace(scripts_dir + "/", ""))
     hint = ""
     if isinstance(cause, ModuleNotFoundError) and cause.name and not cause.name.startswith("_"):
         package = cause.name.partition(".")[0]

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from service.config import Settings
 
 # Variables holding the platform's own secrets. REDIS_URL may carry a password.
-SECRET_VARIABLES = ("API_KEY", "ADMIN_API_KEY", "REDIS_URL")
+SECRET_VARIABLES = ("API_KEY", "ADMIN_API_KEY", "REDIS_URL", "JOB_BROKER_URL")
 FD_OPTION = "--settings-fd"
 
 

@@ -4,7 +4,10 @@ Scripts can fill every thread of every worker (sleeping on I/O, spinning on CPU)
 checks and Prometheus scrapes must still be answered, so with `PLATFORM_BIND` set the
 master forks one more process that serves only the platform endpoints, through the same
 app and pipeline (access checks, metrics, log line), on a small threaded server. It
-runs no script, so nothing a script does can hold it up.
+answers no script call, so slow calls cannot hold it up. (Health, routes?detail=1 and
+the API document import a script it has not seen, to report broken ones: that import
+runs under the import deadline, and a script that failed is reported from memory for
+30 s rather than imported again.)
 """
 
 from __future__ import annotations

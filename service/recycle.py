@@ -27,10 +27,6 @@ def attach(worker: Any) -> None:
     _requested.clear()
 
 
-def requested() -> bool:
-    return _requested.is_set()
-
-
 def request(reason: str) -> None:
     """Ask for this worker to be replaced; idempotent."""
     if _requested.is_set():

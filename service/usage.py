@@ -148,7 +148,6 @@ class Usage:
     """Rate limits and last use of keys, in the store all workers (or replicas) share."""
 
     def __init__(self, sqlite_path: Path, redis_url: str | None = None) -> None:
-        self.shared_across_replicas = redis_url is not None
         self._sqlite: SqliteStorage | None = None
         self._redis: Any = None
         storage: Storage

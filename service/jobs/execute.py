@@ -53,6 +53,7 @@ from service.params import arguments
 from service.pipeline import call_handler, check_method, lookup
 from service.record import RequestContext
 from service.resolve import parse_target, url_for_script
+from service.scriptlog import serving
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -209,7 +210,8 @@ class JobExecutor:
             # HTTP script errors (no one waited on an HTTP worker for them).
             job_rt = replace(rt, metrics=None, log=JobLog(rt.log, {"job_id": job.id}))
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
-            outcome = self.attempt(job_rt, ctx, req, watch)
+            with serving(rt.log, ctx):  # the script's own log lines, as in a call
+                outcome = self.attempt(job_rt, ctx, req, watch)
             span.set_attributes(
                 {"scriptgate.script": ctx.script, "scriptgate.job_state": outcome.state}
             )

@@ -58,8 +58,9 @@ def wants_job(req: Request, script: LoadedScript) -> bool:
 
 
 def caller_identity(zone: str, headers: Any) -> str:
-    """Who calls, as far as the platform can tell: the zone key presented ("" in the
-    root zone). Named keys will give a caller id here."""
+    """Who calls, as far as the platform can tell: the zone key presented, named or not
+    ("" in the root zone and in a zone opened with *_AUTH=off, where anyone who has the
+    job's id may follow it: ids are 192 random bits)."""
     header = ZONE_KEY_HEADERS.get(zone)
     values = headers.getlist(header[0]) if header else []
     return values[0] if len(values) == 1 else ""
@@ -156,6 +157,8 @@ def visible_job(rt: Runtime, req: Request, job_id: str) -> Job:
         url = url_for_script(job.zone, job.script)
         caller = authorize(job.zone, url, req.remote_addr or "", req.headers, rt.settings, keyring)
         check_scope(caller, job.zone, job.script, job.method)
+        if caller.key is not None and caller.key.expired():
+            raise AccessDenied("expired")
     except AccessDenied:
         raise JobNotFound() from None
     if not same_caller(job, req.headers):

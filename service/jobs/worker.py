@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import multiproc, plane, recycle
+from service import multiproc, plane, recycle, scriptlog
 from service.config import Settings
 from service.deadline import GRACE_SECONDS
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
@@ -122,6 +122,8 @@ class Supervisor:
                 return
             if not pid:
                 return
+            if pid not in self.workers:  # another child (`scriptgate jobs`'s plane): not ours
+                continue
             slot, born = self.workers.pop(pid)
             if self.metrics_path is not None:
                 multiproc.worker_exited(pid, self.metrics_path)
@@ -209,6 +211,7 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     plane.die_with_parent()  # gone with the supervisor
     os.nice(WORKER_NICENESS)
     app = create_app(settings, run_dir=run_dir, started_at=started_at)
+    scriptlog.install_print_capture()  # a job's print: JSON lines, as in a call
     rt = app.extensions["scriptgate"]
     retirement = _Retirement()
     recycle.attach(retirement)
