@@ -219,19 +219,23 @@ class KeysFile:
         return self._ring
 
     def _reload(self, path: Path, current: Stamp | None) -> None:
-        self._stamp = current
-        if current is None:
-            self._ring = Keyring(self.fixed)
-            self.log.warning("keys file %s is gone: every named key is revoked", path)
-            return
+        """Swap in the new keys, then record the stamp: other threads of this worker
+        check the stamp without the lock, so it must not announce keys not yet in place."""
         try:
-            named = self._checked(read_keys_file(path))
-        except KeysFileError as exc:
-            kept = len(self._ring.keys) - len(self.fixed)
-            self.log.error("keys file not reloaded, %d named keys stay: %s", kept, exc)
-            return
-        self._ring = Keyring(self.fixed + named)
-        self.log.info("keys file %s reloaded: %d named keys", path, len(named))
+            if current is None:
+                self._ring = Keyring(self.fixed)
+                self.log.warning("keys file %s is gone: every named key is revoked", path)
+                return
+            try:
+                named = self._checked(read_keys_file(path))
+            except KeysFileError as exc:
+                kept = len(self._ring.keys) - len(self.fixed)
+                self.log.error("keys file not reloaded, %d named keys stay: %s", kept, exc)
+                return
+            self._ring = Keyring(self.fixed + named)
+            self.log.info("keys file %s reloaded: %d named keys", path, len(named))
+        finally:
+            self._stamp = current
 
     def _checked(self, named: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
         fixed = {key.digest for key in self.fixed}

@@ -103,7 +103,9 @@ class Metrics:
         self.concurrency_limit = gauge(
             "scriptgate_script_concurrency_limit",
             "zone script",
-            "livemax",
+            # max, not livemax: a setting outlives the worker that read it (a recycled
+            # one); a lowered limit shows the old one until the server restarts.
+            "max",
             "A script's CONCURRENCY (calls at once across the server); absent: no limit.",
         )
         self.build_info = gauge(

@@ -138,6 +138,7 @@ def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
         if script.concurrency:
             rt.metrics.concurrency_limit.labels(ctx.zone, ctx.script).set(script.concurrency)
             rt.metrics.rejected.labels(ctx.zone, ctx.script, "concurrency")
+            rt.metrics.script_in_progress.labels(ctx.zone, ctx.script)  # at 0 in this worker
     return script
 
 
