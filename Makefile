@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
-DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium
+DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium valgrind
 
-.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs soak clean cert
+.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-instructions soak clean cert
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -84,6 +84,11 @@ bench: install debs
 
 bench-smoke: install debs
 	$(PY) bench/run.py --smoke
+
+# Instructions per request (valgrind's callgrind) and in-process req/s of every contender;
+# `make bench` runs it too.
+bench-instructions: install debs
+	$(PY) bench/instructions.py
 
 # Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
 bench-jobs: install debs
