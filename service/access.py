@@ -18,6 +18,8 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from werkzeug.datastructures import EnvironHeaders
+
 from service.config import Network, Settings
 from service.errors import AccessDenied
 from service.keys import ANONYMOUS, Caller, Keyring
@@ -114,7 +116,19 @@ def authorize(
     header, reason = ZONE_KEY_HEADERS[zone]
     if not (settings.api_auth if zone == "api" else settings.admin_auth):
         return ANONYMOUS
-    return caller_by_key(zone, headers.getlist(header), keyring, reason, header)
+    return caller_by_key(zone, header_values(headers, header), keyring, reason, header)
+
+
+def header_values(headers: Any, name: str) -> list[str]:
+    """Every value of a request header.
+
+    A WSGI environ holds one value per header, so for a live request it is one lookup;
+    werkzeug's `getlist` would walk every header of the environ for it.
+    """
+    if isinstance(headers, EnvironHeaders):
+        value = headers.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return [] if value is None else [value]
+    return list(headers.getlist(name))
 
 
 def authorize_platform(
@@ -128,7 +142,7 @@ def authorize_platform(
     trusted = settings.platform_trusted_ips
     if view not in KEY_ONLY_VIEWS and (not trusted or ip_allowed(client, trusted)):
         return ANONYMOUS
-    presented = headers.getlist(PLATFORM_KEY_HEADER)
+    presented = header_values(headers, PLATFORM_KEY_HEADER)
     if not presented and view not in KEY_ONLY_VIEWS:
         raise AccessDenied("ip")
     return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
@@ -229,6 +243,8 @@ class RealClient:
                 "REMOTE_ADDR": peer,
                 "HTTP_X_FORWARDED_FOR": forwarded,
             }
+            if forwarded is None:  # nothing to believe: the peer is the client
+                return self.app(environ, start_response)
             client = client_ip(peer, (forwarded,) if forwarded else (), self.proxies)
             environ["REMOTE_ADDR"] = client
             if client == peer:

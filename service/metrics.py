@@ -118,6 +118,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._in_progress_children: dict[str, Any] = {}
         self._caller_children: dict[tuple[str, str, str], Any] = {}
+        self._script_children: dict[tuple[str, str], Any] = {}
         self._collector: FastMultiProcessCollector | None = None
         self._live = CollectorRegistry()  # read at scrape time: register_live
         if multiproc_dir is None:
@@ -135,7 +136,10 @@ class Metrics:
 
     def script_started(self, zone: str, script: str) -> Callable[[], None]:
         """Count a call of a script as in flight; the function that ends it."""
-        gauge = self.script_in_progress.labels(zone, script)
+        key = (zone, script)
+        gauge = self._script_children.get(key)
+        if gauge is None:
+            gauge = self._script_children[key] = self.script_in_progress.labels(zone, script)
         gauge.inc()
         return gauge.dec  # type: ignore[no-any-return]
 

@@ -16,6 +16,7 @@ error function and records it like any other response.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -211,9 +212,16 @@ def call_handler(
     for anything it raised. Jobs call this too, with `stop` (a cancel request), which
     ends in ScriptStopped for the job worker to report.
     """
-    with rt.tracer.start_as_current_span(
-        "script.run", record_exception=False, set_status_on_exception=False
-    ) as span:
+    # A request whose span is sampled out would get a child span sampled out too: none is
+    # made, and the script's log lines carry the server span's id.
+    child = (
+        rt.tracer.start_as_current_span(
+            "script.run", record_exception=False, set_status_on_exception=False
+        )
+        if ctx.server_span.is_recording()
+        else contextlib.nullcontext()
+    )
+    with child as span:
         try:
             return rt.runners.run(call, seconds, stop, after)
         except ScriptStopped:

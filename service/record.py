@@ -13,7 +13,7 @@ from flask import Request, Response
 from opentelemetry.trace import Span, Status, StatusCode
 
 from service.keys import ANONYMOUS, Caller
-from service.logs import format_failure, redact_query
+from service.logs import format_failure, log_fields, redact_query
 from service.resolve import UNMATCHED, url_for_script
 from service.tracing import add_trace_headers, span_ids
 
@@ -80,9 +80,10 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
         refusal = ctx.denied_reason or ctx.rejected_reason
         if ctx.caller.key is not None and refusal in CALLER_REFUSALS:
             metrics.caller_refusals.labels(ctx.zone, ctx.caller.id, refusal).inc()
-    rt.log.info(
+    log_fields(
+        rt.log,
         "request",
-        extra={
+        {
             "trace_id": ctx.trace_id,
             "span_id": ctx.span_id,
             "zone": ctx.zone,
