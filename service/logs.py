@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -78,14 +79,20 @@ _second: tuple[int, str] = (-1, "")
 
 def utc_stamp(created: float) -> str:
     """ISO 8601 in UTC with milliseconds (`2026-12-06T01:02:03.456Z`): unambiguous for
-    Loki and across hosts. The part up to the second is formatted once a second."""
+    Loki and across hosts. What `datetime.fromtimestamp(created, timezone.utc)
+    .isoformat(timespec="milliseconds")` writes (the same rounding to microseconds), with
+    the part up to the second formatted once a second."""
     global _second
-    whole = int(created)
+    fraction, whole_float = math.modf(created)
+    micro = round(fraction * 1e6)
+    whole = int(whole_float)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
     second, prefix = _second  # one tuple, so another thread never sees half of it
     if second != whole:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, prefix)
-    return f"{prefix}.{int((created - whole) * 1000):03d}Z"
+    return f"{prefix}.{micro // 1000:03d}Z"
 
 
 class _Formatter(JsonFormatter):

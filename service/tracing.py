@@ -79,11 +79,12 @@ def instrument(
     span with the stock one), the stock `instrument_app` is used instead.
     """
     env = os.environ if environ is None else environ
-    excluding = any(env.get(name) for name in _EXCLUDED_URLS_VARS)
-    if excluding or not _hooks_available():
+    excluded = next((env[name] for name in _EXCLUDED_URLS_VARS if env.get(name)), None)
+    if excluded is not None or not _hooks_available():
         FlaskInstrumentor().instrument_app(
             app,
             tracer_provider=provider,
+            excluded_urls=excluded,
             meter_provider=NoOpMeterProvider(),  # Prometheus already counts requests
             enable_commenter=False,  # no ORM here to read a SQL comment
         )
