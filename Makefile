@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests drive for real (Apache, Prometheus/promtool, wrk, Redis, and
-# Chromium for the docs page, driven by Playwright with this binary: no browser download).
+# Chromium for the docs page, driven by Playwright with this binary: no browser download),
+# and valgrind, whose callgrind counts the benchmark's instructions per request.
 debs:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -81,7 +81,7 @@ class Sizes:
     callgrind: tuple[Contender, ...]
 
 
-FULL = Sizes(300, 100, 7, 500, MAIN + BREAKDOWN)
+FULL = Sizes(200, 60, 7, 500, MAIN + BREAKDOWN)
 SMOKE = Sizes(10, 10, 1, 30, (ASSEMBLY, SCRIPTGATE))
 
 
@@ -230,6 +230,7 @@ def paired(rounds: dict[str, dict], key: str, base: str) -> float:
 
 def measure(sizes: Sizes, tmp: Path) -> dict:
     """The whole measurement: timed rounds first (alone), then callgrind two at a time."""
+    tmp.mkdir(parents=True, exist_ok=True)
     with otlp_sink.running() as sink:
         rounds = timed_rounds(sizes, tmp, sink)
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import apache, mixed, mixed_report, report, side
+from bench import apache, instructions, instructions_report, mixed, mixed_report, report, side
 from bench.loadgen import WRK, run_wrk, wrk_version
 from bench.procs import REPO, free_port, scriptgate_argv
 from bench.servers import (
@@ -101,6 +101,11 @@ def _assembly(tmp: Path, workers: int) -> Server:
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "BENCH_LOG_FILE": str(tmp / "assembly.log"),
+        # The same key, allowlist and proxy as Scriptgate's row, and spans sampled out as
+        # Scriptgate samples them out without an exporter.
+        "API_KEY": API_KEY,
+        "API_TRUSTED_IPS": "127.0.0.1/32",
+        "OTEL_TRACES_SAMPLER": "always_off",
     }
     argv = gunicorn_argv("assembly:app", port, workers)
     return launch(report.ASSEMBLY, argv, port, env, tmp, workers, HEADERS)
@@ -401,6 +406,8 @@ def print_report(results: dict) -> None:
     print(report.side_text(results["side"]))
     print()
     print(mixed_report.text(results["mixed"]))
+    print()
+    print(instructions_report.text(results["instructions"]))
     scrape = results["scrape_cost"]
     print("\nscrape cost (bench/scrape_cost.py):")
     if "figures" in scrape:
@@ -426,6 +433,8 @@ def write_results(results: dict, smoke: bool) -> Path:
         report.contenders_markdown(results["contenders"]),
         "",
         mixed_report.markdown(results["mixed"]),
+        "",
+        instructions_report.markdown(results["instructions"]),
         "",
         report.goals_markdown(results["goals"]),
     ]
@@ -495,10 +504,14 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"bench/scrape_cost.py (budget {left:.0f} s)")
             scrape.start(smoke=args.smoke, budget=left)
             results["scrape_cost"] = scrape.finish()
+        # Last, alone on the machine: timed rounds, then callgrind two at a time.
+        say("instructions per request (callgrind) and in-process req/s")
+        sizes_ = instructions.SMOKE if args.smoke else instructions.FULL
+        results["instructions"] = instructions.measure(sizes_, tmp / "instructions")
     results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     sizes = {"routes_scripts": mode.routes_scripts, "memory_scripts": mode.memory_scripts}
     results["derived"] = report.derived(results["contenders"])
-    goals = report.goals(sizes) + mixed_report.goals()
+    goals = report.goals(sizes) + mixed_report.goals() + instructions_report.goals()
     results["goals"] = [goal.judge(results) for goal in goals]
     scrape_goal = report.scrape_goal(results["scrape_cost"])
     if scrape_goal:

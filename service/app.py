@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from werkzeug.routing import MapAdapter
 
 from service import scriptlog
 from service.access import RealClient
@@ -94,6 +95,15 @@ def create_app(
 
 
 class _ScriptgateFlask(Flask):
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        """No adapter for a request: there are no URL rules to match it against (see
+        dispatch_request), and werkzeug would raise and catch a NotFound for every
+        request, a tenth of a hello call's instructions. `url_for` has no rule to build
+        in a request either way."""
+        if request is not None:
+            return None
+        return super().create_url_adapter(request)
+
     def dispatch_request(self) -> Any:  # type: ignore[override]
         """Every request goes to the pipeline, which decides what exists and which
         methods it takes: no URL rules, so no path the router cannot match (a newline

@@ -56,7 +56,7 @@ class RequestContext:
 
 def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Response) -> None:
     """Trace headers, counters and the one request log record."""
-    add_trace_headers(response, ctx.server_span)
+    add_trace_headers(response, ctx.server_span, (ctx.trace_id, ctx.span_id))
     duration = time.perf_counter() - ctx.started
     status = response.status_code
     span = ctx.server_span

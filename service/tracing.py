@@ -155,11 +155,12 @@ def span_ids(span: trace.Span) -> tuple[str, str]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-def add_trace_headers(response: Response, span: trace.Span) -> None:
-    """X-Trace-Id and a W3C traceresponse header, from the server span."""
+def add_trace_headers(response: Response, span: trace.Span, ids: tuple[str, str]) -> None:
+    """X-Trace-Id and a W3C traceresponse header, from the server span and its ids as
+    `span_ids` wrote them."""
     context = span.get_span_context()
     if context.is_valid:
-        trace_id, span_id = span_ids(span)
+        trace_id, span_id = ids
         response.headers["X-Trace-Id"] = trace_id
         response.headers["traceresponse"] = (
             f"00-{trace_id}-{span_id}-{int(context.trace_flags):02x}"
