@@ -59,7 +59,6 @@ def handle_request() -> Response:
     rt = runtime()
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     ctx = RequestContext(zone_of(req.path)[0], req.remote_addr or "", trace.get_current_span())
-    ctx.server_span.set_attribute("scriptgate.zone", ctx.zone)
     in_progress = rt.metrics.in_progress_for(ctx.zone) if rt.metrics is not None else None
     if in_progress is not None:
         in_progress.inc()
