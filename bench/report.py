@@ -15,6 +15,7 @@ ASSEMBLY = "assembly"
 ORIGIN = "origin"
 SCRIPTGATE = "scriptgate"
 SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
+SCRIPTGATE_SYNC = "scriptgate-sync"  # --worker-class sync: what the gthread default costs
 APACHE = "scriptgate-apache"
 # The mixed workload's two designs (bench/mixed.py, bench/mixed_report.py).
 MIXED_SYNC = "sync"
@@ -98,6 +99,7 @@ def derived(results: dict) -> dict:
     for name, key, base in (
         ("metrics_on_vs_off", SCRIPTGATE, SCRIPTGATE_NO_METRICS),
         ("apache_vs_direct", APACHE, SCRIPTGATE),
+        ("gthread_vs_sync", SCRIPTGATE, SCRIPTGATE_SYNC),
     ):
         ratio = paired_ratio(results, key, base)
         if ratio is not None:
@@ -111,6 +113,7 @@ def derived_text(pairs: dict) -> str:
     labels = {
         "metrics_on_vs_off": "metrics on / METRICS=off",
         "apache_vs_direct": "behind Apache / direct",
+        "gthread_vs_sync": "gthread x 8 (default) / --worker-class sync",
     }
     return "\n".join(
         f"{labels[name]}: {p['rps_ratio']:.2f}x req/s (paired by round), "

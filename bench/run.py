@@ -123,8 +123,10 @@ def _origin(tmp: Path, workers: int) -> Server:
     return launch(report.ORIGIN, argv, port, env, tmp, workers, HEADERS)
 
 
-def _scriptgate(metrics: bool) -> Callable[[Path, int], Server]:
+def _scriptgate(metrics: bool, sync: bool = False) -> Callable[[Path, int], Server]:
     key = report.SCRIPTGATE if metrics else report.SCRIPTGATE_NO_METRICS
+    if sync:
+        key = report.SCRIPTGATE_SYNC
 
     def start(tmp: Path, workers: int) -> Server:
         port = free_port()
@@ -138,6 +140,8 @@ def _scriptgate(metrics: bool) -> Callable[[Path, int], Server]:
             "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix=f"{key}-metrics-", dir=tmp),
         }
         argv = scriptgate_argv(port, workers, BENCH / "scripts")
+        if sync:  # one thread per worker, as the other contenders run
+            argv += ["--worker-class", "sync", "--threads", "1"]
         return launch(key, argv, port, env, tmp, workers, HEADERS)
 
     return start
@@ -149,6 +153,7 @@ CONTENDERS = (
     Contender(report.ORIGIN, "source post's dispatcher", _origin),
     Contender(report.SCRIPTGATE, "Scriptgate, all features", _scriptgate(True)),
     Contender(report.SCRIPTGATE_NO_METRICS, "Scriptgate, METRICS=off", _scriptgate(False)),
+    Contender(report.SCRIPTGATE_SYNC, "Scriptgate, --worker-class sync", _scriptgate(True, True)),
 )
 APACHE_KEY, APACHE_LABEL = report.APACHE, "Scriptgate behind Apache"
 

@@ -195,7 +195,9 @@ def launch_tree_server(
 
 def measure_tree(server: Server, urls: list[str], memory_scripts: int, calls: int) -> dict:
     """Memory first (loading `memory_scripts` of the scripts), then the routes listing."""
-    wait_ready(server, "/_platform/health")
+    # Not /_platform/health: a worker answering it imports every script, to count the
+    # broken ones, and the memory figure would start from all of them loaded.
+    wait_ready(server, "/_platform/routes")
     api_urls = [u for u in urls if u.startswith("/api/")][:memory_scripts]
     return {
         "memory": memory_per_worker(server, api_urls),
