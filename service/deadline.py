@@ -119,17 +119,43 @@ class _Runner:
     def _settle(self, job: _Job) -> None:
         """Mark the job done, and drop an injected ScriptTimeout still pending for us.
 
-        The reaper injects only while holding job.lock and seeing the job unfinished,
-        so once this returns no exception can reach the next job.
+        The reaper injects only while holding job.lock and seeing the job abandoned, so
+        a job that was never abandoned has nothing pending (the usual case: nothing to
+        do), and once this returns no exception can reach the next job.
         """
         while True:
             try:
                 with job.lock:
+                    abandoned = job.state == _ABANDONED
                     job.state = _DONE
-                    _set_async_exc(self.thread.ident, None)
+                if abandoned:
+                    _drop_pending(self.thread.ident)
                 return
-            except ScriptTimeout:
+            except (ScriptTimeout, _Dropped):  # delivered, so nothing is pending now
                 continue
+
+
+class _Dropped(BaseException):
+    """What a runner delivers to itself in place of a ScriptTimeout still pending."""
+
+
+def _drop_pending(ident: int) -> None:
+    """Drop an asynchronous exception pending for this (the calling) thread.
+
+    Clearing it with PyThreadState_SetAsyncExc(id, NULL) would leave CPython's
+    interpreter-wide "async exception pending" flag set until some thread has one
+    delivered: every thread would then take the eval loop's slow path at each call and
+    loop, and under a profiler or debugger (sys.setprofile, sys.settrace) spin there
+    for ever. So the pending exception is replaced by one delivered and caught here at
+    once, which clears the flag.
+    """
+    try:
+        _set_async_exc(ident, id(_Dropped))  # delivered at the next check, often at once
+        for _ in range(1000):  # a backward jump is such a check
+            pass
+    except _Dropped:
+        return
+    _set_async_exc(ident, None)  # not delivered (not seen): clear it the plain way
 
 
 class RunnerPool:

@@ -3,7 +3,10 @@ never leaks into the next job its thread runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,38 @@ def test_jobs_in_parallel_each_get_their_own_answer() -> None:
     for t in threads:
         t.join(10)
     assert answers == {i: i for i in range(16)}
+
+
+PROFILED_AFTER_SCRIPTS = """
+import cProfile
+from service.deadline import RunnerPool, ScriptTimeout
+
+def spin():
+    while True:
+        pass
+
+pool = RunnerPool()
+assert pool.run(lambda: 1, 5) == 1
+try:
+    pool.run(spin, 0.2)
+except ScriptTimeout:
+    pass
+assert pool.settle(5)
+assert pool.run(lambda: 2, 5) == 2
+cProfile.run("sum(range(10))")  # spun for ever while CPython's async-exception flag stayed set
+print("profiled")
+"""
+
+
+def test_a_profiler_still_runs_after_scripts_ran_and_timed_out() -> None:
+    """Dropping a pending ScriptTimeout must not leave CPython's interpreter-wide
+    async-exception flag set: a profiler or debugger in the worker would hang."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROFILED_AFTER_SCRIPTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("profiled")
