@@ -105,8 +105,8 @@ class _Formatter(JsonFormatter):
     def line(self, logger: str, level: str, message: str, fields: Mapping[str, Any]) -> str:
         """The line `format` writes for a record with these `extra` fields, built
         without a LogRecord (see `log_fields`)."""
-        data = {"time": utc_stamp(time.time()), "level": level, "logger": logger}
-        data["message"] = message
+        stamp = utc_stamp(time.time())
+        data = {"time": stamp, "level": level, "logger": logger, "message": message}
         data.update(fields)
         return self.serialize_log_record(self.process_log_record(data))
 
