@@ -25,9 +25,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.inproc import API_KEY, serve  # noqa: E402
+from bench.inproc import environ as request_environ  # noqa: E402
+
 BENCH = REPO / "bench"
-API_KEY = "bench-api-key"
-PATH = "/api/hello.py"
 
 # Which library a profiled function belongs to, first match wins.
 AREAS = (
@@ -121,40 +124,6 @@ def variants(tmp: Path) -> list[tuple[str, Callable]]:
     ]
 
 
-def _environ() -> dict:
-    from werkzeug.test import EnvironBuilder
-
-    builder = EnvironBuilder(
-        path=PATH, headers={"X-API-Key": API_KEY}, environ_base={"REMOTE_ADDR": "127.0.0.1"}
-    )
-    try:
-        return builder.get_environ()
-    finally:
-        builder.close()
-
-
-def _serve(app: Callable, environ: dict, count: int) -> None:
-    """Call the WSGI app `count` times the way gunicorn does; fail loudly on a non-200."""
-    statuses: list[str] = []
-
-    def start_response(status: str, headers: list, exc_info: object = None) -> None:
-        statuses.append(status)
-
-    for _ in range(count):
-        env = dict(environ)
-        env["wsgi.input"] = io.BytesIO()
-        body = app(env, start_response)
-        try:
-            for _chunk in body:
-                pass
-        finally:
-            if hasattr(body, "close"):
-                body.close()
-        if not statuses[-1].startswith("200"):
-            raise RuntimeError(f"{PATH} answered {statuses[-1]}")
-        statuses.clear()
-
-
 @contextlib.contextmanager
 def _stdout_to_devnull() -> Iterator[None]:
     """The platform also logs to stdout (fd 1); send it where gunicorn's would go, not here."""
@@ -179,12 +148,12 @@ def per_request_costs(
     the best loop of each is the one least disturbed.
     """
     for _, app in apps:
-        _serve(app, environ, 100)  # warm: imports the script, fills caches
+        serve(app, environ, 100)  # warm: imports the script, fills caches
     best = {label: float("inf") for label, _ in apps}
     for _ in range(rounds):
         for label, app in apps:
             started = time.process_time()
-            _serve(app, environ, count)
+            serve(app, environ, count)
             best[label] = min(best[label], (time.process_time() - started) / count)
     return [(label, best[label] * 1e6) for label, _ in apps]
 
@@ -207,10 +176,10 @@ def by_area(stats: pstats.Stats) -> list[tuple[str, float]]:
 
 
 def profile(app: Callable, environ: dict, count: int) -> pstats.Stats:
-    _serve(app, environ, 200)
+    serve(app, environ, 200)
     profiler = cProfile.Profile()
     profiler.enable()
-    _serve(app, environ, count)
+    serve(app, environ, count)
     profiler.disable()
     return pstats.Stats(profiler)
 
@@ -228,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         # Read by prometheus_client at import, so set before service is imported.
         (tmp / "metrics").mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "metrics")
-        sys.path.insert(0, str(REPO))
-        environ = _environ()
+        environ = request_environ()
         apps = variants(tmp)
         with _stdout_to_devnull():
             costs = per_request_costs(apps, environ, args.loop, args.rounds)
