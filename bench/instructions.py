@@ -148,14 +148,17 @@ class Looper:
 
     def __init__(self, contender: Contender, tmp: Path, sink: str, warmup: int) -> None:
         self.contender = contender
-        self.proc = subprocess.Popen(
-            argv(contender, tmp, "--serve", "--warmup", str(warmup)),
-            env=environment(contender, tmp, sink),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(tmp / f"{contender.key}.err", "wb"),  # noqa: SIM115
-            text=True,
-        )
+        self.errors = tmp / f"{contender.key}.err"
+        env = environment(contender, tmp, sink)
+        with open(self.errors, "wb") as errors:
+            self.proc = subprocess.Popen(
+                argv(contender, tmp, "--serve", "--warmup", str(warmup)),
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
         self.requests = warmup
 
     def _reply(self) -> str:
@@ -166,7 +169,8 @@ class Looper:
         finally:
             timer.cancel()
         if not line:
-            raise RuntimeError(f"{self.contender.key} exited: see its .err file")
+            tail = self.errors.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.contender.key} exited:\n{tail}")
         return line.strip()
 
     def ready(self) -> None:
@@ -189,6 +193,7 @@ class Looper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
