@@ -6,13 +6,12 @@
 The parent (bench/instructions.py) sets the environment a contender reads (the OTLP
 sink's endpoint, the sampler, PROMETHEUS_MULTIPROC_DIR) before this process starts,
 since the libraries read it at import. `--marks` brackets the counted requests with two
-call to getpgid(), which nothing else in the loop makes and at which valgrind's
+calls to getpgid(), which nothing else in the loop makes and at which valgrind's
 callgrind is told to dump its counters (and zero them, in every thread): the second dump
 holds the counted requests alone, without start-up, imports or warm-up. (Zeroing at a
 mark instead would zero only the calling thread, and a runner thread's history would
-leak into the count.) `--serve` reads
-"N" lines on stdin and answers each with the wall and CPU seconds of N requests, so the
-parent can interleave the contenders' rounds.
+leak into the count.) `--serve` reads "N" lines on stdin and answers each with the wall
+and CPU seconds of N requests, so the parent can interleave the contenders' rounds.
 
 Every loop ends with the tracer provider's force_flush, so spans still queued in its
 batch processor are encoded and sent inside the loop that made them.

@@ -44,9 +44,8 @@ def goals() -> list[Goal]:
 
 def _cells(rows: dict, key: str) -> tuple[str, ...]:
     row = rows[key]
-    base = "assembly_export" if row["export"] else "assembly"
     k = row["k_instructions"]
-    ratio = instruction_ratio(rows, key, base) if k is not None else None
+    ratio = instruction_ratio(rows, key, row["base"]) if k is not None else None
     return (
         row["label"],
         "-" if k is None else f"{k:,.0f}",
@@ -71,14 +70,13 @@ HEADER = (
 )
 
 
-def breakdown(results: dict) -> list[tuple[str, float, float]]:
+def breakdown(inst: dict) -> list[tuple[str, float, float]]:
     """(what, k instructions, µs) for each part of Scriptgate's request.
 
     A feature's share is what leaving it out saves; the floor is bare Flask running the
     same script body; the rest is the pipeline itself (routing to the script, the runner
     thread, conversion). µs are instructions at Scriptgate's own measured rate.
     """
-    inst = results["instructions"]
     rows, parts = inst["rows"], inst.get("breakdown") or {}
     total = rows["scriptgate"]["k_instructions"]
     floor = rows["bare"]["k_instructions"]
@@ -121,7 +119,7 @@ def text(inst: dict) -> str:
                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))
             )
         )
-    parts = breakdown({"instructions": inst})
+    parts = breakdown(inst)
     if parts:
         lines.append("\nwhere Scriptgate's request goes (what leaving each part out saves):")
         lines += [f"  {what:<56}{k:>8,.0f} k instr {us:>7.1f} µs" for what, k, us in parts]
@@ -132,7 +130,7 @@ def markdown(inst: dict) -> str:
     rows = inst["rows"]
     lines = ["| " + " | ".join(HEADER) + " |", "| --- |" + " ---: |" * (len(HEADER) - 1)]
     lines += ["| " + " | ".join(_cells(rows, key)) + " |" for key in rows]
-    parts = breakdown({"instructions": inst})
+    parts = breakdown(inst)
     if parts:
         lines += [
             "",

@@ -511,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             results["scrape_cost"] = scrape.finish()
         # Last, alone on the machine: timed rounds, then callgrind two at a time.
         say("instructions per request (callgrind) and in-process req/s")
-        sizes_ = instructions.SMOKE if args.smoke else instructions.FULL
-        results["instructions"] = instructions.measure(sizes_, tmp / "instructions")
+        counted = instructions.SMOKE if args.smoke else instructions.FULL
+        results["instructions"] = instructions.measure(counted, tmp / "instructions")
     results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     sizes = {"routes_scripts": mode.routes_scripts, "memory_scripts": mode.memory_scripts}
     results["derived"] = report.derived(results["contenders"])
