@@ -5,6 +5,7 @@ It owns no logic: every request goes to `pipeline.handle_request`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -16,18 +17,18 @@ from typing import Any
 from flask import Flask, Request
 from werkzeug.routing import MapAdapter
 
-from service import scriptlog
 from service.access import RealClient
 from service.bulkhead import Bulkhead
 from service.callers import Callers
 from service.config import Settings
-from service.deadline import RunnerPool
 from service.errors import ScriptFailed, render_error
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.logs import build_logger
 from service.metrics import Metrics
 from service.pipeline import handle_request
+from service.runners.limits import RunnerUser
+from service.runners.pool import RunnerConfig, RunnerPool
 from service.runtime import Runtime
 from service.script_secrets import Secrets
 from service.tracing import build_tracer_provider, instrument, span_ids
@@ -65,10 +66,11 @@ def create_app(
     app.wsgi_app = RealClient(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     secrets = Secrets(settings.secrets_dir)
     log = build_logger(settings.log_level, settings.log_file, settings.log_stdout, secrets.scrub)
-    scriptlog.install(settings.log_level)
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
+    runners = RunnerPool(runner_config(settings))
+    weakref.finalize(app, runners.close)  # its zygote, and every runner with it
     app.extensions["scriptgate"] = Runtime(
         settings=settings,
         scripts=ScriptCache(
@@ -82,7 +84,7 @@ def create_app(
         tracer_provider=provider,
         tracer=tracer,
         log=log,
-        runners=RunnerPool(),
+        runners=runners,
         bulkhead=Bulkhead(run_dir / "slots"),
         jobs=JobQueue(settings, metrics),  # opens its store on first use, per process
         callers=Callers(settings, run_dir, log),
@@ -92,6 +94,18 @@ def create_app(
     )
     app.register_error_handler(Exception, _outside_pipeline)
     return app
+
+
+def runner_config(settings: Settings) -> RunnerConfig:
+    """What runners start with: nothing secret (the zygote gets it as it is)."""
+    user = RunnerUser.lookup(settings.runner_user) if settings.runner_user else None
+    return RunnerConfig(
+        scripts_dir=str(settings.scripts_dir),
+        log_level=settings.log_level,
+        max_body=settings.max_body_bytes,
+        memory=settings.script_memory_limit,
+        user=user if os.geteuid() == 0 else None,
+    )
 
 
 class _ScriptgateFlask(Flask):

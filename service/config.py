@@ -21,9 +21,11 @@ from service.envparse import (
     parse_duration,
     parse_keys,
     parse_keys_file,
+    parse_memory,
     parse_networks,
     parse_number,
     parse_redis_url,
+    parse_runner_user,
     parse_secrets_dir,
     parse_switch,
 )
@@ -45,6 +47,8 @@ DEFAULT_JOB_WORKERS = 2
 DEFAULT_JOB_TIMEOUT = 3600.0
 DEFAULT_JOB_RETENTION = 86400.0
 DEFAULT_JOB_MAX_RESULT_BYTES = 50 * 1024 * 1024
+DEFAULT_SCRIPT_MEMORY_LIMIT = 512 * 1024 * 1024
+DEFAULT_SCRIPT_OUTPUT_LIMIT = 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -97,6 +101,11 @@ class Settings:
     job_timeout: float = DEFAULT_JOB_TIMEOUT
     job_retention: float = DEFAULT_JOB_RETENTION
     job_max_result_bytes: int = DEFAULT_JOB_MAX_RESULT_BYTES
+    # Runner processes (service/runners): a script's memory, its output per call, and the
+    # account runners run as when the server starts as root ("" = the server's own).
+    script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
+    script_output_limit: int = DEFAULT_SCRIPT_OUTPUT_LIMIT
+    runner_user: str = ""
 
     def __post_init__(self) -> None:
         # Keys are hashed on the way in: no cleartext key outlives startup (a digest
@@ -205,4 +214,9 @@ class Settings:
                 "JOB_RETENTION", env.get("JOB_RETENTION"), DEFAULT_JOB_RETENTION
             ),
             job_max_result_bytes=count("JOB_MAX_RESULT_BYTES", DEFAULT_JOB_MAX_RESULT_BYTES),
+            script_memory_limit=parse_memory(
+                "SCRIPT_MEMORY_LIMIT", env.get("SCRIPT_MEMORY_LIMIT"), DEFAULT_SCRIPT_MEMORY_LIMIT
+            ),
+            script_output_limit=count("SCRIPT_OUTPUT_LIMIT", DEFAULT_SCRIPT_OUTPUT_LIMIT),
+            runner_user=parse_runner_user("RUNNER_USER", env.get("RUNNER_USER")),
         )

@@ -1,79 +1,118 @@
 """Route details for /_platform/routes?detail=1, health, the API document and `check`.
 
-One reader of the script module contract: the loader. A script is imported (under the
-import deadline, as a request would) and its state reported, so a script that fails to
-import shows as broken here instead of looking healthy. A failed import of an unchanged
-file is not retried for a while (loader.FAILURE_RECHECK_SECONDS): listings are polled,
-and must not run a broken script's code on every call.
+A script is described by a runner that imported it (loader.py), never by importing it
+here. Listings that need every script's details (routes?detail=1, the API document,
+`check`) have a runner describe what changed, under the import deadline; health never
+waits for one: it reports what is known, and a scanner thread, started by the first
+probe, keeps that knowledge current off the probe path. A failed import of an unchanged
+file is not retried for a while (loader.FAILURE_RECHECK_SECONDS, longer for a backed-off
+one): listings are polled, and must not start a broken script's runner on every call.
 """
 
 from __future__ import annotations
 
-import re
-import traceback
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.deadline import ScriptTimeout
 from service.errors import NotFound
-from service.loader import DEFAULT_METHODS, LoadedScript, ScriptLoadError
+from service.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
 from service.resolve import ZONES, list_scripts, locate, parse_target, url_for_script
+from service.runners.pool import RunnerFailed, ScriptTimeout
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
-REQUIREMENTS_FILE = "requirements.txt"  # in the scripts folder: packages scripts import
+SCAN_SECONDS = 10.0  # how often the scanner looks for new or changed scripts
 
 
 @dataclass(frozen=True)
 class ScriptState:
-    """A listed script, loaded (`script`) or not (`state` and `error` say why)."""
+    """A listed script, described (`script`) or not (`state` and `error` say why)."""
 
     zone: str
     path: str
     url: str
-    state: str  # ok, import_error, no_handler
+    state: str  # ok, import_error, no_handler, backed_off, unknown (not yet described)
     script: LoadedScript | None = None
     error: str = ""
 
 
-def script_state(rt: Runtime, zone: str, path: str) -> ScriptState | None:
-    """Load a listed script as a request would (cached if unchanged) and say how it went;
-    None when it was deleted since it was listed."""
+def script_state(
+    rt: Runtime, zone: str, path: str, *, known_only: bool = False
+) -> ScriptState | None:
+    """Describe a listed script (cached if unchanged) and say how it went; None when it
+    was deleted since it was listed. `known_only` never starts a runner."""
     url = url_for_script(zone, path)
-    settings = rt.settings
     real = ""
     try:
-        real = locate(settings.scripts_dir, parse_target(url))
+        real = locate(rt.settings.scripts_dir, parse_target(url))
         script = rt.scripts.cached(real)
         if script is None:
             failure = rt.scripts.recent_failure(real)
             if failure is not None:
                 raise failure
-            script = rt.runners.run(lambda: rt.scripts.load(real), settings.script_timeout)
+            if known_only:
+                return ScriptState(zone, path, url, "unknown")
+            script, runner = rt.scripts.load(real, rt.runners)
+            rt.runners.put_back(runner)
     except ScriptLoadError as exc:
-        error = rt.secrets.scrub(describe_error(exc, real, str(settings.scripts_dir)))
-        return ScriptState(zone, path, url, exc.state, error=error)
-    except ScriptTimeout as exc:
-        if rt.scripts.recent_failure(real) is not exc:  # a new timeout, not the remembered one
-            rt.scripts.remember_failure(real, exc)
-        return ScriptState(zone, path, url, "import_error", error="import timed out")
+        return ScriptState(zone, path, url, exc.state, error=rt.secrets.scrub(str(exc)))
+    except (ScriptTimeout, BackedOff):
+        state = "backed_off" if real in rt.scripts.backed_off() else "import_error"
+        return ScriptState(zone, path, url, state, error="import timed out")
+    except RunnerFailed:
+        return ScriptState(zone, path, url, "import_error", error="its runner died")
     except NotFound:
         return None
     return ScriptState(zone, path, url, "ok", script)
 
 
-def all_states(rt: Runtime, visible: Callable[[str, str], bool] | None = None) -> list[ScriptState]:
+def all_states(
+    rt: Runtime,
+    visible: Callable[[str, str], bool] | None = None,
+    *,
+    known_only: bool = False,
+) -> list[ScriptState]:
     """The state of every listed script (of those `visible(zone, path)` allows), in
-    listing order; scripts left out are not imported."""
+    listing order; scripts left out are not described."""
     found = (
-        script_state(rt, zone, path)
+        script_state(rt, zone, path, known_only=known_only)
         for zone in ZONES
         for path in list_scripts(rt.settings.scripts_dir, zone)
         if visible is None or visible(zone, path)
     )
     return [state for state in found if state is not None]
+
+
+class Scanner:
+    """One thread per process that has runners describe new and changed scripts, so
+    health reports a broken script without a probe ever waiting for an import."""
+
+    def __init__(self) -> None:
+        self.rt: Runtime | None = None
+        self.wake = threading.Event()
+        self.started = False
+        self.lock = threading.Lock()
+
+    def poke(self, rt: Runtime) -> None:
+        with self.lock:
+            if not self.started:
+                self.rt = rt
+                self.started = True
+                threading.Thread(target=self._loop, name="scriptgate-scanner", daemon=True).start()
+        self.wake.set()
+
+    def _loop(self) -> None:
+        assert self.rt is not None
+        while True:
+            self.wake.clear()
+            try:
+                all_states(self.rt)
+            except Exception as exc:  # a platform bug: logged, and tried again later
+                self.rt.log.error("script scan failed", exc_info=exc)
+            self.wake.wait(SCAN_SECONDS)
 
 
 def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
@@ -111,32 +150,3 @@ def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
     if script.params is not None:
         entry["parameters"] = {p.name: p.where for p in script.params.all}
     return entry
-
-
-# An absolute path in an exception's text (an ImportError names the library's file).
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"()]+")
-
-
-def _shorten(match: re.Match[str]) -> str:
-    return "…/" + match.group(0).rstrip("/").rpartition("/")[2]
-
-
-def describe_error(exc: ScriptLoadError, path: str, scripts_dir: str) -> str:
-    """The cause's type and message, and its line in the script: never a stack, never
-    a path outside the scripts folder. A missing package says where packages go."""
-    cause = exc.__cause__
-    if cause is None:
-        return str(exc)
-    where = ""
-    if isinstance(cause, SyntaxError) and cause.lineno:
-        where = f" (line {cause.lineno})"
-    else:
-        lines = [f.lineno for f in traceback.extract_tb(cause.__traceback__) if f.filename == path]
-        if lines:
-            where = f" (line {lines[-1]})"
-    message = _ABSOLUTE_PATH.sub(_shorten, str(cause).replace(scripts_dir + "/", ""))
-    hint = ""
-    if isinstance(cause, ModuleNotFoundError) and cause.name and not cause.name.startswith("_"):
-        package = cause.name.partition(".")[0]
-        hint = f": add {package!r} to {REQUIREMENTS_FILE} in the scripts folder and install it"
-    return f"{type(cause).__name__}: {message}{where}{hint}"

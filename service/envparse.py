@@ -12,6 +12,7 @@ from pathlib import Path
 
 from service.keys import key_digest
 from service.keys_file import KeysFileError, read_keys_file
+from service.runners.limits import RunnerUser, parse_size
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
@@ -91,6 +92,27 @@ def parse_secrets_dir(variable: str, raw: str | None) -> Path:
     if not path.is_dir():
         raise ConfigError(variable, f"{raw.strip()!r} is not a directory")
     return path.resolve()
+
+
+def parse_memory(variable: str, raw: str | None, default: int) -> int:
+    """A size such as 512M or 2G (bytes without a unit)."""
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
+        raise ConfigError(variable, str(exc)) from None
+
+
+def parse_runner_user(variable: str, raw: str | None) -> str:
+    """An account that exists here (name or uid), or "" for the server's own."""
+    if raw is None or not raw.strip():
+        return ""
+    try:
+        RunnerUser.lookup(raw.strip())
+    except KeyError:
+        raise ConfigError(variable, f"{raw.strip()!r} is not a user on this machine") from None
+    return raw.strip()
 
 
 def parse_switch(variable: str, raw: str | None, default: bool) -> bool:

@@ -1,59 +1,55 @@
-"""Import scripts once per worker and re-import them when they, or a helper, change.
+"""What a worker knows of each script, and when it must ask a runner again.
 
-Each request costs one `os.stat` per file the script depends on (itself plus the
-helper modules it imported from the scripts folder). Scripts and their helpers are
-compiled straight from source, never from a `.pyc`: bytecode caches are keyed on a
-one-second mtime, so a quick edit could otherwise keep serving the old code.
+The worker never imports a script: a runner does (runners/script_import.py) and sends
+its description, kept here by real path with the stat stamps of the script and the
+helpers it imported. Each request costs one `os.stat` per file the script depends on;
+any change makes the next call start a fresh runner, which imports the new code.
+
+A script whose import timed out is backed off: calls get 503 at once, for a time that
+doubles with each timeout (BACKOFF_SECONDS to MAX_BACKOFF_SECONDS) until the file
+changes, so a hanging import cannot wedge a runner per call or per probe.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import logging
-import math
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from service.deadline import ScriptTimeout
-from service.errors import NotFound
-from service.importer import HelperFinder, SourceLoader
-from service.params import DeclarationError, Params, read_params
+from service.params import Params
 from service.resolve import Target, zone_dir
+from service.runners.pool import Hooks, ImportFailed, Runner, RunnerPool, ScriptTimeout
+from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
+from service.runners.script_import import ScriptLoadError
 
-DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
-LIB_DIR = "_lib"
-HANDLER_NAMES = ("handle", "main")  # handle wins if both exist
+DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
 # Listings (health, routes, the API document) retry a failed import of an unchanged file
 # after this long: a package installed since then is found without touching the script.
 FAILURE_RECHECK_SECONDS = 30.0
+BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 600.0
 
 Stamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
+__all__ = ["DEFAULT_METHODS", "BackedOff", "LoadedScript", "ScriptCache", "ScriptLoadError"]
 
-class ScriptLoadError(Exception):
-    """A script that cannot be imported or has no usable handler; the cause is chained.
 
-    `state` is what routes and `scriptgate check` show: import_error or no_handler.
-    """
+class BackedOff(Exception):
+    """The script's import kept timing out; it is not tried again before `retry_after`."""
 
-    def __init__(self, message: str, state: str = "import_error") -> None:
-        super().__init__(message)
-        self.state = state
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"import timed out; tried again in {retry_after:.0f} s")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
 class LoadedScript:
     path: str
-    module: ModuleType
-    handler: Callable[[Any], Any]
     methods: frozenset[str]
     timeout: float  # effective: the script's TIMEOUT, capped at MAX_SCRIPT_TIMEOUT
     requested_timeout: float | None  # the script's own TIMEOUT, when it set one
@@ -64,10 +60,16 @@ class LoadedScript:
     stamps: tuple[Stamp, ...]
     run_async: bool = False  # ASYNC = True: every call runs as a job (service/jobs)
     job_timeout: float | None = None  # the script's JOB_TIMEOUT; None: $JOB_TIMEOUT
+    memory_limit: int | None = None  # the script's MEMORY_LIMIT; None: $SCRIPT_MEMORY_LIMIT
 
     @property
     def timeout_capped(self) -> bool:
         return self.requested_timeout is not None and self.requested_timeout > self.timeout
+
+    @property
+    def key(self) -> tuple[Stamp, ...]:
+        """Which runners may serve it: those that imported exactly these files."""
+        return self.stamps
 
 
 def stamp(path: str) -> Stamp | None:
@@ -82,53 +84,21 @@ def unchanged(stamps: Iterable[Stamp]) -> bool:
     return all(stamp(s[0]) == s for s in stamps)
 
 
-def _docstring(module: ModuleType) -> tuple[str, str]:
-    """(summary, description): the module docstring's first line, and the rest."""
-    summary, _, rest = inspect.cleandoc(module.__doc__ or "").partition("\n")
-    return summary.strip(), rest.strip()
+@dataclass
+class _Failure:
+    stamp: Stamp | None
+    at: float
+    error: BaseException
+    timeouts: int = 0  # in a row, for the back-off
 
-
-def _methods(module: ModuleType) -> frozenset[str]:
-    raw = getattr(module, "METHODS", None)
-    if raw is None:
-        return DEFAULT_METHODS
-    if isinstance(raw, str) or not all(isinstance(m, str) for m in raw):
-        raise ScriptLoadError("METHODS must be a list of method names")
-    methods = {m.strip().upper() for m in raw}
-    if "GET" in methods:
-        methods.add("HEAD")  # as Flask does: HEAD is GET without the body
-    return frozenset(methods)
-
-
-def _seconds(module: ModuleType, name: str) -> float | None:
-    raw = getattr(module, name, None)
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-        raise ScriptLoadError(f"{name} must be a number of seconds")
-    if raw <= 0:
-        raise ScriptLoadError(f"{name} must be greater than 0")
-    return float(raw)
-
-
-def _run_async(module: ModuleType) -> bool:
-    raw = getattr(module, "ASYNC", False)
-    if not isinstance(raw, bool):
-        raise ScriptLoadError("ASYNC must be True or False")
-    return raw
-
-
-def _concurrency(module: ModuleType, default: int) -> int:
-    raw = getattr(module, "CONCURRENCY", None)
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise ScriptLoadError("CONCURRENCY must be a whole number of at least 1")
-    return raw
+    def backoff(self) -> float:
+        if not self.timeouts:
+            return 0.0
+        return min(BACKOFF_SECONDS * 2 ** (self.timeouts - 1), MAX_BACKOFF_SECONDS)
 
 
 class ScriptCache:
-    """Per-worker cache of loaded scripts, keyed by real path and checked by stat."""
+    """Per-worker descriptions of scripts, keyed by real path and checked by stat."""
 
     def __init__(
         self,
@@ -139,15 +109,13 @@ class ScriptCache:
         log: logging.Logger | None = None,
     ) -> None:
         self.root = str(scripts_dir)
-        self.lib_dir = os.path.join(self.root, LIB_DIR)
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.default_concurrency = default_concurrency
         self.log = log or logging.getLogger("scriptgate")
         self._scripts: dict[str, LoadedScript] = {}
         self._targets: dict[Target, tuple[str, LoadedScript]] = {}
-        self._failures: dict[str, tuple[Stamp | None, float, BaseException]] = {}
-        # Imports mutate sys.meta_path and sys.modules: one load at a time per process.
+        self._failures: dict[str, _Failure] = {}
         self._lock = threading.Lock()
 
     def cached_target(self, target: Target) -> LoadedScript | None:
@@ -179,100 +147,77 @@ class ScriptCache:
         )
 
     def cached(self, path: str) -> LoadedScript | None:
-        """The loaded script if nothing it depends on changed since it was imported."""
+        """The description if nothing the script depends on changed since its import."""
         script = self._scripts.get(path)
         if script is not None and unchanged(script.stamps):
             return script
         return None
 
-    def load(self, path: str) -> LoadedScript:
-        """Import (or re-import) a script; raises ScriptLoadError with the cause chained.
-
-        Imports take turns: helper names are global in sys.modules. Waiting is bounded,
-        so an import stuck past every deadline (its worker is then recycled) cannot hold
-        a waiting thread forever.
-        """
-        if not self._lock.acquire(timeout=self.max_timeout):
-            raise ScriptTimeout("another script's import is still running")
-        try:
-            script = self.cached(path)
-            if script is None:
-                self._scripts.pop(path, None)
-                try:
-                    script = self._import(path)
-                except ScriptLoadError as exc:
-                    self.remember_failure(path, exc)
-                    raise
-                self._scripts[path] = script
-                self._failures.pop(path, None)
-            return script
-        finally:
-            self._lock.release()
-
-    def remember_failure(self, path: str, exc: BaseException) -> None:
-        self._failures[path] = (stamp(path), time.monotonic(), exc)
-
-    def recent_failure(self, path: str) -> BaseException | None:
-        """How the last import of this unchanged file failed, for listings that must not
-        re-run a broken script's code on every call; None when it is worth another try."""
-        entry = self._failures.get(path)
-        if entry is None or entry[0] != stamp(path):
-            return None
-        return entry[2] if time.monotonic() - entry[1] < FAILURE_RECHECK_SECONDS else None
-
-    def _import(self, path: str) -> LoadedScript:
+    def load(
+        self, path: str, runners: RunnerPool, hooks: Hooks | None = None
+    ) -> tuple[LoadedScript, Runner]:
+        """Have a new runner import the script: its description, and the runner (warm,
+        for the call that asked). Raises ScriptLoadError, ScriptTimeout, BackedOff."""
         own = stamp(path)
-        if own is None:  # deleted between lookup and import: as if it never existed
-            raise NotFound(path)
-        name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
-        finder = HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
-        before = set(sys.modules)
-        sys.meta_path.insert(0, finder)
+        failure = self._failures.get(path)
+        if failure is not None and failure.stamp == own:
+            wait = failure.at + failure.backoff() - time.monotonic()
+            if wait > 0:
+                raise BackedOff(wait)
+        old = self._scripts.get(path)
         try:
-            spec = importlib.util.spec_from_file_location(
-                name, path, loader=SourceLoader(name, path)
+            info, runner = runners.start(
+                own, path, old.memory_limit if old else None, self.default_timeout, hooks
             )
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except ScriptTimeout:
-                sys.modules.pop(name, None)
-                raise
-            except BaseException as exc:  # SystemExit, KeyboardInterrupt: the script's fault
-                sys.modules.pop(name, None)
-                if isinstance(exc, FileNotFoundError) and exc.filename == path:
-                    raise NotFound(path) from None
-                raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
-        finally:
-            sys.meta_path.remove(finder)
-            helpers = self._detach_helpers(set(sys.modules) - before - {name})
-        handler = next(
-            (getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))), None
+        except ImportFailed as exc:
+            error = ScriptLoadError(str(exc), exc.state)
+            error.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
+            self._fail(path, own, error, timeout=False)
+            raise error from None
+        except ScriptTimeout as exc:
+            self._fail(path, own, exc, timeout=True)
+            raise
+        script = self._describe(path, own, info)
+        if script.memory_limit and script.memory_limit != runner.memory:
+            runners.kill(runner)  # started under the default limit: again, under its own
+            info, runner = runners.start(
+                script.key, path, script.memory_limit, self.default_timeout
+            )
+        runner.key = script.key
+        with self._lock:
+            if old is not None and old.key != script.key:
+                runners.discard(lambda key: key == old.key)
+            self._scripts[path] = script
+            self._failures.pop(path, None)
+        return script, runner
+
+    def start_runner(
+        self, script: LoadedScript, runners: RunnerPool, hooks: Hooks | None = None
+    ) -> Runner:
+        """Another runner for a described script (every warm one is busy): a cold start."""
+        _, runner = runners.start(
+            script.key, script.path, script.memory_limit, script.timeout, hooks
         )
-        if handler is None:
-            raise ScriptLoadError("no handle(request) or main(request) function", "no_handler")
-        requested = _seconds(module, "TIMEOUT")
-        summary, description = _docstring(module)
-        try:
-            params = read_params(handler)
-        except DeclarationError as exc:
-            raise ScriptLoadError(str(exc)) from None
+        return runner
+
+    def _describe(self, path: str, own: Stamp | None, info: dict[str, Any]) -> LoadedScript:
+        helpers = [s for s in (stamp(f) for f in info.get("helpers", [])) if s is not None]
+        requested = info.get("timeout")
+        concurrency = info.get("concurrency")
+        params = info.get("params")
         script = LoadedScript(
             path=path,
-            module=module,
-            handler=handler,
-            methods=_methods(module),
+            methods=frozenset(info["methods"]),
             timeout=min(requested or self.default_timeout, self.max_timeout),
             requested_timeout=requested,
-            concurrency=_concurrency(module, self.default_concurrency),
-            summary=summary,
-            description=description,
-            params=params,
-            stamps=(own, *helpers),
-            run_async=_run_async(module),
-            job_timeout=_seconds(module, "JOB_TIMEOUT"),
+            concurrency=self.default_concurrency if concurrency is None else concurrency,
+            summary=info.get("summary", ""),
+            description=info.get("description", ""),
+            params=Params.from_json(params) if params else None,
+            stamps=(own or (path, 0, 0, 0), *sorted(helpers)),
+            run_async=bool(info.get("async")),
+            job_timeout=info.get("job_timeout"),
+            memory_limit=info.get("memory_limit"),
         )
         if script.timeout_capped:
             self.log.warning(
@@ -283,18 +228,26 @@ class ScriptCache:
             )
         return script
 
-    def _detach_helpers(self, new_names: set[str]) -> list[Stamp]:
-        """Stamp the helpers a script imported, then drop them from sys.modules.
+    def _fail(self, path: str, own: Stamp | None, exc: BaseException, timeout: bool) -> None:
+        with self._lock:
+            last = self._failures.get(path)
+            timeouts = last.timeouts + 1 if timeout and last and last.stamp == own else 0
+            self._failures[path] = _Failure(own, time.monotonic(), exc, timeouts or int(timeout))
 
-        Dropping them gives every script its own copy of a same-named helper, and lets an
-        edited helper be imported afresh when its script reloads.
-        """
-        stamps = []
-        for mod_name in new_names:
-            origin = getattr(sys.modules.get(mod_name), "__file__", None) or ""
-            if origin.startswith(self.root + os.sep):
-                sys.modules.pop(mod_name, None)
-                helper = stamp(origin)
-                if helper is not None:
-                    stamps.append(helper)
-        return sorted(stamps)
+    def recent_failure(self, path: str) -> BaseException | None:
+        """How the last import of this unchanged file failed, for listings that must not
+        start a broken script's runner on every call; None when it is worth another try."""
+        failure = self._failures.get(path)
+        if failure is None or failure.stamp != stamp(path):
+            return None
+        window = max(FAILURE_RECHECK_SECONDS, failure.backoff())
+        return failure.error if time.monotonic() - failure.at < window else None
+
+    def backed_off(self) -> list[str]:
+        """Real paths of the unchanged scripts whose import timed out and is backed off."""
+        now = time.monotonic()
+        return sorted(
+            path
+            for path, f in list(self._failures.items())
+            if f.timeouts and now < f.at + f.backoff() and f.stamp == stamp(path)
+        )

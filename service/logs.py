@@ -70,7 +70,11 @@ TRACEBACK_FRAMES = 64
 
 
 def format_failure(exc: BaseException) -> str:
-    """The traceback, its last TRACEBACK_FRAMES frames only, chained causes included."""
+    """The traceback, its last TRACEBACK_FRAMES frames only, chained causes included;
+    for a failure in a runner, the traceback the runner sent."""
+    remote = getattr(exc, "remote_traceback", "")
+    if remote:
+        return str(remote).rstrip("\n")
     return "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)).rstrip("\n")
 
 

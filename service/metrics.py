@@ -20,7 +20,7 @@ from service.collector import FastMultiProcessCollector
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
 # and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.
-ERROR_KINDS = ("exception", "import", "timeout")
+ERROR_KINDS = ("exception", "import", "timeout", "memory", "crashed")
 BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -65,7 +65,7 @@ class Metrics:
         self.script_errors = counter(
             "scriptgate_script_errors",
             "zone script kind",
-            "Script failures by kind: exception, import, timeout.",
+            "Script failures by kind: exception, import, timeout, memory, crashed (runner died).",
         )
         self.auth_denied = counter(
             "scriptgate_auth_denied",

@@ -59,12 +59,30 @@ class Params:
 
     query: tuple[Param, ...]
     body: Param | None
-    model: type[BaseModel]
+    model: type[BaseModel] | None  # None in a worker: only the script's runner checks
     schema: dict[str, Any]  # the model's JSON Schema; refs point into its own "$defs"
 
     @property
     def all(self) -> tuple[Param, ...]:
         return (*self.query, self.body) if self.body else self.query
+
+    def to_json(self) -> dict[str, Any]:
+        """What a runner tells the worker (routes, the API document) about them."""
+        return {
+            "query": [dataclasses.asdict(p) for p in self.query],
+            "body": dataclasses.asdict(self.body) if self.body else None,
+            "schema": self.schema,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Params:
+        body = data.get("body")
+        return cls(
+            tuple(Param(**p) for p in data["query"]),
+            Param(**body) if body else None,
+            None,
+            data["schema"],
+        )
 
 
 def read_params(handler: Callable[..., Any]) -> Params | None:
@@ -143,6 +161,7 @@ def arguments(params: Params | None, req: Request) -> dict[str, Any]:
         elif problems:
             unreadable = params.body.name
     try:
+        assert params.model is not None, "parameters are checked in the script's runner"
         model = params.model.model_validate(data)
     except ValidationError as exc:
         errors = [e for e in exc.errors(include_url=False) if e["loc"][:1] != (unreadable,)]

@@ -3,11 +3,11 @@
     context   zone, client (already the real one: access.RealClient), server span
     access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
     caller    the key's expiry and rate limit, its last use             (callers.py)
-    lookup    a platform view, or the script: scope, resolve, import if changed
-    checks    method, body size, declared parameters                    (params.py)
+    lookup    a platform view, or the script: scope, resolve, described by a runner
+    checks    method, body size                                          (loader.py)
     job?      `Prefer: respond-async` or ASYNC = True: queue it, 202     (jobs/http.py)
-    run       bulkhead slot, then the handler under its deadline         (deadline.py)
-    convert   what the handler returned becomes a response               (convert.py)
+    run       bulkhead slot, then the call in the script's runner        (runners/)
+              (its parameters, handler and conversion run there)
     record    trace headers, metrics, the request log line               (record.py)
 
 A stage that refuses raises a `RequestError`; `handle_request` renders it with the one
@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Request, Response, request
 from opentelemetry import trace
-from werkzeug.exceptions import HTTPException
 
 from service.access import authorize, check_scope
-from service.callers import hand_over
-from service.convert import to_response
-from service.deadline import ScriptStopped, ScriptTimeout
+from service.callers import CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY, hand_over
 from service.errors import (
     AccessDenied,
     CallerError,
+    InvalidParameters,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -39,19 +38,18 @@ from service.errors import (
     ScriptFailed,
     ScriptTimedOut,
     TooManyRequests,
+    Unavailable,
     render_error,
 )
 from service.jobs.http import start_job, wants_job
-from service.loader import LoadedScript, ScriptLoadError
+from service.loader import BackedOff, LoadedScript, ScriptLoadError
 from service.metrics import ERROR_KINDS
-from service.params import arguments
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
 from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
+from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
 from service.runtime import Runtime, runtime
-from service.scriptlog import serving
-
-T = TypeVar("T")
+from service.scriptlog import ScriptLines
 
 
 def handle_request() -> Response:
@@ -63,8 +61,7 @@ def handle_request() -> Response:
     if in_progress is not None:
         in_progress.inc()
     try:
-        with serving(rt.log, ctx):  # a script's own log lines carry this request's fields
-            response = respond(rt, ctx, req)
+        response = respond(rt, ctx, req)
     except RequestError as exc:
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
@@ -98,15 +95,17 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     script = lookup(rt, ctx, target)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)
-    values = arguments(script.params, req)  # a bad parameter: 400, nothing queued or run
     if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
+        if script.params is not None:  # a bad parameter: 400, nothing queued
+            call_handler(rt, ctx, script, req, rt.settings.script_timeout, check=True)
         return start_job(rt, ctx, req)
     hand_over(ctx.caller, req.environ)
-    return run(rt, ctx, req, script, values)
+    return run(rt, ctx, req, script)
 
 
 def lookup(rt: Runtime, ctx: RequestContext, target: Target) -> LoadedScript:
-    """The script for this target, imported (under the import deadline) if it changed."""
+    """The script for this target, described by a runner (under the import deadline) if
+    it changed since this worker last asked."""
     script = rt.scripts.cached_target(target)
     if script is not None:
         ctx.script = target.rel_path
@@ -121,16 +120,27 @@ def lookup(rt: Runtime, ctx: RequestContext, target: Target) -> LoadedScript:
 
 
 def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
+    lines = ScriptLines(rt.log, ctx, rt.settings.script_output_limit)
     with rt.tracer.start_as_current_span("script.import") as span:
         span.set_attribute("code.filepath", path)
         try:
-            script = rt.runners.run(lambda: rt.scripts.load(path), rt.settings.script_timeout)
+            script, runner = rt.scripts.load(path, rt.runners, _CallHooks(rt, ctx, lines))
         except ScriptLoadError as exc:
             record_failure(rt, ctx, span, "import", exc)
             raise ScriptFailed() from exc
         except ScriptTimeout as exc:
             record_failure(rt, ctx, span, "timeout", exc)
             raise ScriptTimedOut() from None
+        except BackedOff as exc:
+            raise Unavailable(
+                "backed_off", headers={"Retry-After": str(math.ceil(exc.retry_after))}
+            ) from exc
+        except RunnerFailed as exc:
+            record_failure(rt, ctx, span, "crashed", exc)
+            raise ScriptFailed("runner_died") from exc
+        finally:
+            lines.close()
+    rt.runners.put_back(runner)  # warm, for the call that asked
     if rt.metrics is not None:
         # Error series start at 0, so increase() sees a script's first failure too.
         for kind in ERROR_KINDS:
@@ -167,19 +177,8 @@ def check_body(req: Request, limit: int) -> None:
     req.environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
-def run(
-    rt: Runtime,
-    ctx: RequestContext,
-    req: Request,
-    script: LoadedScript,
-    values: dict[str, Any] | None = None,
-) -> Response:
-    """Take a slot of the script's bulkhead, then run and convert under its deadline;
-    the handler gets its declared parameters' values as keyword arguments.
-
-    The slot and the in-flight gauge are given back when the script's code has really
-    stopped (`after`), not when its caller got a 504: an abandoned script still counts.
-    """
+def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
+    """Take a slot of the script's bulkhead, then call it in a runner under its deadline."""
     releases: list[Callable[[], None]] = []
     if script.concurrency:
         release = rt.bulkhead.take(f"{ctx.zone}:{ctx.script}", script.concurrency)
@@ -188,24 +187,46 @@ def run(
         releases.append(release)
     if rt.metrics is not None:
         releases.append(rt.metrics.script_started(ctx.zone, ctx.script))
-    return call_handler(
-        rt,
-        ctx,
-        lambda: to_response(script.handler(req, **(values or {}))),
-        script.timeout,
-        after=lambda: [release() for release in releases],
-    )
+    try:
+        return call_handler(rt, ctx, script, req, script.timeout)
+    finally:
+        for release in releases:
+            release()
+
+
+class _CallHooks(Hooks):
+    """A call's log lines and `secret()` requests, answered for the runner's own zone."""
+
+    def __init__(self, rt: Runtime, ctx: RequestContext, lines: ScriptLines) -> None:
+        self.rt = rt
+        self.zone = ctx.zone
+        self.lines = lines
+
+    def log(self, message: dict[str, Any]) -> None:
+        self.lines.write(message)
+
+    def secret(self, name: str) -> dict[str, Any]:
+        try:
+            return {"value": self.rt.secrets.read(name, self.zone)}
+        except ValueError as exc:
+            return {"error": str(exc), "invalid": True}
+        except LookupError as exc:
+            return {"error": str(exc)}
 
 
 def call_handler(
     rt: Runtime,
     ctx: RequestContext,
-    call: Callable[[], T],
+    script: LoadedScript,
+    req: Request,
     seconds: float,
     stop: Callable[[], bool] | None = None,
-    after: Callable[[], None] | None = None,
-) -> T | Response:
-    """A script's code on a runner thread under its deadline, in a `script.run` span.
+    *,
+    check: bool = False,
+    log_fields: dict[str, Any] | None = None,
+) -> Response:
+    """The script's handler in one of its runners under its deadline, in a `script.run`
+    span; with `check`, only its declared parameters are checked.
 
     Its failures become the contract's answers: 504 at the deadline, its own 4xx, 500
     for anything it raised. Jobs call this too, with `stop` (a cancel request), which
@@ -217,48 +238,69 @@ def call_handler(
         rt.tracer.start_as_current_span(
             "script.run", record_exception=False, set_status_on_exception=False
         )
-        if ctx.server_span.is_recording()
+        if ctx.server_span.is_recording() and not check
         else contextlib.nullcontext()
     )
+    lines = ScriptLines(rt.log, ctx, rt.settings.script_output_limit, log_fields)
     with child as span:
         try:
-            return rt.runners.run(call, seconds, stop, after)
+            hooks = _CallHooks(rt, ctx, lines)
+            runner = rt.runners.take(script.key)
+            if runner is None:
+                runner = rt.scripts.start_runner(script, rt.runners, hooks)
+            message = {"environ": runner_environ(req.environ), "check": check}
+            answer, body = rt.runners.call(runner, message, req.get_data(), seconds, stop, hooks)
         except ScriptStopped:
             raise
         except ScriptTimeout as exc:
             record_failure(rt, ctx, span, "timeout", exc)
             raise ScriptTimedOut() from None
-        except HTTPException as exc:
-            return caller_error(exc)
-        except BaseException as exc:  # a script's own BaseException too: the script's fault
-            record_failure(rt, ctx, span, "exception", exc)
+        except RunnerFailed as exc:
+            record_failure(rt, ctx, span, exc.kind, exc)
+            raise ScriptFailed("runner_died") from exc
+        except (ScriptLoadError, ImportFailed) as exc:
+            record_failure(rt, ctx, span, "import", exc)
             raise ScriptFailed() from exc
+        finally:
+            lines.close()
+        return answer_of(rt, ctx, span, answer, body)
 
 
-def caller_error(exc: HTTPException) -> Response:
-    """A script's `abort(...)` or a bad request body it found: the caller's error.
-
-    A redirect or a response the script attached is answered as it is; an error status
-    becomes the JSON error body with the exception's own description.
-    """
-    status = exc.code or 500
-    if exc.response is not None or status < 400:
-        return exc.get_response()
-    if status == PayloadTooLarge.status:
+def answer_of(
+    rt: Runtime, ctx: RequestContext, span: Any, answer: dict[str, Any], body: bytes
+) -> Response:
+    """The runner's answer as the contract's response, or the refusal it stands for."""
+    kind = answer.get("t")
+    if kind == "response":
+        response = Response(status=answer["status"], headers=answer["headers"])
+        response.response = [body]  # as is: Content-Length stays the script's (HEAD)
+        return response
+    if kind == "checked":
+        return Response(status=204)
+    if kind == "invalid":
+        raise InvalidParameters(answer["fields"])
+    if kind == "caller_error":
+        raise CallerError(int(answer["status"]), str(answer["error"]), answer["headers"])
+    if kind == "too_large":
         raise PayloadTooLarge()
-    description = _own_description(exc) or _own_description(exc.__cause__) or exc.name
-    description = description if description != exc.name else description.lower()
-    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-    raise CallerError(status, description or "error", headers)
+    failure = RunnerFailed(
+        "memory" if answer.get("kind") == "memory" else "exception",
+        str(answer.get("message", "")),
+        str(answer.get("traceback", "")),
+        str(answer.get("type", "Exception")),
+    )
+    record_failure(rt, ctx, span, failure.kind, failure)
+    raise ScriptFailed("memory" if failure.kind == "memory" else None) from failure
 
 
-def _own_description(exc: BaseException | None) -> str | None:
-    """An HTTPException's description when someone wrote one, not its class default.
+_ENVIRON_KEEP = frozenset({"wsgi.url_scheme", CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY})
 
-    Flask re-raises a bad JSON body as a bare BadRequest outside debug mode; the cause
-    keeps the parser's message ("Failed to decode JSON object: ..."), which names no
-    path and no secret and tells the caller what to fix.
-    """
-    if isinstance(exc, HTTPException) and exc.description != type(exc).description:
-        return exc.description
-    return None
+
+def runner_environ(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request's CGI variables and headers for the runner: text only (no server
+    objects), the key headers already taken out (callers.hand_over)."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if (isinstance(v, str) and "." not in k) or k in _ENVIRON_KEEP
+    }

@@ -36,14 +36,16 @@ class PlatformView:
 
 def health(rt: Runtime, req: Request) -> Response:
     totals = rt.metrics.totals() if rt.metrics is not None else None
-    states = all_states(rt)  # imports what it has not seen: a broken script is counted
+    rt.scanner.poke(rt)  # finds new and changed scripts off this probe's path
+    states = all_states(rt, known_only=True)  # never waits for an import
     return jsonify(
         status="ok",
         uptime_sec=rt.uptime(),
         requests_total=totals.requests_total if totals else None,
         errors_total=totals.errors_total if totals else None,
         scripts=len(states),
-        scripts_broken=sum(state.state != "ok" for state in states),
+        scripts_broken=sum(state.state not in ("ok", "unknown") for state in states),
+        scripts_backed_off=sum(state.state == "backed_off" for state in states),
         version=rt.settings.version,
     )
 

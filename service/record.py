@@ -112,7 +112,7 @@ def record_failure(
             s.add_event(
                 "exception",
                 {
-                    "exception.type": type(exc).__name__,
+                    "exception.type": getattr(exc, "remote_type", "") or type(exc).__name__,
                     "exception.message": str(exc)[:1000],
                     "exception.stacktrace": stack,
                 },

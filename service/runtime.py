@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,10 +13,11 @@ from opentelemetry.trace import Tracer
 from service.bulkhead import Bulkhead
 from service.callers import Callers
 from service.config import Settings
-from service.deadline import RunnerPool
+from service.describe import Scanner
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.metrics import Metrics
+from service.runners.pool import RunnerPool
 from service.script_secrets import Secrets
 
 
@@ -35,6 +36,7 @@ class Runtime:
     secrets: Secrets
     started_at: float
     platform_only: bool = False
+    scanner: Scanner = field(default_factory=Scanner)
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)

@@ -35,9 +35,10 @@ class Secrets:
         self._lock = threading.Lock()
         self._forms: tuple[str, ...] = ()
 
-    def read(self, name: str) -> str:
-        """The secret's text; raises SecretNotFound, or ValueError for a name that is
-        not a plain file name (no folders, nothing hidden)."""
+    def read(self, name: str, zone: str | None = None) -> str:
+        """The secret's text, the zone's own (`SECRETS_DIR/<zone>/<name>`) before a shared
+        one (`SECRETS_DIR/<name>`); raises SecretNotFound, or ValueError for a name that
+        is not a plain file name (no folders, nothing hidden)."""
         if (
             not name
             or len(name) > MAX_NAME_LENGTH
@@ -45,12 +46,17 @@ class Secrets:
             or any(c in name for c in "/\\\x00")
         ):
             raise ValueError(f"{name!r} is not a secret's file name")
-        try:
-            value = (self.directory / name).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError):
-            raise SecretNotFound(f"no secret {name!r} in {self.directory}") from None
-        self.remember(value)
-        return value
+        places = [self.directory / name]
+        if zone is not None:
+            places.insert(0, self.directory / zone / name)
+        for place in places:
+            try:
+                value = place.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError):
+                continue
+            self.remember(value)
+            return value
+        raise SecretNotFound(f"no secret {name!r} in {self.directory}")
 
     def remember(self, value: str) -> None:
         """Redact this value from every later log line of this process."""
@@ -70,7 +76,9 @@ class Secrets:
 
 
 def secret(name: str) -> str:
-    """Read a secret from SECRETS_DIR, for the script running now."""
+    """Read a secret of the script's zone (`SECRETS_DIR/<zone>/<name>`) or a shared one
+    (`SECRETS_DIR/<name>`). In a runner the worker reads it and answers: the runner
+    cannot read the secrets folder, nor another zone's secrets."""
     from flask import current_app
 
     secrets: Secrets = current_app.extensions["scriptgate"].secrets

@@ -1,29 +1,22 @@
-"""A script's own log records and `print` output, as JSON lines of the request they serve.
+"""A script's own log records and output, as JSON lines of the call they belong to.
 
     log = logging.getLogger(__name__)      # in a script
     log.info("sent %d mails", n)           # -> {"level": "INFO", "trace_id": ..., "zone": ...}
 
-The pipeline marks the request a script serves (`serving`) in a context variable; the
-runner thread that runs the script's code gets a copy of it (deadline.py), so the one
-handler on the root logger knows, for any record made there, which request it belongs to
-and which app's log (stdout and LOG_FILE, one write per line) it goes to. Scripts' loggers
-(`scriptgate_script.*`, their module names) log at LOG_LEVEL; the root logger keeps
-Python's WARNING. Records made outside any request go where Python would send them
-without this handler (stderr, WARNING and above).
-
-`print` and `sys.stderr` writes from a script become records of logger `print` at INFO
-and WARNING (`install_print_capture`, done in each gunicorn worker); each line is one
-record, cut at MAX_LINE_CHARS.
+A script runs in its runner (service/runners): its `logging` records and everything
+written to its descriptors 1 and 2 (`print`, `os.write`, child processes) come to the
+worker as messages, and are written here. The fields that say whose line it is
+(`logger` outside the script's own namespace, `trace_id`, `span_id`, `zone`, `script`,
+`caller`, `job_id`) are set here and a script cannot set them: a record's `extra` may add
+fields, never replace these. Output lines are records of logger `print`, stdout at INFO and
+stderr at WARNING. A call writes at most SCRIPT_OUTPUT_LIMIT bytes of lines; the rest is
+dropped and one WARNING line says how much.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
@@ -34,123 +27,95 @@ if TYPE_CHECKING:
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 PRINT_LOGGER = "print"
-MAX_LINE_CHARS = 64 * 1024
+PLATFORM_FIELDS = frozenset(
+    {"logger", "trace_id", "span_id", "zone", "script", "caller", "job_id", "time", "level"}
+    | {"message", "exc_info", "stream", "truncated"}
+)
+_LEVELS = frozenset({logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL})
 
 
-class ScriptCall:
-    """The request a script's code is serving, and the app log its records go to."""
+class ScriptLines:
+    """Writes one call's lines to the app log, within the call's output budget."""
 
-    __slots__ = ("ctx", "log", "pending")
+    __slots__ = ("ctx", "dropped", "extra", "left", "log")
 
-    def __init__(self, log: logging.Logger, ctx: RequestContext) -> None:
+    def __init__(
+        self, log: logging.Logger, ctx: RequestContext, budget: int, extra: dict | None = None
+    ) -> None:
         self.log = log
         self.ctx = ctx
-        self.pending: dict[str, str] = {}  # a printed line not yet ended, per stream
+        self.left = budget
+        self.dropped = 0
+        self.extra = extra or {}
 
     def fields(self) -> dict[str, Any]:
-        """What every record of the call carries; the span is the script's own when the
-        record is made inside it (script.run), else the request's server span."""
+        """The call's fields; the span is the script's own (script.run) when there is one."""
         ctx = self.ctx
         trace_id, span_id = ctx.trace_id, ctx.span_id
         span = trace.get_current_span()
         if span.get_span_context().is_valid:
             trace_id, span_id = span_ids(span)
-        return {"trace_id": trace_id, "span_id": span_id, "zone": ctx.zone, "script": ctx.script}
+        fields = {"trace_id": trace_id, "span_id": span_id, "zone": ctx.zone, "script": ctx.script}
+        if ctx.caller is not None:
+            fields["caller"] = ctx.caller.id
+        fields.update(self.extra)
+        return fields
 
-
-_current: contextvars.ContextVar[ScriptCall | None] = contextvars.ContextVar(
-    "scriptgate_script_call", default=None
-)
-# Set while a captured line is being logged: a logging error that prints to stderr must
-# reach the real stream, not come back here.
-_emitting: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "scriptgate_emitting", default=False
-)
-
-
-@contextmanager
-def serving(log: logging.Logger, ctx: RequestContext) -> Iterator[None]:
-    """Mark the request whose script code runs inside this block (and its runner copies)."""
-    call = ScriptCall(log, ctx)
-    token = _current.set(call)
-    try:
-        yield
-    finally:
-        for stream, text in call.pending.items():  # a last line printed without "\n"
-            _emit_line(call, stream, text)
-        _current.reset(token)
-
-
-class RequestLogHandler(logging.Handler):
-    """On the root logger: a record made while a script serves a request goes to that
-    request's app log, with its fields; any other record as if this handler did not exist."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        call = _current.get()
-        if call is None:
-            if record.levelno >= logging.lastResort.level:  # type: ignore[union-attr]
-                logging.lastResort.handle(record)  # type: ignore[union-attr]
+    def write(self, message: dict[str, Any]) -> None:
+        """A runner's `log` or `output` message."""
+        text = str(message.get("message", ""))
+        exc = message.get("exc")
+        size = len(text) + (len(exc) if isinstance(exc, str) else 0)
+        if size > self.left:
+            self.left = 0
+            self.dropped += size
             return
-        if record.levelno < call.log.getEffectiveLevel():
+        self.left -= size
+        if message.get("t") == "output":
+            stream = "stderr" if message.get("stream") == "stderr" else "stdout"
+            level = logging.WARNING if stream == "stderr" else logging.INFO
+            own: dict[str, Any] = {"stream": stream}
+            if message.get("truncated"):
+                own["truncated"] = True
+            self._emit(PRINT_LOGGER, level, text, None, own)
             return
-        for name, value in call.fields().items():
-            if not hasattr(record, name):  # a script's own extra= wins
-                setattr(record, name, value)
-        call.log.handle(record)
+        level = message.get("level")
+        level = level if level in _LEVELS else logging.WARNING
+        extra = message.get("extra")
+        own = {
+            k: v
+            for k, v in (extra.items() if isinstance(extra, dict) else ())
+            if isinstance(k, str) and k not in PLATFORM_FIELDS and not k.startswith("_")
+        }
+        self._emit(script_logger(message.get("logger")), level, text, exc, own)
+
+    def close(self) -> None:
+        if self.dropped:
+            self._emit(
+                PRINT_LOGGER,
+                logging.WARNING,
+                f"output cut: {self.dropped} more bytes over SCRIPT_OUTPUT_LIMIT",
+                None,
+                {"truncated": True},
+            )
+            self.dropped = 0
+
+    def _emit(self, name: str, level: int, text: str, exc: Any, own: dict[str, Any]) -> None:
+        if level < self.log.getEffectiveLevel():
+            return
+        record = logging.LogRecord(name, level, "", 0, text, None, None)
+        if isinstance(exc, str) and exc:
+            record.exc_text = exc.rstrip("\n")
+        for key, value in own.items():
+            setattr(record, key, value)
+        for key, value in self.fields().items():
+            setattr(record, key, value)
+        self.log.handle(record)
 
 
-def install(level: str) -> None:
-    """Route script records to the app logs (idempotent: one handler per process)."""
-    logging.getLogger(SCRIPT_LOGGER).setLevel(level)
-    logging.getLogger(PRINT_LOGGER).setLevel(logging.DEBUG)  # LOG_LEVEL decides, per app
-    root = logging.getLogger()
-    if not any(isinstance(h, RequestLogHandler) for h in root.handlers):
-        root.addHandler(RequestLogHandler())
-
-
-class CapturedStream:
-    """sys.stdout / sys.stderr: a script's lines become log records, the rest passes."""
-
-    def __init__(self, stream: TextIO, name: str, level: int) -> None:
-        self.stream = stream
-        self.name = name
-        self.level = level
-
-    def write(self, text: str) -> int:
-        call = _current.get()
-        if call is None or _emitting.get():
-            return self.stream.write(text)
-        *lines, rest = (call.pending.pop(self.name, "") + text).split("\n")
-        for line in lines:
-            _emit_line(call, self.name, line, self.level)
-        if rest:
-            call.pending[self.name] = rest[: MAX_LINE_CHARS + 1]
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer...
-        return getattr(self.stream, name)
-
-
-def install_print_capture() -> None:
-    """Capture this process's print output (a gunicorn worker's, after fork)."""
-    if not isinstance(sys.stdout, CapturedStream):
-        sys.stdout = CapturedStream(sys.stdout, "stdout", logging.INFO)  # type: ignore[assignment]
-    if not isinstance(sys.stderr, CapturedStream):
-        sys.stderr = CapturedStream(sys.stderr, "stderr", logging.WARNING)  # type: ignore[assignment]
-
-
-def _emit_line(call: ScriptCall, stream: str, line: str, level: int | None = None) -> None:
-    if level is None:
-        level = logging.WARNING if stream == "stderr" else logging.INFO
-    extra: dict[str, Any] = {"stream": stream}
-    if len(line) > MAX_LINE_CHARS:
-        extra["truncated"] = True
-        line = line[:MAX_LINE_CHARS]
-    token = _emitting.set(True)
-    try:
-        logging.getLogger(PRINT_LOGGER).log(level, "%s", line, extra=extra)
-    finally:
-        _emitting.reset(token)
+def script_logger(name: Any) -> str:
+    """A record's logger as written: the script's own namespace, never a platform name."""
+    name = str(name or "root")
+    if name == SCRIPT_LOGGER or name.startswith(SCRIPT_LOGGER + "."):
+        return name
+    return f"{SCRIPT_LOGGER}.{name}"

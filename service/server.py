@@ -20,7 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from service import multiproc, plane, recycle, scriptlog
+from service import multiproc, plane
 from service.access import closed_zone_warnings
 from service.config import ConfigError, Settings
 from service.logs import open_append
@@ -94,10 +94,8 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
 
     # gunicorn hooks: (server, worker) signatures are gunicorn's.
     def post_fork(self, server: Any, worker: Any) -> None:
-        recycle.attach(worker)
-        scriptlog.install_print_capture()  # a script's print: JSON lines of its request
-        # Scripts run in the workers: when they spin on every core, the master and the
-        # platform plane still get the CPU first, so health checks and scrapes answer.
+        # Runners are the workers' grandchildren and inherit this: when scripts spin on
+        # every core, the master and the platform plane still get the CPU first.
         os.nice(WORKER_NICENESS)
         real_exit = os._exit
 
@@ -109,8 +107,10 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
     def worker_exit(self, server: Any, worker: Any) -> None:
         app = getattr(worker, "wsgi", None)
         extensions = getattr(app, "extensions", {})
-        provider = extensions["scriptgate"].tracer_provider if "scriptgate" in extensions else None
-        recycle.exit_if_requested(lambda: provider and provider.force_flush(2000))
+        if "scriptgate" in extensions:
+            rt = extensions["scriptgate"]
+            rt.runners.close()  # its zygote and runners go with it, not after
+            rt.tracer_provider.force_flush(2000)
 
     def child_exit(self, server: Any, worker: Any) -> None:
         if self.metrics_dir is not None:

@@ -1,15 +1,10 @@
 """Run one job in a job worker, as the synchronous call would have run it.
 
-The request is rebuilt from its snapshot; the script is found and imported by the
-pipeline's own `lookup` (same ScriptCache: an edited script is re-imported, as for a
-call) and run by `call_handler` under the job's timeout, on a runner thread. While it
-runs, this thread asks the store a few times a second whether the job was cancelled.
-
-Stopping a running script: the runner thread gets ScriptTimeout raised inside it (the
-script's `finally` blocks and `with` exits run), as at a call's deadline. A script
-blocked in C (a long `sleep`, a socket read) cannot be interrupted; after the grace
-period its job is reported anyway and this whole process exits (recycle.py), so the
-script stops with it and the supervisor starts a fresh worker.
+The request is rebuilt from its snapshot; the script is found by the pipeline's own
+`lookup` (same ScriptCache: an edited script gets a fresh runner, as for a call) and run
+by `call_handler` in one of its runners under the job's timeout, exactly as a call is.
+While it runs, this thread asks the store a few times a second whether the job was
+cancelled; a cancel or the deadline kills the runner's process group at once.
 """
 
 from __future__ import annotations
@@ -26,9 +21,6 @@ from flask import Flask, Response, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service import recycle
-from service.convert import to_response
-from service.deadline import GRACE_SECONDS, ScriptStopped
 from service.errors import (
     CallerError,
     InvalidParameters,
@@ -49,11 +41,10 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
-from service.params import arguments
 from service.pipeline import call_handler, check_method, lookup
 from service.record import RequestContext
 from service.resolve import parse_target, url_for_script
-from service.scriptlog import serving
+from service.runners.pool import ScriptStopped
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -210,8 +201,7 @@ class JobExecutor:
             # HTTP script errors (no one waited on an HTTP worker for them).
             job_rt = replace(rt, metrics=None, log=JobLog(rt.log, {"job_id": job.id}))
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
-            with serving(rt.log, ctx):  # the script's own log lines, as in a call
-                outcome = self.attempt(job_rt, ctx, req, watch)
+            outcome = self.attempt(job_rt, ctx, req, watch)
             span.set_attributes(
                 {"scriptgate.script": ctx.script, "scriptgate.job_state": outcome.state}
             )
@@ -225,19 +215,15 @@ class JobExecutor:
         try:
             script = lookup(rt, ctx, parse_target(req.path))
             check_method(req.method, script.methods)
-            values = arguments(script.params, req)  # checked when queued; the script may differ
             seconds = script.job_timeout or rt.settings.job_timeout
-            call = lambda: capture(to_response(script.handler(req, **values)), limit)  # noqa: E731
-            answer = call_handler(rt, ctx, call, seconds, watch)
-            result = answer if isinstance(answer, Result) else capture(answer, limit)
-            return Outcome(SUCCEEDED, result=result)
+            fields = {"job_id": watch.job_id}
+            answer = call_handler(rt, ctx, script, req, seconds, watch, log_fields=fields)
+            return Outcome(SUCCEEDED, result=capture(answer, limit))
         except ScriptStopped:
-            self.settle()
             if watch.cancelled:
                 return Outcome(CANCELLED, "cancelled")
             return Outcome(FAILED, "interrupted: the job worker was stopped")
         except ScriptTimedOut as exc:
-            self.settle()
             return Outcome(TIMED_OUT, "timeout", self.answer(exc, ctx))
         except (CallerError, InvalidParameters) as exc:  # a 4xx answer, as the call's
             return Outcome(SUCCEEDED, result=self.answer(exc, ctx))
@@ -252,9 +238,3 @@ class JobExecutor:
 
     def answer(self, exc: RequestError, ctx: RequestContext) -> Result:
         return capture(render_error(exc, ctx.trace_id), self.rt.settings.job_max_result_bytes)
-
-    def settle(self) -> None:
-        """Wait for the interrupted script to stop; one that will not is stopped with
-        this process, once its job is reported."""
-        if not self.rt.runners.settle(GRACE_SECONDS + 0.5):
-            recycle.request("a job's script could not be stopped")

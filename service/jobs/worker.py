@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import multiproc, plane, recycle, scriptlog
+from service import multiproc, plane
 from service.config import Settings
 from service.deadline import GRACE_SECONDS
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
@@ -191,13 +191,6 @@ def _exit_text(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
-class _Retirement:
-    """What recycle.request flips when a script could not be stopped: the worker loop
-    ends after reporting the job, and the supervisor starts a fresh process."""
-
-    alive = True
-
-
 def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     """One job worker's life, in its own process."""
     from huey.consumer import Worker
@@ -211,10 +204,7 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     plane.die_with_parent()  # gone with the supervisor
     os.nice(WORKER_NICENESS)
     app = create_app(settings, run_dir=run_dir, started_at=started_at)
-    scriptlog.install_print_capture()  # a job's print: JSON lines, as in a call
     rt = app.extensions["scriptgate"]
-    retirement = _Retirement()
-    recycle.attach(retirement)
     huey_log = logging.getLogger("huey")  # its warnings as our JSON lines
     huey_log.handlers, huey_log.propagate = list(rt.log.handlers), False
     huey_log.setLevel(logging.WARNING)
@@ -224,7 +214,7 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
         workers.inc()
     loop = Worker(rt.jobs.huey, shutdown.event, POLL_MIN, POLL_MAX, POLL_BACKOFF)
     try:
-        while not shutdown.event.is_set() and retirement.alive:
+        while not shutdown.event.is_set():
             loop.loop()
     finally:
         if workers is not None:

@@ -328,7 +328,8 @@ def test_cancelling_a_running_job_stops_its_script(client, jobs_app, tmp_path):
     finally:
         worker.join(10)
     assert stays_the_same(side)
-    assert (tmp_path / "side.cleaned").read_text() == "finally ran"  # its cleanup ran
+    # Killed with its runner's process group: no `finally` runs after a cancel.
+    assert not (tmp_path / "side.cleaned").exists()
     assert "result" not in status(client, job_id).get_json()
 
 
@@ -462,26 +463,3 @@ def test_bad_job_settings_name_the_variable_and_never_echo_a_broker_url(
     assert info.value.variable == variable
     if variable == "JOB_BROKER_URL":
         assert value not in str(info.value)
-
-
-def test_stop_interrupts_a_running_script_and_settle_waits_for_it():
-    from service.deadline import RunnerPool, ScriptStopped
-
-    pool = RunnerPool()
-    ticks: list[int] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while True:
-            ticks.append(1)
-            time.sleep(0.01)
-
-    timer = threading.Timer(0.2, stop.set)
-    timer.start()
-    with pytest.raises(ScriptStopped):
-        pool.run(loop, 30, stop.is_set)
-    assert pool.settle(5)
-    count = len(ticks)
-    time.sleep(0.05)  # five ticks' worth: it has really stopped
-    assert len(ticks) == count
-    assert pool.run(lambda: "next", 5, lambda: False) == "next"  # the pool serves on

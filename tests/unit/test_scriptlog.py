@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import logging
-
 import pytest
 
-from service import scriptlog
+from service.runners.runner import MAX_LINE_CHARS
 from tests.unit.conftest import API, log_records, write_scripts
 
 SCRIPTS = {
@@ -65,7 +62,8 @@ def test_script_log_lines_carry_the_requests_fields(talk) -> None:
 
 def test_a_library_called_by_a_script_logs_with_the_request_too(talk) -> None:
     _, records = talk()
-    assert any(r["logger"] == "some.library" and r["script"] == "talk.py" for r in records)
+    library = "scriptgate_script.some.library"  # under the script namespace: never a platform name
+    assert any(r["logger"] == library and r["script"] == "talk.py" for r in records)
 
 
 def test_log_level_applies_to_script_logs(talk) -> None:
@@ -77,37 +75,66 @@ def test_log_level_applies_to_script_logs(talk) -> None:
     assert "a detail" in {r["message"] for r in debug}
 
 
-def test_print_and_stderr_become_records_when_captured(talk, monkeypatch) -> None:
-    """Installed in every gunicorn worker (server.post_fork); here for this test only."""
-    out, err = io.StringIO(), io.StringIO()
-    monkeypatch.setattr("sys.stdout", scriptlog.CapturedStream(out, "stdout", logging.INFO))
-    monkeypatch.setattr("sys.stderr", scriptlog.CapturedStream(err, "stderr", logging.WARNING))
+def test_print_and_stderr_become_records_of_the_call(talk) -> None:
     _, records = talk()
     printed = [(r["level"], r["stream"], r["message"]) for r in records if r["logger"] == "print"]
-    assert printed == [
+    stdout = [p for p in printed if p[1] == "stdout"]
+    assert stdout == [
         ("INFO", "stdout", "printed line"),
         ("INFO", "stdout", "two"),
-        ("WARNING", "stderr", "to stderr"),
         ("INFO", "stdout", "lines"),  # the last line, printed without "\n", at the end
     ]
+    assert [p for p in printed if p[1] == "stderr"] == [("WARNING", "stderr", "to stderr")]
     assert all(r["script"] == "talk.py" for r in records if r["logger"] == "print")
-    assert out.getvalue() == "" and err.getvalue() == ""
-    print("outside any request")
-    assert out.getvalue() == "outside any request\n"
 
 
-def test_a_huge_printed_line_is_cut(monkeypatch, make_app, scripts_dir, log_file) -> None:
+def test_output_written_below_python_is_captured_too(make_app, scripts_dir, log_file) -> None:
+    write_scripts(scripts_dir, {"low.py": """
+        import os, subprocess
+        def main(request):
+            os.write(1, b"raw bytes\\n")
+            subprocess.run(["echo", "from a child"], check=True)
+            return "ok"
+    """})  # fmt: skip
+    response = make_app().test_client().get("/low.py")
+    assert response.status_code == 200
+    trace_id = response.headers["X-Trace-Id"]
+    lines = {r["message"] for r in log_records(log_file) if r.get("trace_id") == trace_id}
+    assert {"raw bytes", "from a child"} <= lines
+
+
+def test_a_huge_printed_line_is_cut(make_app, scripts_dir, log_file) -> None:
     write_scripts(scripts_dir, {"noisy.py": "def main(request):\n    print('x' * 200_000)\n"})
-    monkeypatch.setattr("sys.stdout", scriptlog.CapturedStream(io.StringIO(), "stdout", 20))
     response = make_app().test_client().get("/noisy.py")
     assert response.status_code == 204
     (record,) = [r for r in log_records(log_file) if r.get("logger") == "print"]
-    assert len(record["message"]) == scriptlog.MAX_LINE_CHARS and record["truncated"] is True
+    assert len(record["message"]) == MAX_LINE_CHARS and record["truncated"] is True
 
 
-def test_records_outside_a_request_go_where_python_sends_them(capsys) -> None:
-    scriptlog.install("INFO")
-    logging.getLogger("scriptgate_script.nowhere").warning("no request here")
-    logging.getLogger("scriptgate_script.nowhere").info("dropped like Python would")
-    err = capsys.readouterr().err
-    assert "no request here" in err and "dropped" not in err
+def test_a_calls_output_is_cut_at_its_budget(make_app, scripts_dir, log_file) -> None:
+    write_scripts(
+        scripts_dir,
+        {"flood.py": "def main(request):\n    for _ in range(5000):\n        print('y' * 999)\n"},
+    )
+    response = make_app(script_output_limit=100_000).test_client().get("/flood.py")
+    assert response.status_code == 204
+    printed = [r for r in log_records(log_file) if r.get("logger") == "print"]
+    assert sum(len(r["message"]) for r in printed) <= 100_000
+    assert printed[-1]["message"].startswith("output cut: ") and printed[-1]["level"] == "WARNING"
+
+
+def test_a_script_cannot_write_a_platform_line(make_app, scripts_dir, log_file) -> None:
+    write_scripts(scripts_dir, {"api/forge.py": """
+        import logging
+        def main(request):
+            extra = {"logger": "scriptgate", "caller": "admin-key-1", "trace_id": "0" * 32,
+                     "zone": "admin", "job_id": "x"}
+            logging.getLogger("scriptgate").error("request", extra=extra)
+            return "ok"
+    """})  # fmt: skip
+    response = make_app().test_client().get("/api/forge.py", headers=API)
+    trace_id = response.headers["X-Trace-Id"]
+    (forged,) = [r for r in log_records(log_file) if r.get("level") == "ERROR"]
+    assert forged["logger"] == "scriptgate_script.scriptgate"
+    assert (forged["trace_id"], forged["zone"], forged["caller"]) == (trace_id, "api", "api-key-1")
+    assert "job_id" not in forged

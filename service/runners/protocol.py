@@ -1,0 +1,81 @@
+"""Frames between a worker and its runners: a 5-byte header (length, kind), then the payload.
+
+JSON frames carry messages; bytes frames carry bodies, so a response body is never
+escaped or base64-encoded. The standard library's multiprocessing.connection frames
+pickles, which a worker must never unpickle from a process running untrusted code.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+HEADER = struct.Struct("!IB")
+JSON, BYTES = ord("J"), ord("B")
+MAX_FRAME = 64 * 1024 * 1024  # a frame over this is a broken (or hostile) runner
+
+
+class ProtocolError(Exception):
+    """The other side closed the connection or sent something that is not a frame."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":"), default=str).encode()
+    return HEADER.pack(len(payload), JSON) + payload
+
+
+def encode_bytes(data: bytes) -> bytes:
+    return HEADER.pack(len(data), BYTES) + data
+
+
+def send(sock: socket.socket, message: dict[str, Any], body: bytes | None = None) -> None:
+    """One message, and a bytes frame after it when `body` is given, in one write."""
+    data = encode(message)
+    if body is not None:
+        data += encode_bytes(body)
+    sock.sendall(data)
+
+
+class Reader:
+    """Reads frames from a socket; its timeout is the caller's business (settimeout)."""
+
+    __slots__ = ("buffer", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def _fill(self, size: int) -> None:
+        while len(self.buffer) < size:
+            chunk = self.sock.recv(max(65536, size - len(self.buffer)))
+            if not chunk:
+                raise ProtocolError("connection closed")
+            self.buffer += chunk
+
+    def frame(self) -> tuple[int, bytes]:
+        self._fill(HEADER.size)
+        length, kind = HEADER.unpack_from(self.buffer)
+        if length > MAX_FRAME or kind not in (JSON, BYTES):
+            raise ProtocolError("not a frame")
+        self._fill(HEADER.size + length)
+        payload = bytes(self.buffer[HEADER.size : HEADER.size + length])
+        del self.buffer[: HEADER.size + length]
+        return kind, payload
+
+    def message(self) -> dict[str, Any] | bytes:
+        """The next frame: a dict for a JSON frame, bytes for a bytes frame."""
+        kind, payload = self.frame()
+        if kind == BYTES:
+            return payload
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            raise ProtocolError("not JSON") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("not a message")
+        return message
+
+    def pending(self) -> bool:
+        return bool(self.buffer)

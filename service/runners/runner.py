@@ -1,0 +1,373 @@
+"""Inside a runner: import one script, describe it, then serve its calls one at a time.
+
+Everything here runs in a process that holds no platform secret and serves one script, so
+whatever the script does to this process (patches, chdir, leaked memory, threads or
+descriptors) stays here. The worker trusts nothing a runner says beyond the shape of its
+messages: it sets every platform field of a log line itself.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from service.convert import to_response
+from service.errors import InvalidParameters
+from service.params import arguments
+from service.runners import protocol
+from service.runners.script_import import (
+    Imported,
+    ScriptLoadError,
+    describe_error,
+    import_script,
+)
+
+SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
+MAX_LINE_CHARS = 64 * 1024
+MAX_THREADS = 256  # a runner past this many threads after a call is replaced
+_STANDARD_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class Channel:
+    """The runner's end of its socket: sends from any thread, one reader (the main loop,
+    or a script's `secret()` call while the main loop runs the script)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = protocol.Reader(sock)
+        self.lock = threading.Lock()
+
+    def send(self, message: dict[str, Any], body: bytes | None = None) -> None:
+        data = protocol.encode(message)
+        if body is not None:
+            data += protocol.encode_bytes(body)
+        with self.lock:
+            self.sock.sendall(data)
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.sock.sendall(protocol.encode(message))
+            reply = self.reader.message()
+        if not isinstance(reply, dict):
+            raise protocol.ProtocolError("expected a message")
+        return reply
+
+
+class Output:
+    """Descriptors 1 and 2 are pipes read here: `print`, `os.write(1, ...)` and child
+    processes' output all become log lines of the call being served."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.lock = threading.Lock()
+        self.pending = {"stdout": b"", "stderr": b""}
+        self.fds: dict[int, str] = {}
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            self.fds[read_end] = name
+        sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), line_buffering=True)
+        sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True)
+        threading.Thread(target=self._loop, name="scriptgate-output", daemon=True).start()
+
+    def _loop(self) -> None:
+        fds = list(self.fds)
+        while True:
+            ready, _, _ = select.select(fds, [], [])
+            with self.lock:
+                for fd in ready:
+                    self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        name = self.fds[fd]
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            *lines, rest = (self.pending[name] + data).split(b"\n")
+            for line in lines:
+                self._emit(name, line)
+            self.pending[name] = rest[: MAX_LINE_CHARS + 1]
+
+    def _emit(self, name: str, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        message: dict[str, Any] = {"t": "output", "stream": name, "message": text}
+        if len(text) > MAX_LINE_CHARS:
+            message.update(message=text[:MAX_LINE_CHARS], truncated=True)
+        self.channel.send(message)
+
+    def drain(self) -> None:
+        """At the end of a call: what it wrote so far, a last unended line included."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: S112 - a script may have closed or replaced it
+                continue
+        with self.lock:
+            for fd, name in self.fds.items():
+                self._read(fd)
+                if self.pending[name]:
+                    self._emit(name, self.pending[name])
+                    self.pending[name] = b""
+
+
+class ForwardRecords(logging.Handler):
+    """On the root logger: every record the script makes goes to the worker, which writes
+    it as a line of the call (the script cannot set the call's fields)."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra = {
+                k: v
+                for k, v in vars(record).items()
+                if k not in _STANDARD_RECORD_FIELDS and isinstance(v, str | int | float | bool)
+            }
+            exc = None
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = "".join(traceback.format_exception(*record.exc_info))
+            self.channel.send(
+                {
+                    "t": "log",
+                    "level": record.levelno,
+                    "logger": record.name,
+                    "message": record.getMessage(),
+                    "exc": exc,
+                    "extra": extra,
+                }
+            )
+        except Exception:
+            self.handleError(record)
+
+
+class RemoteSecrets:
+    """`secret(name)` in a runner: the worker reads the file (this zone's or a shared one)
+    and answers; the runner user cannot read the secrets folder itself."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def read(self, name: str) -> str:
+        from service.script_secrets import SecretNotFound
+
+        reply = self.channel.ask({"t": "secret", "name": name})
+        if "value" in reply:
+            return str(reply["value"])
+        if reply.get("invalid"):
+            raise ValueError(reply.get("error", "not a secret's file name"))
+        raise SecretNotFound(reply.get("error", f"no secret {name!r}"))
+
+
+class _Extension:
+    def __init__(self, secrets: RemoteSecrets) -> None:
+        self.secrets = secrets
+
+
+def build_app(max_body_bytes: int, channel: Channel) -> Flask:
+    """The Flask app a script's request, `jsonify` and `send_file` live in."""
+    app = Flask("scriptgate_runner", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel))
+    return app
+
+
+def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_bytes: int) -> None:
+    """The runner's life: hello (the description, or why the import failed), then calls."""
+    channel = Channel(sock)
+    signal.signal(signal.SIGUSR1, lambda _, frame: _send_stack(channel, frame, root))
+    output = Output(channel)
+    logging.getLogger().addHandler(ForwardRecords(channel))
+    logging.getLogger(SCRIPT_LOGGER).setLevel(log_level)
+    app = build_app(max_body_bytes, channel)
+    os.chdir(root)
+    try:
+        imported = import_script(path, root)
+    except ScriptLoadError as exc:
+        output.drain()
+        channel.send(
+            {
+                "t": "hello",
+                "error": describe_error(exc, path, root),
+                "state": exc.state,
+                "traceback": _traceback(exc),
+            }
+        )
+        return
+    output.drain()
+    channel.send({"t": "hello", "info": imported.description})
+    while True:
+        message = channel.reader.message()
+        body = (
+            channel.reader.message() if isinstance(message, dict) and message.get("body") else b""
+        )
+        if not isinstance(message, dict) or not isinstance(body, bytes):
+            return
+        if message.get("t") != "call":
+            return
+        os.chdir(root)  # every call starts in the scripts folder, whatever the last did
+        reply, reply_body = _call(app, imported, message, body)
+        output.drain()
+        channel.send(reply, reply_body)
+        why = _worn_out()
+        if reply.get("kind") == "memory":
+            why = "it ran out of memory"
+        if why:
+            channel.send({"t": "retire", "why": why})
+            return
+
+
+def _send_stack(channel: Channel, frame: Any, root: str) -> None:
+    """Past its deadline: where the main thread is, from the script's first frame on, for
+    the worker's log line. The lock may be held by the code this signal interrupted, so
+    it is not waited for long."""
+    if not channel.lock.acquire(timeout=0.02):
+        return
+    try:
+        frames = traceback.extract_stack(frame)
+        first = next((i for i, f in enumerate(frames) if f.filename.startswith(root)), 0)
+        stack = "".join(traceback.format_list(frames[first:][-32:]))
+        channel.sock.sendall(protocol.encode({"t": "stack", "stack": stack}))
+    finally:
+        channel.lock.release()
+
+
+def _environ(message: dict[str, Any], body: bytes) -> dict[str, Any]:
+    environ: dict[str, Any] = dict(message["environ"])
+    environ.update(
+        {
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+    )
+    return environ
+
+
+def _call(
+    app: Flask, imported: Imported, message: dict[str, Any], body: bytes
+) -> tuple[dict[str, Any], bytes | None]:
+    """One call: the reply message, and the response body when there is one."""
+    environ = _environ(message, body)
+    try:
+        with app.request_context(environ):
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            values = arguments(imported.params, req)
+            if message.get("check"):
+                return {"t": "checked"}, None
+            response = to_response(imported.handler(req, **values))
+            try:
+                data = b"".join(response.get_app_iter(environ))
+            finally:
+                response.close()
+            headers = [[k, v] for k, v in response.headers.items()]
+            return {"t": "response", "status": response.status, "headers": headers}, data
+    except InvalidParameters as exc:
+        return {"t": "invalid", "fields": exc.details["fields"]}, None
+    except HTTPException as exc:
+        return _caller_error(exc, environ)
+    except MemoryError as exc:
+        return _failure("memory", exc), None
+    except BaseException as exc:  # a script's own BaseException too: the script's fault
+        return _failure("exception", exc), None
+
+
+def _failure(kind: str, exc: BaseException) -> dict[str, Any]:
+    return {
+        "t": "failed",
+        "kind": kind,
+        "type": type(exc).__name__,
+        "message": str(exc)[:1000],
+        "traceback": _traceback(exc),
+    }
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a script's exception whose str() raises
+        return type(exc).__name__
+
+
+def _caller_error(exc: HTTPException, environ: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """A script's `abort(...)` or a bad request body it found: the caller's error.
+
+    A redirect or a response the script attached is answered as it is; an error status
+    becomes the JSON error body with the exception's own description.
+    """
+    status = exc.code or 500
+    if exc.response is not None or status < 400:
+        response = exc.get_response(environ)
+        data = b"".join(response.get_app_iter(environ))
+        headers = [[k, v] for k, v in response.headers.items()]
+        return {"t": "response", "status": response.status, "headers": headers}, data
+    if status == 413:
+        return {"t": "too_large"}, b""
+    description = _own_description(exc) or _own_description(exc.__cause__) or exc.name
+    description = description if description != exc.name else description.lower()
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return {
+        "t": "caller_error",
+        "status": status,
+        "error": description or "error",
+        "headers": headers,
+    }, b""
+
+
+def _own_description(exc: BaseException | None) -> str | None:
+    """An HTTPException's description when someone wrote one, not its class default.
+
+    Flask re-raises a bad JSON body as a bare BadRequest outside debug mode; the cause
+    keeps the parser's message ("Failed to decode JSON object: ..."), which names no
+    path and no secret and tells the caller what to fix.
+    """
+    if isinstance(exc, HTTPException) and exc.description != type(exc).description:
+        return exc.description
+    return None
+
+
+def _worn_out() -> str:
+    """Why this runner should not serve another call ('' when it may): descriptors or
+    threads near their limits. Finished children are reaped here (zombies)."""
+    from service.runners.limits import OPEN_FILES
+
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+    try:
+        open_files = len(os.listdir("/proc/self/fd"))
+        with open("/proc/self/stat", "rb") as stat:
+            threads = int(stat.read().rpartition(b")")[2].split()[17])
+    except OSError:
+        return "it cannot open /proc/self (out of descriptors)"
+    if open_files > OPEN_FILES * 0.8:
+        return f"{open_files} open descriptors"
+    if threads > MAX_THREADS:
+        return f"{threads} threads"
+    return ""
