@@ -35,6 +35,11 @@ _SCRUBBED_PREFIXES = (
 )
 REDIS_SERVER = Path("/usr/bin/redis-server")
 
+# In a script: the pid of the gunicorn worker whose runner runs it (the runner's parent is
+# its worker's zygote). Tests use it to see which worker served a call.
+WORKER_PID = 'int(open(f"/proc/{os.getppid()}/stat").read().rpartition(")")[2].split()[1])'
+
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -20,7 +20,7 @@ import requests
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import Gunicorn, free_port, stop_process, wait_until
+from tests.servers import WORKER_PID, Gunicorn, free_port, stop_process, wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -67,6 +67,11 @@ HOLD_SCRIPT = """
             time.sleep(0.01)
         return {"pid": os.getpid()}
 """
+
+# Each answers with its gunicorn worker's pid, not its runner's.
+PID_SCRIPT, GATHER_SCRIPT, HOLD_SCRIPT = (
+    script.replace("os.getpid()", WORKER_PID) for script in (PID_SCRIPT, GATHER_SCRIPT, HOLD_SCRIPT)
+)
 
 SCRIPTS = {
     "hello.py": PID_SCRIPT,

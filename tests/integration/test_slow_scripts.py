@@ -20,6 +20,7 @@ import requests
 
 from tests.integration.prom import prometheus
 from tests.servers import (
+    WORKER_PID,
     Gunicorn,
     free_port,
     gunicorn,
@@ -43,7 +44,7 @@ HOLD = """
         while not (folder / "release").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         return {"pid": os.getpid()}
-"""
+""".replace("os.getpid()", WORKER_PID)
 # Spins on the CPU until released.
 SPIN = HOLD.replace("time.sleep(0.02)", "sum(range(2000))")
 LIMITED = "\n    CONCURRENCY = 3" + HOLD
