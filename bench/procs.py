@@ -40,7 +40,6 @@ REDIS_SERVER = Path("/usr/bin/redis-server")
 WORKER_PID = 'int(open(f"/proc/{os.getppid()}/stat").read().rpartition(")")[2].split()[1])'
 
 
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -32,7 +32,6 @@ from typing import Any
 
 from service import multiproc, plane
 from service.config import Settings
-from service.deadline import GRACE_SECONDS
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
@@ -45,7 +44,7 @@ LOST_AFTER_SECONDS = 60.0  # twelve missed heartbeats
 YOUNG_SECONDS = 10.0  # a worker that dies younger than this counts toward the backoff
 MAX_RESTART_DELAY = 30.0
 # The supervisor's own stop: the workers' grace, the interrupt's, and a margin.
-STOP_SECONDS = STOP_GRACE_SECONDS + GRACE_SECONDS + 5.0
+STOP_SECONDS = STOP_GRACE_SECONDS + 5.0
 # huey's worker loop polls SQLite: from every 50 ms after a job up to every 0.5 s idle.
 POLL_MIN, POLL_MAX, POLL_BACKOFF = 0.05, 0.5, 1.15
 SUPERVISOR_NAME, WORKER_NAME = "scriptgate-jobs", "scriptgate-job"  # /proc/PID/comm
@@ -172,7 +171,7 @@ class Supervisor:
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS + GRACE_SECONDS + 2.0
+        deadline = time.monotonic() + STOP_GRACE_SECONDS + 2.0
         while self.workers and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)

@@ -43,6 +43,9 @@ def scripts(tmp_path: Path) -> Path:
     return root
 
 
+VERSIONED = f"import os\ndef main(request):\n    return {{'v': V, 'pid': {WORKER_PID}}}\n"
+
+
 def call_many(server, path: str, n: int, headers=None) -> list[requests.Response]:
     """n requests, each on a new connection, from 6 client threads (spreads over workers)."""
     with ThreadPoolExecutor(6) as pool:
@@ -63,13 +66,13 @@ def test_script_is_live_in_every_worker_then_edited_then_deleted(scripts, tmp_pa
     with gunicorn(scripts, tmp_path, workers=3, env={"API_KEY": KEY}) as server:
         target = scripts / "api" / "report.py"
         assert server.get("/api/report.py", headers=API).status_code == 404
-        write(target, f"import os\ndef main(request):\n    return {{'v': 1, 'pid': {WORKER_PID}}}\n")
+        write(target, VERSIONED.replace("V", "1"))
         first = spread_calls(server, "/api/report.py", API)
         assert {r.status_code for r in first} == {200}
         assert {r.json()["v"] for r in first} == {1}
         assert len({r.json()["pid"] for r in first}) >= 2, "load did not reach several workers"
 
-        write(target, f"import os\ndef main(request):\n    return {{'v': 2, 'pid': {WORKER_PID}}}\n")
+        write(target, VERSIONED.replace("V", "2"))
         second = spread_calls(server, "/api/report.py", API)
         assert {r.json()["v"] for r in second} == {2}
         assert len({r.json()["pid"] for r in second}) >= 2
@@ -170,7 +173,8 @@ def test_script_calling_os_exit_3_costs_only_its_own_call(scripts, tmp_path):
         assert server.worker_pids() == before
         assert {r.status_code for r in call_many(server, "/hello.py", 20)} == {200}
         errors = server.get("/_platform/metrics").text
-        assert 'scriptgate_script_errors_total{kind="crashed",script="die.py",zone="root"} 1.0' in errors
+        crashed = 'scriptgate_script_errors_total{kind="crashed",script="die.py",zone="root"}'
+        assert f"{crashed} 1.0" in errors
 
 
 def test_serve_leaves_no_files_in_home_or_working_tree(scripts, tmp_path):
