@@ -20,7 +20,7 @@ from werkzeug.routing import MapAdapter
 from service.access import RealClient
 from service.bulkhead import Bulkhead
 from service.callers import Callers
-from service.config import Settings
+from service.config import Settings, script_environment
 from service.errors import ScriptFailed, render_error
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
@@ -105,6 +105,7 @@ def runner_config(settings: Settings) -> RunnerConfig:
         max_body=settings.max_body_bytes,
         memory=settings.script_memory_limit,
         user=user if os.geteuid() == 0 else None,
+        environ=script_environment(os.environ),
     )
 
 

@@ -57,6 +57,65 @@ def default_max_timeout(script_timeout: float) -> float:
     return max(script_timeout * 2, script_timeout + 30)
 
 
+# Every variable Settings.from_env reads (and prometheus_client's and OpenTelemetry's):
+# runners get the server's environment without them, so a script sees the variables
+# an operator set for scripts, and none that configure (or unlock) the platform.
+PLATFORM_VARIABLES = frozenset(
+    {
+        "SCRIPTS_DIR",
+        "MAX_BODY_BYTES",
+        "API_TRUSTED_IPS",
+        "ADMIN_TRUSTED_IPS",
+        "API_KEY",
+        "ADMIN_API_KEY",
+        "KEYS_FILE",
+        "PLATFORM_TRUSTED_IPS",
+        "SECRETS_DIR",
+        "REDIS_URL",
+        "API_AUTH",
+        "ADMIN_AUTH",
+        "TRUSTED_PROXIES",
+        "SCRIPT_TIMEOUT",
+        "MAX_SCRIPT_TIMEOUT",
+        "SCRIPT_CONCURRENCY",
+        "LOG_FILE",
+        "LOG_LEVEL",
+        "METRICS",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "prometheus_multiproc_dir",
+        "BIND",
+        "PLATFORM_BIND",
+        "WORKERS",
+        "WEB_CONCURRENCY",
+        "THREADS",
+        "WORKER_CLASS",
+        "SCRIPTGATE_MAX_REQUESTS",
+        "SCRIPTGATE_MAX_REQUESTS_JITTER",
+        "GUNICORN_LOG_LEVEL",
+        "JOB_BROKER_URL",
+        "JOB_DATA_DIR",
+        "JOB_WORKERS",
+        "JOB_TIMEOUT",
+        "JOB_RETENTION",
+        "JOB_MAX_RESULT_BYTES",
+        "SCRIPT_MEMORY_LIMIT",
+        "SCRIPT_OUTPUT_LIMIT",
+        "RUNNER_USER",
+        "METRICS_EXEMPLARS",
+    }
+)
+PLATFORM_PREFIXES = ("OTEL_", "SCRIPTGATE_", "GUNICORN_")
+
+
+def script_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment runners get: the server's, less every platform variable."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name not in PLATFORM_VARIABLES and not name.startswith(PLATFORM_PREFIXES)
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the platform is configured with; build it with `Settings.from_env()`."""

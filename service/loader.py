@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.errors import NotFound
 from service.params import Params
 from service.resolve import Target, zone_dir
 from service.runners.pool import Hooks, ImportFailed, Runner, RunnerPool, ScriptTimeout
 from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
-from service.runners.script_import import ScriptLoadError
+from service.runners.script_import import MISSING, ScriptLoadError
 
 DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
 # Listings (health, routes, the API document) retry a failed import of an unchanged file
@@ -159,6 +160,8 @@ class ScriptCache:
         """Have a new runner import the script: its description, and the runner (warm,
         for the call that asked). Raises ScriptLoadError, ScriptTimeout, BackedOff."""
         own = stamp(path)
+        if own is None:  # deleted since it was found: as if it never existed
+            raise NotFound(path)
         failure = self._failures.get(path)
         if failure is not None and failure.stamp == own:
             wait = failure.at + failure.backoff() - time.monotonic()
@@ -170,6 +173,8 @@ class ScriptCache:
                 own, path, old.memory_limit if old else None, self.default_timeout, hooks
             )
         except ImportFailed as exc:
+            if exc.state == MISSING:
+                raise NotFound(path) from None
             error = ScriptLoadError(str(exc), exc.state)
             error.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
             self._fail(path, own, error, timeout=False)
@@ -195,9 +200,14 @@ class ScriptCache:
         self, script: LoadedScript, runners: RunnerPool, hooks: Hooks | None = None
     ) -> Runner:
         """Another runner for a described script (every warm one is busy): a cold start."""
-        _, runner = runners.start(
-            script.key, script.path, script.memory_limit, script.timeout, hooks
-        )
+        try:
+            _, runner = runners.start(
+                script.key, script.path, script.memory_limit, script.timeout, hooks
+            )
+        except ImportFailed as exc:
+            if exc.state == MISSING:
+                raise NotFound(script.path) from None
+            raise
         return runner
 
     def _describe(self, path: str, own: Stamp | None, info: dict[str, Any]) -> LoadedScript:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.runners import protocol
@@ -28,9 +28,6 @@ from service.runners.limits import RunnerUser, undumpable
 STOP_POLL_SECONDS = 0.2
 STACK_SECONDS = 0.05  # how long a deadline waits for the runner to say where it was
 ZYGOTE_START_SECONDS = 60.0
-# Variables a runner keeps from the server's environment: where programs and the locale
-# are, nothing the platform reads as a setting (those may hold secrets).
-KEPT_VARIABLES = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME")
 
 
 class ScriptTimeout(Exception):
@@ -78,6 +75,7 @@ class RunnerConfig:
     max_body: int
     memory: int  # bytes; a script's MEMORY_LIMIT replaces it
     user: RunnerUser | None
+    environ: dict[str, str] = field(default_factory=dict)  # no platform variable in it
     idle_max: int = 64  # warm runners kept per worker, all scripts together
     idle_seconds: float = 300.0
 
@@ -117,8 +115,7 @@ class Zygote:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        env = {k: os.environ[k] for k in KEPT_VARIABLES if k in os.environ}
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env = {**self.config.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-m", "service.runners.zygote", str(theirs.fileno())],
             env=env,

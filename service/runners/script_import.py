@@ -26,6 +26,7 @@ DEFAULT_METHODS = ("GET", "HEAD", "POST")
 LIB_DIR = "_lib"
 HANDLER_NAMES = ("handle", "main")  # handle wins if both exist
 REQUIREMENTS_FILE = "requirements.txt"  # in the scripts folder: packages scripts import
+MISSING = "missing"  # the state of a script deleted before its runner could import it
 
 
 class ScriptLoadError(Exception):
@@ -118,6 +119,8 @@ def import_script(path: str, root: str) -> Imported:
             spec.loader.exec_module(module)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: the script's fault
             sys.modules.pop(name, None)
+            if isinstance(exc, FileNotFoundError) and exc.filename == path:
+                raise ScriptLoadError("deleted", MISSING) from None  # as if it never existed
             raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
     finally:
         helpers = _helper_files(set(sys.modules) - before - {name}, root)

@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.hardening.harness import (
-    Dropped,
     Reply,
     assert_clean_error,
     error_record,
@@ -26,15 +25,15 @@ from tests.hardening.harness import (
     request_duration,
     write_script,
 )
-from tests.servers import Gunicorn, gunicorn, wait_until
+from tests.servers import WORKER_PID, Gunicorn, gunicorn, wait_until
 
 SECRET = "SECRET-DETAIL-7c21"  # in every exception message; must never reach a client
 AFTER = 6  # requests to another script after each fault
 
 SCRIPTS = {
-    "hello.py": "import os\ndef main(request):\n    return {'pid': os.getpid()}\n",
+    "hello.py": f"import os\ndef main(request):\n    return {{'pid': {WORKER_PID}}}\n",
     "slow.py": "import os, time\ndef main(request):\n    time.sleep(0.3)\n"
-    "    return {'pid': os.getpid()}\n",
+    f"    return {{'pid': {WORKER_PID}}}\n",
     # failures inside the handler
     "raises.py": f"def main(request):\n    raise ValueError('{SECRET} in ' + __file__)\n",
     "sys_exit.py": "import sys\ndef main(request):\n    sys.exit(3)\n",
@@ -55,7 +54,8 @@ SCRIPTS = {
     "no_handler.py": "VALUE = 1\n",
     "import_hang.py": "n = 0\nwhile True:\n    n += 1\n",
     # running past the deadline
-    "loop.py": "import os\ndef main(request):\n    open(PID_FILE, 'w').write(str(os.getpid()))\n"
+    "loop.py": "import os\ndef main(request):\n"
+    f"    open(PID_FILE, 'w').write(f'{{{WORKER_PID}}} {{os.getpid()}}')\n"
     "    n = 0\n    while True:\n        n += 1\n",
     "swallow_five.py": "def main(request):\n    caught = 0\n    while True:\n        try:\n"
     "            while True:\n                caught += 0\n        except BaseException:\n"
@@ -181,6 +181,15 @@ def worker_answers(server: Gunicorn, pid: int, rounds: int = 10) -> bool:
     return False
 
 
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def test_endless_loop_is_504_and_the_same_worker_serves_again(server: Gunicorn, base: Path):
     reply = fetch(server.port, "/loop.py")
 
@@ -190,58 +199,54 @@ def test_endless_loop_is_504_and_the_same_worker_serves_again(server: Gunicorn, 
     assert record["kind"] == "timeout" and "Traceback" in record["exc_info"]
     # Stopped by its own deadline, inside its loop.
     assert "deadline of 1 s passed" in record["exc_info"] and "loop.py" in record["exc_info"]
-    pid = int((base / "pid").read_text())
-    assert pid in server.worker_pids(), "the worker was replaced instead of interrupted"
-    assert worker_answers(server, pid), f"worker {pid} never answered after its 504"
+    worker, runner = map(int, (base / "pid").read_text().split())
+    wait_until(lambda: not alive(runner), timeout=5, what="the looping runner to be killed")
+    assert worker in server.worker_pids(), "the worker was replaced instead of its runner"
+    assert worker_answers(server, worker), f"worker {worker} never answered after its 504"
     serves_again(server)
 
 
 @pytest.mark.parametrize("script", ["os_exit.py", "os_exit_3.py", "os_exit_4.py", "segfault.py"])
-def test_worker_death_loses_no_count(server: Gunicorn, script: str) -> None:
-    """The caller of a script that kills its worker gets a closed connection; the next
-    requests are answered by the others and by the replacement, and the server-wide
-    totals keep every request the dead worker had counted."""
+def test_a_runner_that_dies_is_a_500_for_its_own_call_only(server: Gunicorn, script: str) -> None:
+    """The caller of a script that kills its runner gets the contract's 500 (reason
+    runner_died), logged and counted as `crashed`; no worker dies, no count is lost."""
     workers_before = server.worker_pids()
     requests_before, errors_before = totals(server)
 
-    with pytest.raises(Dropped):
-        fetch(server.port, f"/{script}")
-    wait_until(
-        lambda: len(server.worker_pids()) == 3 and server.worker_pids() != workers_before,
-        timeout=15,
-        what="gunicorn to replace the dead worker",
-    )
+    reply = fetch(server.port, f"/{script}")
+    assert reply.status == 500 and reply.json()["reason"] == "runner_died"
+    record = error_record(server.log_file, reply.headers["x-trace-id"])
+    assert (record["kind"], record["script"]) == ("crashed", script)
+    assert script_errors(server, script, "crashed") >= 1
     serves_again(server)
-    assert totals(server) == (requests_before + AFTER, errors_before)
+    assert server.worker_pids() == workers_before
+    assert totals(server) == (requests_before + 1 + AFTER, errors_before + 1)
 
 
 @pytest.mark.parametrize("script", ["swallow_forever.py", "swallow_sleeping.py"])
-def test_script_swallowing_every_timeout_still_gets_504(
+def test_script_swallowing_every_interrupt_still_gets_504_at_its_deadline(
     server: Gunicorn, base: Path, script: str, request
 ) -> None:
-    """A script that catches BaseException in a loop outlives every ScriptTimeout.
-
-    The platform answers 504 itself once the grace period is over and gives up the
-    worker; gunicorn replaces it. The request is logged and counted like any timeout.
-    """
+    """A script that catches BaseException in a loop: its runner is killed at the
+    deadline (a signal no code can catch), the caller has its 504 at once, and the worker
+    serves on. The request is logged and counted like any timeout."""
+    workers_before = server.worker_pids()
     requests_before, errors_before = totals(server)
     reply = fetch(server.port, f"/{script}")
-    pid = int((base / "pid").read_text())
+    runner = int((base / "pid").read_text())
 
     assert reply.status == 504
     assert_clean_error(reply, str(base))
     record = error_record(server.log_file, reply.headers["x-trace-id"])
     assert (record["kind"], record["script"]) == ("timeout", script)
-    wait_until(
-        lambda: pid not in server.worker_pids() and len(server.worker_pids()) == 3,
-        timeout=15,
-        what="gunicorn to replace the abandoned worker",
-    )
+    wait_until(lambda: not alive(runner), timeout=5, what="the runner to be killed")
+    duration = request_duration(server.log_file, reply.headers["x-trace-id"])
+    assert duration < 1500, f"the 504 took {duration:.0f} ms for a 1 s deadline"
     serves_again(server)
+    assert server.worker_pids() == workers_before
     assert totals(server) == (requests_before + 1 + AFTER, errors_before + 1)
     record_figure(
         request.config,
-        f"faults: {script} (swallows every ScriptTimeout) got its 504 at its deadline "
-        f"({request_duration(server.log_file, reply.headers['x-trace-id']):.0f} ms) and its "
-        "worker was replaced",
+        f"faults: {script} (swallows every interrupt) got its 504 at its deadline "
+        f"({duration:.0f} ms); its runner was killed, its worker served on",
     )
