@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
-DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium valgrind
+DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium valgrind python3-venv
 
 .PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-instructions soak clean cert
 

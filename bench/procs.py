@@ -183,15 +183,20 @@ def gunicorn(
     workers: int = 3,
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    python: str | None = None,
 ) -> Iterator[Gunicorn]:
-    """Start `scriptgate serve` on a free port; stop it however the caller ends."""
+    """Start `scriptgate serve` on a free port; stop it however the caller ends.
+    `python`: run it with that interpreter (`python -m service.cli`) instead."""
     port = free_port()
     log_file = tmp / "logs" / "framework.log"
     output = tmp / f"gunicorn-{port}.out"
     full_env = clean_env({"LOG_FILE": str(log_file), **(env or {})})
+    argv = scriptgate_argv(port, workers, scripts)
+    if python is not None:
+        argv[:1] = [python, "-m", "service.cli"]
     with open(output, "wb") as out:
         proc = subprocess.Popen(
-            [*scriptgate_argv(port, workers, scripts), *extra_args],
+            [*argv, *extra_args],
             env=full_env,
             cwd=tmp,
             stdout=out,

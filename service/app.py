@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from service.loader import ScriptCache
 from service.logs import build_logger
 from service.metrics import Metrics
 from service.pipeline import handle_request
+from service.resolve import zone_and_script
 from service.runners.limits import RunnerUser
 from service.runners.pool import RunnerConfig, RunnerPool
 from service.runtime import Runtime
@@ -79,6 +81,7 @@ def create_app(
             settings.max_script_timeout,
             settings.script_concurrency,
             log,
+            on_backoff=None if metrics is None else _count_backoff(metrics, settings.scripts_dir),
         ),
         metrics=metrics,
         tracer_provider=provider,
@@ -94,6 +97,14 @@ def create_app(
     )
     app.register_error_handler(Exception, _outside_pipeline)
     return app
+
+
+def _count_backoff(metrics: Metrics, scripts_dir: Path) -> Callable[[str], None]:
+    def count(path: str) -> None:
+        zone, script = zone_and_script(scripts_dir, path)
+        metrics.backoffs.labels(zone, script).inc()
+
+    return count
 
 
 def runner_config(settings: Settings) -> RunnerConfig:

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +108,10 @@ class ScriptCache:
         max_timeout: float,
         default_concurrency: int = 0,
         log: logging.Logger | None = None,
+        on_backoff: Callable[[str], None] | None = None,
     ) -> None:
         self.root = str(scripts_dir)
+        self.on_backoff = on_backoff  # told the real path of each script it backs off
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.default_concurrency = default_concurrency
@@ -242,7 +244,17 @@ class ScriptCache:
         with self._lock:
             last = self._failures.get(path)
             timeouts = last.timeouts + 1 if timeout and last and last.stamp == own else 0
-            self._failures[path] = _Failure(own, time.monotonic(), exc, timeouts or int(timeout))
+            failure = _Failure(own, time.monotonic(), exc, timeouts or int(timeout))
+            self._failures[path] = failure
+        if failure.timeouts:
+            self.log.warning(
+                "%s: import timed out %d time(s) in a row; backed off for %.0f s",
+                os.path.relpath(path, self.root),
+                failure.timeouts,
+                failure.backoff(),
+            )
+            if self.on_backoff is not None:
+                self.on_backoff(path)
 
     def recent_failure(self, path: str) -> BaseException | None:
         """How the last import of this unchanged file failed, for listings that must not

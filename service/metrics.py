@@ -67,6 +67,11 @@ class Metrics:
             "zone script kind",
             "Script failures by kind: exception, import, timeout, memory, crashed (runner died).",
         )
+        self.backoffs = counter(
+            "scriptgate_script_backoffs",
+            "zone script",
+            "Scripts backed off after their import timed out (calls get 503 for a while).",
+        )
         self.auth_denied = counter(
             "scriptgate_auth_denied",
             "zone reason",

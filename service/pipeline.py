@@ -248,7 +248,11 @@ def call_handler(
             runner = rt.runners.take(script.key)
             if runner is None:
                 runner = rt.scripts.start_runner(script, rt.runners, hooks)
-            message = {"environ": runner_environ(req.environ), "check": check}
+            message = {
+                "environ": runner_environ(req.environ),
+                "check": check,
+                "budget": rt.settings.script_output_limit,
+            }
             answer, body = rt.runners.call(runner, message, req.get_data(), seconds, stop, hooks)
         except ScriptStopped:
             raise

@@ -74,6 +74,11 @@ def url_for_script(zone: str, path: str) -> str:
     return f"/{path}" if zone == "root" else f"/{zone}/{path}"
 
 
+def zone_and_script(scripts_dir: Path, real_path: str) -> tuple[str, str]:
+    """(zone, zone-relative path) of a script file found by `locate`."""
+    return zone_of("/" + os.path.relpath(real_path, scripts_dir).replace(os.sep, "/"))
+
+
 def zone_dir(scripts_dir: Path, zone: str) -> Path:
     return scripts_dir if zone == "root" else scripts_dir / zone
 

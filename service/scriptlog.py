@@ -62,7 +62,11 @@ class ScriptLines:
         return fields
 
     def write(self, message: dict[str, Any]) -> None:
-        """A runner's `log` or `output` message."""
+        """A runner's `log`, `output` or `dropped` message."""
+        if message.get("t") == "dropped":  # what the runner kept back, over the budget
+            bytes_ = message.get("bytes")
+            self.dropped += bytes_ if isinstance(bytes_, int) and bytes_ > 0 else 0
+            return
         text = str(message.get("message", ""))
         exc = message.get("exc")
         size = len(text) + (len(exc) if isinstance(exc, str) else 0)

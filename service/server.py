@@ -24,6 +24,8 @@ from service import multiproc, plane
 from service.access import closed_zone_warnings
 from service.config import ConfigError, Settings
 from service.logs import open_append
+from service.runners import exposure
+from service.runners.limits import RunnerUser
 
 # gunicorn halts the whole server when a worker exits with 3 (boot error) or 4 (app load
 # error); a script calling os._exit(3) must only cost its own worker.
@@ -143,7 +145,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             file=sys.stderr,
             flush=True,
         )
-        for warning in closed_zone_warnings(s):
+        for warning in closed_zone_warnings(s) + runner_warnings(s):
             print(warning, file=sys.stderr, flush=True)
 
     def supervise(self) -> None:
@@ -178,7 +180,12 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
 
 def prepare(settings: Settings) -> tuple[Settings, multiproc.MetricsDir | None]:
     """The master's shared state before anything forks: the metrics directory, and the
-    job store opened once (a bad JOB_DATA_DIR or JOB_BROKER_URL stops startup here)."""
+    job store opened once (a bad JOB_DATA_DIR or JOB_BROKER_URL stops startup here).
+
+    From here on the platform's own files (logs, the job store, metrics, slots) are
+    private to its user, so a runner user cannot read them; runners set their own umask
+    (zygote.py)."""
+    os.umask(0o077)
     metrics_dir = None
     if settings.metrics_enabled:
         try:
@@ -219,6 +226,18 @@ def serve(settings: Settings) -> int:
         if os.getpid() == master:
             remove_folders(run_dir, metrics_dir)
     return 0
+
+
+def runner_warnings(s: Settings) -> list[str]:
+    """What the runner user can and cannot read (service/runners/exposure.py)."""
+    user = RunnerUser.lookup(s.runner_user) if s.runner_user else None
+    private = [
+        ("KEYS_FILE", s.keys_file),
+        ("SECRETS_DIR", s.secrets_dir),
+        ("JOB_DATA_DIR", s.job_data_dir),
+        ("LOG_FILE", s.log_file),
+    ]
+    return exposure.warnings(user, os.geteuid() == 0, s.scripts_dir, private)
 
 
 def check_log_file(path: Path | None) -> None:

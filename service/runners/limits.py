@@ -1,8 +1,10 @@
 """What a runner may use: memory, descriptors, processes, and whose rights it has.
 
 Limits are the kernel's (setrlimit), set in the runner after fork, so a script can lower
-them but never raise them. Memory is RLIMIT_AS: the address space, which is what an
-allocation that would take the host down grows; a script over it gets MemoryError.
+them but never raise them. Memory is RLIMIT_DATA: the private writable memory (heap,
+anonymous maps, thread stacks), which is what an allocation that would take the host down
+grows, without the shared libraries' code that RLIMIT_AS would also count; a script over
+it gets MemoryError.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MIN_MEMORY = 64 << 20  # below this the interpreter itself cannot run a script
 OPEN_FILES = 1024  # per runner; a runner near it is replaced after its call
-PROCESSES = 256  # per runner user (RLIMIT_NPROC counts the user's processes)
+PROCESSES = 4096  # per runner user: RLIMIT_NPROC counts all its processes and threads
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -81,7 +83,7 @@ def undumpable() -> None:
 
 def confine(memory: int, user: RunnerUser | None) -> None:
     """In a new runner, before the script is imported: limits, then the runner user."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if user is not None:

@@ -311,7 +311,11 @@ class RunnerPool:
                 message = runner.reader.message()
             except (OSError, protocol.ProtocolError):
                 return False
-            if not isinstance(message, dict) or message.get("t") not in ("log", "output"):
+            if not isinstance(message, dict) or message.get("t") not in (
+                "log",
+                "output",
+                "dropped",
+            ):
                 return False
 
     def kill(self, runner: Runner) -> None:
@@ -406,7 +410,7 @@ class RunnerPool:
             if isinstance(message, bytes):
                 return message
             kind = message.get("t")
-            if kind in ("log", "output"):
+            if kind in ("log", "output", "dropped"):
                 hooks.log(message)
             elif kind == "secret":
                 reply = hooks.secret(str(message.get("name", "")))

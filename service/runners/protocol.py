@@ -15,6 +15,10 @@ from typing import Any
 HEADER = struct.Struct("!IB")
 JSON, BYTES = ord("J"), ord("B")
 MAX_FRAME = 64 * 1024 * 1024  # a frame over this is a broken (or hostile) runner
+# Bound once: a script that patches json.dumps or json.loads in its runner breaks only
+# its own answers, never the frames its runner speaks.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_decode = json.JSONDecoder().decode
 
 
 class ProtocolError(Exception):
@@ -22,7 +26,7 @@ class ProtocolError(Exception):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    payload = json.dumps(message, separators=(",", ":"), default=str).encode()
+    payload = _encode(message).encode()
     return HEADER.pack(len(payload), JSON) + payload
 
 
@@ -70,7 +74,7 @@ class Reader:
         if kind == BYTES:
             return payload
         try:
-            message = json.loads(payload)
+            message = _decode(payload.decode())
         except ValueError:
             raise ProtocolError("not JSON") from None
         if not isinstance(message, dict):

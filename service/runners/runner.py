@@ -36,6 +36,9 @@ from service.runners.script_import import (
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 MAX_LINE_CHARS = 64 * 1024
 MAX_THREADS = 256  # a runner past this many threads after a call is replaced
+# A thread's stack counts in the memory limit (RLIMIT_DATA): glibc's default, 8 MiB, would
+# let a 512M script start only about 60 threads.
+THREAD_STACK_BYTES = 1024 * 1024
 _STANDARD_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -72,6 +75,10 @@ class Output:
         self.channel = channel
         self.lock = threading.Lock()
         self.pending = {"stdout": b"", "stderr": b""}
+        # The call's output budget: past it lines are counted, not sent (the worker
+        # enforces the budget too; this spares the socket a flood it would drop).
+        self.left = 1 << 62
+        self.dropped = 0
         self.fds: dict[int, str] = {}
         for fd, name in ((1, "stdout"), (2, "stderr")):
             read_end, write_end = os.pipe()
@@ -105,7 +112,16 @@ class Output:
                 self._emit(name, line)
             self.pending[name] = rest[: MAX_LINE_CHARS + 1]
 
+    def start(self, budget: int) -> None:
+        with self.lock:
+            self.left, self.dropped = budget, 0
+
     def _emit(self, name: str, line: bytes) -> None:
+        if len(line) > self.left:
+            self.left = 0
+            self.dropped += len(line)
+            return
+        self.left -= len(line)
         text = line.decode("utf-8", "replace")
         message: dict[str, Any] = {"t": "output", "stream": name, "message": text}
         if len(text) > MAX_LINE_CHARS:
@@ -125,6 +141,9 @@ class Output:
                 if self.pending[name]:
                     self._emit(name, self.pending[name])
                     self.pending[name] = b""
+            if self.dropped:
+                self.channel.send({"t": "dropped", "bytes": self.dropped})
+                self.dropped = 0
 
 
 class ForwardRecords(logging.Handler):
@@ -194,6 +213,7 @@ def build_app(max_body_bytes: int, channel: Channel) -> Flask:
 def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_bytes: int) -> None:
     """The runner's life: hello (the description, or why the import failed), then calls."""
     channel = Channel(sock)
+    threading.stack_size(THREAD_STACK_BYTES)
     signal.signal(signal.SIGUSR1, lambda _, frame: _send_stack(channel, frame, root))
     output = Output(channel)
     logging.getLogger().addHandler(ForwardRecords(channel))
@@ -225,6 +245,7 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
         if message.get("t") != "call":
             return
         os.chdir(root)  # every call starts in the scripts folder, whatever the last did
+        output.start(int(message.get("budget", 1 << 62)))
         reply, reply_body = _call(app, imported, message, body)
         output.drain()
         channel.send(reply, reply_body)

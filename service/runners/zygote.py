@@ -138,6 +138,7 @@ def main() -> None:
     zygote = Zygote(sock, config)
     zygote.reader = reader
     limits.adopt_orphans()
+    os.umask(0o022)  # files scripts write are as they would be anywhere else
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # What every runner imports, once; frozen so forked runners share these pages.
     import service.runners.runner  # noqa: F401
