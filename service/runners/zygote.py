@@ -130,8 +130,10 @@ def become_runner(
 
 
 def main() -> None:
+    # No PDEATHSIG here: it follows the thread that started us, not the process. The
+    # worker's end of the socket closes when the worker exits however it exits; then the
+    # loop ends and every runner is killed.
     sock = socket.socket(fileno=int(sys.argv[1]))
-    limits.die_with_parent(signal.SIGTERM)  # SIGTERM: time to kill what the runners left
     reader = protocol.Reader(sock)
     config = reader.message()
     assert isinstance(config, dict)
