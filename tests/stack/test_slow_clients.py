@@ -1,13 +1,14 @@
-"""Slow-header clients (slowloris): what `scriptgate serve` alone withstands, and what the
+"""Slow clients (slowloris): what `scriptgate serve` alone withstands, and what the
 shipped Apache with mod_reqtimeout in front of it withstands.
 
-Each slow client sends a request line, then one header byte every half second, and never
-ends its headers. gunicorn's gthread worker gives a connection a thread at its first byte
-and reads the headers on that thread with no time limit, and accepts no more connections
+A slow client sends the start of a request, then one byte every half second, and never
+finishes. gunicorn's gthread worker gives a connection a thread at its first byte and
+reads the headers on that thread with no time limit, and accepts no more connections
 than it has threads (server.py: `worker_connections = THREADS`); the sync worker reads
-them in its one process. So WORKERS x THREADS slow clients take every thread, and every
-other call waits in the listen backlog. Apache reads a request's headers itself, bounded
-by `RequestReadTimeout`, before it opens a connection to a replica.
+them in its one process. So WORKERS x THREADS clients trickling their headers take every
+thread, and every other call waits in the listen backlog. Apache reads a request's
+headers, and the first 16 KiB of its body, itself, bounded by `RequestReadTimeout`,
+before it opens a connection to a replica; the rest of a body it passes on as it comes.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ HEADER_TIMEOUT_MAX = 20
 # A call to hello.py answers in milliseconds; one not answered in 3 s waits for a thread.
 CALL_TIMEOUT = 3
 TRICKLE_INTERVAL = 0.5
-REQUEST_LINE = b"GET /hello.py HTTP/1.1\r\nHost: slow\r\nX-Slow: "
+# Slow headers: a request line, then an endless header.
+SLOW_HEADERS = b"GET /hello.py HTTP/1.1\r\nHost: slow\r\nX-Slow: "
+# mod_proxy_http reads this much of a body before it opens a connection to a replica.
+APACHE_PREFETCH = 16 * 1024
 # Most the trickle runs, whatever a test does: 2 bytes/s stays far below gunicorn's
 # 8190-byte header field limit for that long.
 TRICKLE_SECONDS = 60
 ROUND_TIMEOUT = 5
+
+
+needs_apache = pytest.mark.skipif(not apache.available(), reason="apache2 not installed")
 
 
 @dataclass
@@ -56,9 +63,10 @@ class SlowClient:
 class Trickle:
     """Slow-header clients on one port, kept trickling by one background thread."""
 
-    def __init__(self, port: int, source: str) -> None:
+    def __init__(self, port: int, source: str, opening: bytes) -> None:
         self.port = port
         self.source = source
+        self.opening = opening
         self.clients: list[SlowClient] = []
         self.rounds = 0
         self._changed = threading.Condition()
@@ -66,12 +74,12 @@ class Trickle:
         self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
 
     def open(self, count: int) -> None:
-        """`count` more clients, each connected with its request line sent."""
+        """`count` more clients, each connected with its opening bytes sent."""
         for _ in range(count):
             sock = socket.create_connection(
                 ("127.0.0.1", self.port), timeout=5, source_address=(self.source, 0)
             )
-            sock.sendall(REQUEST_LINE)
+            sock.sendall(self.opening)
             with self._changed:
                 self.clients.append(SlowClient(sock, time.monotonic()))
 
@@ -98,7 +106,7 @@ class Trickle:
 
     @staticmethod
     def _trickle(client: SlowClient) -> None:
-        """One more header byte, unless the server has answered or closed."""
+        """One more byte, unless the server has answered or closed."""
         try:
             readable, _, _ = select.select([client.sock], [], [], 0)
             if readable:
@@ -121,9 +129,12 @@ class Trickle:
 
 
 @contextlib.contextmanager
-def trickling(port: int, source: str = "127.0.0.1") -> Iterator[Trickle]:
-    """Slow clients to open on `port`; all closed however the test ends."""
-    trickle = Trickle(port, source)
+def trickling(
+    port: int, source: str = "127.0.0.1", opening: bytes = SLOW_HEADERS
+) -> Iterator[Trickle]:
+    """Slow clients to open on `port`, each sending `opening` and then one byte every
+    TRICKLE_INTERVAL; all closed however the test ends."""
+    trickle = Trickle(port, source, opening)
     trickle.start()
     try:
         yield trickle
@@ -185,7 +196,7 @@ def test_gunicorns_worker_timeout_does_not_free_threads_held_by_slow_clients(
         assert not slow.dropped()
 
 
-@pytest.mark.skipif(not apache.available(), reason="apache2 not installed")
+@needs_apache
 def test_apache_answers_past_slow_clients_and_drops_them_at_its_header_timeout(
     tmp_path: Path,
 ) -> None:
@@ -209,3 +220,48 @@ def test_apache_answers_past_slow_clients_and_drops_them_at_its_header_timeout(
         )
         assert {c.answer.split(b"\r\n", 1)[0] for c in dropped} == {b"HTTP/1.1 408 Request Timeout"}
         assert all(HEADER_TIMEOUT - 0.5 < c.dropped_after < HEADER_TIMEOUT_MAX for c in dropped)
+
+
+EAT_SCRIPT = '''"""Reads its whole body."""
+
+
+def main(request):
+    return str(len(request.get_data()))
+'''
+
+
+def slow_body(sent_at_once: int) -> bytes:
+    """A POST to eat.py whose 100000-byte body starts with `sent_at_once` bytes."""
+    head = b"POST /eat.py HTTP/1.1\r\nHost: slow\r\nContent-Length: 100000\r\n\r\n"
+    return head + b"a" * sent_at_once
+
+
+@needs_apache
+@pytest.mark.parametrize(
+    ("sent_at_once", "shielded"),
+    [(APACHE_PREFETCH // 2, True), (APACHE_PREFETCH + 1024, False)],
+    ids=["inside-prefetch", "past-prefetch"],
+)
+def test_apache_shields_a_replica_from_slow_bodies_only_inside_its_prefetch(
+    tmp_path: Path, sent_at_once: int, shielded: bool
+) -> None:
+    """Past the first 16 KiB, Apache passes a body on as it arrives: a client trickling
+    the rest holds a replica's thread while the script reads it, for as long as
+    RequestReadTimeout's body limit allows (20 s, 1 s more per 500 bytes received)."""
+    threads = 2
+    scripts = make_scripts(tmp_path / "scripts")
+    (scripts / "eat.py").write_text(EAT_SCRIPT)
+    env = {"TRUSTED_PROXIES": PROXY, "THREADS": str(threads)}
+    with (
+        gunicorn(scripts, tmp_path, workers=1, env=env) as server,
+        apache.apache_front([f"127.0.0.1:{server.port}"], tmp_path) as url,
+        trickling(urlsplit(url).port or 0, CLIENT, slow_body(sent_at_once)) as slow,
+    ):
+        slow.open(2 * threads)
+        if shielded:
+            for _ in range(4):
+                slow.next_round()
+                assert answers(url)
+        else:
+            wait_until(lambda: not answers(url), timeout=10, what="the replica's threads held")
+        assert not slow.dropped()
