@@ -14,6 +14,7 @@ before it opens a connection to a replica; the rest of a body it passes on as it
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import threading
@@ -32,10 +33,18 @@ from tests.servers import gunicorn, wait_until
 from tests.stack.conftest import make_scripts
 from tests.stack.test_apache import CLIENT, PROXY
 
-# observability/apache/scriptgate.conf: RequestReadTimeout header=10-20,MinRate=500. The
-# slow clients send 2 bytes/s, far below MinRate, so they get the initial 10 s.
-HEADER_TIMEOUT = 10
-HEADER_TIMEOUT_MAX = 20
+
+def header_timeouts() -> tuple[int, int]:
+    """The shipped vhost's `RequestReadTimeout header=<first>-<most>` (10 and 20 s). The
+    slow clients send 2 bytes/s, far below its MinRate, so they get the first."""
+    found = re.search(
+        r"^RequestReadTimeout .*\bheader=(\d+)-(\d+)\b", apache.VHOST.read_text(), re.M
+    )
+    assert found, f"{apache.VHOST} sets no RequestReadTimeout header=<first>-<most>"
+    return int(found[1]), int(found[2])
+
+
+HEADER_TIMEOUT, HEADER_TIMEOUT_MAX = header_timeouts()
 # A call to hello.py answers in milliseconds; one not answered in 3 s waits for a thread.
 CALL_TIMEOUT = 3
 TRICKLE_INTERVAL = 0.5
