@@ -38,6 +38,8 @@ PROXY_MODULES = {
     "proxy_http_module": "mod_proxy_http.so",
     "proxy_balancer_module": "mod_proxy_balancer.so",
     "lbmethod_byrequests_module": "mod_lbmethod_byrequests.so",
+    "headers_module": "mod_headers.so",
+    "reqtimeout_module": "mod_reqtimeout.so",
 }
 # The platform's own default, for backends started without MAX_SCRIPT_TIMEOUT.
 DEFAULT_MAX_SCRIPT_TIMEOUT = default_max_timeout(DEFAULT_SCRIPT_TIMEOUT)

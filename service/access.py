@@ -4,11 +4,14 @@ Access is decided here and nowhere else: `RealClient` settles who the client is 
 for every layer below it, `authorize` applies the contract's checks in order and says
 which key is calling, and `check_scope` keeps a key to its scopes.
 
-Threat model: any client can send any `X-Forwarded-For`. It is only believed when the
-TCP peer is a trusted proxy, and then only up to the right-most address that is not a
-trusted proxy itself: everything left of that was written by the client and may be
-forged. An address that does not parse is taken as the client, so it matches no
-allowlist and the request is refused (fail closed).
+Threat model: any client can send any `X-Forwarded-For` and `X-Forwarded-Proto`. They
+are only believed when the TCP peer is a trusted proxy. `X-Forwarded-For` then only up to
+the right-most address that is not a trusted proxy itself: everything left of that was
+written by the client and may be forged. An address that does not parse is taken as the
+client, so it matches no allowlist and the request is refused (fail closed).
+`X-Forwarded-Proto` only as the nearest proxy wrote it (its right-most value), and only
+`http` or `https`: a script builds its links from that scheme, so a forged one could send
+its callers somewhere else.
 """
 
 from __future__ import annotations
@@ -217,18 +220,32 @@ def closed_zone_warnings(settings: Settings) -> list[str]:
 
 
 ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"
+FORWARDED_SCHEMES = frozenset({"http", "https"})
+
+
+def forwarded_scheme(value: str) -> str | None:
+    """The scheme the nearest proxy wrote in `X-Forwarded-Proto`, if it is one we serve.
+
+    Proxies that append (`https, http`) put theirs last, as with `X-Forwarded-For`;
+    anything but http or https is ignored rather than handed to a script's URLs.
+    """
+    scheme = value.rpartition(",")[2].strip().lower()
+    return scheme if scheme in FORWARDED_SCHEMES else None
 
 
 class RealClient:
-    """WSGI middleware: after the trusted-proxy rule, `REMOTE_ADDR` is the client.
+    """WSGI middleware: after the trusted-proxy rule, `REMOTE_ADDR` is the client and
+    `wsgi.url_scheme` the scheme the client used.
 
-    Like werkzeug's ProxyFix, it rewrites the environ once, so the script's
-    `request.remote_addr`, the span, the log and the allowlists all agree, and keeps
-    the originals under `werkzeug.proxy_fix.orig`. ProxyFix itself trusts a fixed number
-    of hops; the contract trusts a set of proxy networks (`TRUSTED_PROXIES`) and takes
-    the right-most address not in it, which ProxyFix cannot express.
-    `X-Forwarded-For` is cut to the hops that were believed (none from an untrusted
-    peer), so `request.access_route` never shows a forged address.
+    Like werkzeug's ProxyFix (`x_for=1, x_proto=1`), it rewrites the environ once, so the
+    script's `request.remote_addr` and `request.scheme` / `url_root`, the span, the log
+    and the allowlists all agree, and keeps the originals under
+    `werkzeug.proxy_fix.orig`. ProxyFix itself trusts a fixed number of hops; the
+    contract trusts a set of proxy networks (`TRUSTED_PROXIES`) and takes the right-most
+    address not in it, which ProxyFix cannot express.
+    `X-Forwarded-For` is cut to the hops that were believed and `X-Forwarded-Proto` is
+    kept only when believed (neither from an untrusted peer), so `request.access_route`
+    and a script reading the header never see a forged value.
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]], proxies: Sequence[Network]) -> None:
@@ -237,20 +254,31 @@ class RealClient:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-        if forwarded is not None or self.proxies:
-            peer = environ.get("REMOTE_ADDR", "")
-            environ[ORIGINAL_ENVIRON_KEY] = {
-                "REMOTE_ADDR": peer,
-                "HTTP_X_FORWARDED_FOR": forwarded,
-            }
-            if forwarded is None:  # nothing to believe: the peer is the client
-                return self.app(environ, start_response)
+        proto = environ.get("HTTP_X_FORWARDED_PROTO")
+        if forwarded is None and proto is None and not self.proxies:
+            return self.app(environ, start_response)  # nothing to believe or to keep
+        peer = environ.get("REMOTE_ADDR", "")
+        environ[ORIGINAL_ENVIRON_KEY] = {
+            "REMOTE_ADDR": peer,
+            "HTTP_X_FORWARDED_FOR": forwarded,
+            "HTTP_X_FORWARDED_PROTO": proto,
+            "wsgi.url_scheme": environ.get("wsgi.url_scheme"),
+        }
+        if forwarded is not None:
             client = client_ip(peer, (forwarded,) if forwarded else (), self.proxies)
             environ["REMOTE_ADDR"] = client
             if client == peer:
                 environ.pop("HTTP_X_FORWARDED_FOR", None)
             else:
-                environ["HTTP_X_FORWARDED_FOR"] = believed_hops(forwarded or "", client)
+                environ["HTTP_X_FORWARDED_FOR"] = believed_hops(forwarded, client)
+        if proto is not None:
+            from_proxy = in_networks(parse_address(peer), self.proxies)
+            scheme = forwarded_scheme(proto) if from_proxy else None
+            if scheme is None:
+                environ.pop("HTTP_X_FORWARDED_PROTO", None)
+            else:
+                environ["wsgi.url_scheme"] = scheme
+                environ["HTTP_X_FORWARDED_PROTO"] = scheme
         return self.app(environ, start_response)
 
 

@@ -19,9 +19,9 @@ GATE_VARIABLE = "STACK_GATE_DIR"
 GATE_SECONDS = 12
 
 # Scripts that make each metric and alert move: a raise, a run past SCRIPT_TIMEOUT, and
-# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT; one that
-# shows what a script sees of its caller; and two that wait at a gate the test opens,
-# one of them with a concurrency limit of 1.
+# one call slow enough for the p95 alert (2 s) yet inside its own TIMEOUT; two that
+# show what a script sees of its caller and of the URL it was called by; and two that
+# wait at a gate the test opens, one of them with a concurrency limit of 1.
 EXTRA_SCRIPTS = {
     "boom.py": '''"""Always raises: a 500, an exception in the metrics and the log."""
 
@@ -53,6 +53,16 @@ def main(request):
 
 def main(request):
     return {"remote_addr": request.remote_addr, "access_route": request.access_route}
+''',
+    "scheme.py": '''"""The scheme and URL root a script builds its links from."""
+
+
+def main(request):
+    return {
+        "scheme": request.scheme,
+        "url_root": request.url_root,
+        "forwarded_proto": request.headers.get("X-Forwarded-Proto"),
+    }
 ''',
     "_gate.py": f'''"""Wait until the file {GATE_VARIABLE}/open exists, {GATE_SECONDS} s at most."""
 

@@ -148,6 +148,19 @@ def test_script_sees_the_real_client_and_not_the_forged_address(front) -> None:
     assert reply.json() == {"remote_addr": CLIENT, "access_route": [CLIENT]}
 
 
+def test_plain_http_through_apache_is_http_whatever_the_client_claims(front) -> None:
+    url, servers = front
+    reply = call(url, "/scheme.py", headers={"X-Forwarded-Proto": "https"})
+    assert reply.json() == {"scheme": "http", "url_root": f"{url}/", "forwarded_proto": "http"}
+    # Straight to a replica, the claim is not believed: 127.0.0.2 is no trusted proxy.
+    direct = call(servers[0].url, "/scheme.py", headers={"X-Forwarded-Proto": "https"})
+    assert direct.json() == {
+        "scheme": "http",
+        "url_root": f"{servers[0].url}/",
+        "forwarded_proto": None,
+    }
+
+
 def test_client_on_the_proxy_address_is_logged_as_itself(front) -> None:
     url, servers = front
     reply = call(url, "/hello.py", source=PROXY)

@@ -77,6 +77,20 @@ def test_key_and_client_address_pass_through_tls(front):
     assert SECRET not in server.log_file.read_text()
 
 
+def test_script_behind_tls_builds_https_urls(front):
+    """Apache's X-Forwarded-Proto, believed from 127.0.0.1: links a script makes say https,
+    even when the client claims otherwise."""
+    url, _ = front
+    for claim in ({}, {"X-Forwarded-Proto": "http"}):
+        reply = call(url, "/scheme.py", headers=claim, cert=url.cert)
+        assert reply.status == 200
+        assert reply.json() == {
+            "scheme": "https",
+            "url_root": f"{url}/",
+            "forwarded_proto": "https",
+        }
+
+
 def test_wrong_key_over_tls_is_the_platforms_401(front):
     url, _ = front
     reply = call(url, "/api/whoami.py", headers={"X-API-Key": "nope"}, cert=url.cert)
