@@ -68,7 +68,12 @@ def create_app(
     scriptlog.install(settings.log_level)
     metrics = None
     if settings.metrics_enabled:
-        metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
+        metrics = Metrics(
+            settings.version,
+            settings.max_script_timeout,
+            settings.multiproc_dir,
+            exemplars=settings.metrics_exemplars,
+        )
     app.extensions["scriptgate"] = Runtime(
         settings=settings,
         scripts=ScriptCache(

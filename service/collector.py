@@ -13,11 +13,11 @@ import glob
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
 from service.multiproc import read_values
@@ -81,12 +81,19 @@ class FastMultiProcessCollector:
         return merged, fallback
 
     def collect(self) -> Iterator[Metric]:
+        return self.collect_with_exemplars({})
+
+    def collect_with_exemplars(self, exemplars: Mapping[str, Exemplar]) -> Iterator[Metric]:
+        """The families, each bucket and counter sample with the exemplar of its raw key
+        (service/exemplars.py keeps them under the same keys as the values)."""
         merged, fallback = self._merge()
         for metric_name, (typ, help_text, rows) in self._families(merged).items():
             family = Metric(metric_name, help_text, typ)
             for key, le, suffix, value in rows:
                 name, labels, _ = self._shape(key, le, suffix)
-                family.samples.append(Sample(name, labels, value))
+                # A _count row reuses its last bucket's key: never its exemplar.
+                exemplar = exemplars.get(key) if exemplars and not suffix else None
+                family.samples.append(Sample(name, labels, value, None, exemplar))
             yield family
         if fallback:
             yield from MultiProcessCollector.merge(fallback, accumulate=True)
