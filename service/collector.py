@@ -125,6 +125,28 @@ class FastMultiProcessCollector:
             )
         return "".join(out).encode("utf-8")
 
+    def render_openmetrics(self, exemplars: Mapping[str, Exemplar]) -> bytes | None:
+        """OpenMetrics straight from the merged values, each bucket and counter sample
+        followed by its exemplar, without the closing `# EOF` (the caller appends the
+        rest of the registry); None to use the generic encoder, as render_text.
+
+        What prometheus_client's OpenMetrics encoder writes for these families (a test
+        compares them), at the cost of the text renderer: its encoder builds a Sample per
+        row and formats each label again, about five times slower at 300 scripts.
+        """
+        merged, fallback = self._merge()
+        if fallback:
+            return None
+        out = []
+        for metric_name, (typ, help_text, rows) in self._families(merged).items():
+            out.append(f"# HELP {metric_name} {_escape_label(help_text)}\n")
+            out.append(f"# TYPE {metric_name} {typ}\n")
+            for key, le, suffix, value in rows:
+                line = self._shape(key, le, suffix)[2] + floatToGoString(value)
+                exemplar = exemplars.get(key) if exemplars and not suffix else None
+                out.append(line + _exemplar_text(exemplar) + "\n" if exemplar else line + "\n")
+        return "".join(out).encode("utf-8")
+
     def _families(self, merged: dict[tuple[str, str], dict[str, float]]) -> dict[str, Family]:
         """metric name -> (type, help, rows), histograms accumulated as the format wants."""
         families: dict[str, Family] = {}
@@ -176,6 +198,13 @@ class FastMultiProcessCollector:
             prefix = f"{name}{{{rendered}}} " if rendered else f"{name} "
             shape = self._shapes[cache_key] = (name, labels, prefix)
         return shape
+
+
+def _exemplar_text(exemplar: Exemplar) -> str:
+    """` # {labels} value timestamp`, as prometheus_client's OpenMetrics encoder writes it."""
+    labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(exemplar.labels.items()))
+    text = f" # {{{labels}}} {floatToGoString(exemplar.value)}"
+    return text if exemplar.timestamp is None else f"{text} {exemplar.timestamp}"
 
 
 def _escape_help(text: str) -> str:

@@ -285,6 +285,9 @@ class Metrics:
                 return encoder(_Both(self.registry, self._live)), content_type
             # OpenMetrics: the only format with exemplars, merged from every process.
             exemplars = self._exemplar_reader.latest() if self.exemplars else {}
+            body = self._collector.render_openmetrics(exemplars)
+            if body is not None:  # the live registry's part ends with `# EOF`
+                return body + encoder(self._live), content_type
             collector = self._collector
             merged = _Collect(lambda: collector.collect_with_exemplars(exemplars))
             return encoder(_Both(merged, self._live)), content_type  # type: ignore[arg-type]

@@ -18,9 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.samples import Sample
 
+from service import multiproc
+from service.collector import FastMultiProcessCollector
 from service.exemplars import Reader
 from service.multiproc import read_values
 from tests.integration.prom import API, API_KEY, GATHER_SCRIPT, PID_SCRIPT, PROMTOOL, write_scripts
@@ -171,6 +174,33 @@ def test_exemplar_keys_are_the_keys_of_the_workers_values(server: Gunicorn) -> N
     exemplar_keys = set(Reader(directory).latest())
     assert exemplar_keys
     assert exemplar_keys <= values, sorted(exemplar_keys - values)[:3]
+
+
+def test_the_fast_openmetrics_renderer_writes_what_prometheus_client_writes(
+    server: Gunicorn,
+) -> None:
+    for path in ("/api/slow.py", "/api/boom.py", "/api/pid.py"):
+        server.get(path, headers=API)
+    directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
+    collector = FastMultiProcessCollector(str(directory))
+    with multiproc.reading(directory):  # as a scrape does: no compaction meanwhile
+        found = Reader(directory).latest()
+        rendered = collector.render_openmetrics(found)
+        expected = openmetrics_latest(_Families(collector, found))
+    assert rendered is not None
+    assert expected.endswith(b"# EOF\n")
+    assert sorted((rendered + b"# EOF\n").splitlines()) == sorted(expected.splitlines())
+    assert rendered.count(b' # {trace_id="') >= 3
+
+
+class _Families:
+    """The collector's families with exemplars, for prometheus_client's own encoder."""
+
+    def __init__(self, collector: FastMultiProcessCollector, found: dict) -> None:
+        self.collector, self.found = collector, found
+
+    def collect(self) -> Iterator:
+        return self.collector.collect_with_exemplars(self.found)
 
 
 def test_the_text_format_has_no_exemplars(server: Gunicorn) -> None:
