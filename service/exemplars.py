@@ -98,6 +98,7 @@ class ExemplarFile:
         finally:
             os.close(fd)
         self.path = path
+        self.pid = os.getpid()
         self._slots: dict[str, int] = {}
         self._used = 0
         self._key_used = 0
@@ -134,7 +135,11 @@ class ExemplarFile:
 
 
 class Recorder:
-    """Where a process records its exemplars: the file, opened at the first one."""
+    """Where a process records its exemplars: its own file, opened at the first one.
+
+    A process forked after that (a Recorder built before a fork) opens a file of its own
+    rather than appending to its parent's: two writers would take the same slots.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -142,13 +147,16 @@ class Recorder:
         self._lock = threading.Lock()
 
     def _open(self) -> ExemplarFile:
+        file = self._file
+        if file is not None and file.pid == os.getpid():
+            return file
         with self._lock:
-            if self._file is None:
+            if self._file is None or self._file.pid != os.getpid():
                 self._file = ExemplarFile(self.directory)
             return self._file
 
     def counter(self, key: str, trace_id: str) -> None:
-        (self._file or self._open()).put(key, trace_id, 1.0)
+        self._open().put(key, trace_id, 1.0)
 
     def observe(
         self, keys: Sequence[str], bounds: Sequence[float], trace_id: str, value: float
@@ -156,7 +164,7 @@ class Recorder:
         """The exemplar of the bucket `value` falls in (the first bound >= value)."""
         index = bisect.bisect_left(bounds, value)
         if index < len(keys):
-            (self._file or self._open()).put(keys[index], trace_id, value)
+            self._open().put(keys[index], trace_id, value)
 
 
 class _Seen:

@@ -170,8 +170,9 @@ def test_exemplar_keys_are_the_keys_of_the_workers_values(server: Gunicorn) -> N
     changed its keys, exemplars would silently vanish; this fails instead."""
     server.get("/api/slow.py", headers=API)
     directory = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
-    values = {key for path in directory.glob("*.db") for key, *_ in read_values(str(path))}
-    exemplar_keys = set(Reader(directory).latest())
+    with multiproc.reading(directory):
+        values = {key for path in directory.glob("*.db") for key, *_ in read_values(str(path))}
+        exemplar_keys = set(Reader(directory).latest())
     assert exemplar_keys
     assert exemplar_keys <= values, sorted(exemplar_keys - values)[:3]
 

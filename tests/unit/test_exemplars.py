@@ -103,6 +103,25 @@ def test_a_record_caught_half_written_is_skipped_not_misread(tmp_path: Path) -> 
     assert Reader(tmp_path).latest() == {}
 
 
+def test_a_process_forked_after_the_first_exemplar_writes_a_file_of_its_own(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(tmp_path)
+    recorder.counter("parent", TRACE_A)
+    child = multiprocessing.get_context("fork").Process(
+        target=recorder.counter, args=("child", TRACE_B)
+    )
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    assert exemplars.file_of(tmp_path, child.pid).exists()  # type: ignore[arg-type]
+    found = Reader(tmp_path).latest()
+    assert {key: e.labels["trace_id"] for key, e in found.items()} == {
+        "parent": TRACE_A,
+        "child": TRACE_B,
+    }
+
+
 def test_a_dead_workers_exemplars_go_with_its_files(tmp_path: Path) -> None:
     pid = in_process(tmp_path, put("series", TRACE_A, 0.3))
     multiproc.worker_exited(pid, tmp_path)
