@@ -40,7 +40,7 @@ def goals() -> list[Goal]:
             "x",
         ),
         Goal(
-            "hello, spans exported: exemplars cost <= 1.02x the instructions without",
+            "hello, spans exported: exemplars <= 1.02x instructions without",
             lambda r: r["instructions"]["exemplars"]["ratio"],
             1.02,
             False,
