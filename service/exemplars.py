@@ -185,8 +185,15 @@ class Reader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._seen: dict[str, _Seen] = {}
+        # Two scrapes at once (two Prometheus servers) must not both extend a file's key
+        # list: keys are matched to records by position.
+        self._lock = threading.Lock()
 
     def latest(self) -> dict[str, Exemplar]:
+        with self._lock:
+            return self._latest()
+
+    def _latest(self) -> dict[str, Exemplar]:
         best: dict[str, tuple[str, float, float]] = {}
         present = set()
         for path in self.directory.glob(f"{PREFIX}*{SUFFIX}"):
