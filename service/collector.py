@@ -132,7 +132,8 @@ class FastMultiProcessCollector:
 
         What prometheus_client's OpenMetrics encoder writes for these families (a test
         compares them), at the cost of the text renderer: its encoder builds a Sample per
-        row and formats each label again, about five times slower at 300 scripts.
+        row and formats each label again on every scrape (4 to 7 times slower at 30
+        scripts, docs/performance.md).
         """
         merged, fallback = self._merge()
         if fallback:
