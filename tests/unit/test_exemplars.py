@@ -129,14 +129,16 @@ def test_a_dead_workers_exemplars_go_with_its_files(tmp_path: Path) -> None:
     assert Reader(tmp_path).latest() == {}
 
 
-def test_a_new_server_starts_without_the_last_ones_exemplars(tmp_path: Path) -> None:
+def test_a_new_server_starts_without_the_last_ones_exemplars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     in_process(tmp_path, put("series", TRACE_A, 0.3))
+    monkeypatch.delenv(multiproc.ENV, raising=False)  # prepare() exports it: undone after
     metrics_dir = multiproc.MetricsDir.prepare(tmp_path)
     try:
         assert Reader(tmp_path).latest() == {}
     finally:
-        os.close(metrics_dir._lock_fd)
-        os.environ.pop(multiproc.ENV, None)
+        os.close(metrics_dir._lock_fd)  # the server's lock, held for its lifetime
 
 
 @pytest.mark.parametrize("traceparent", ["00-" + "c" * 32 + "-" + "d" * 16 + "-00", "", "junk"])
