@@ -66,6 +66,7 @@ WITHOUT = {
     "metrics": {"metrics_enabled": False, "multiproc_dir": None},
     "log": {"log_stdout": False, "log_file": None},
     "access": {"api_auth": False, "api_trusted_ips": (), "trusted_proxies": ()},
+    "exemplars": {"metrics_exemplars": False},
 }
 
 

@@ -3,6 +3,7 @@ each in one process called as gunicorn calls it (bench/inproc.py), with no HTTP.
 
     .venv/bin/python bench/instructions.py            # part of `make bench`; a few minutes
     .venv/bin/python bench/instructions.py --smoke    # seconds; proves the harness
+    .venv/bin/python bench/instructions.py --exemplars  # exemplars on and off only
 
 Seconds move with whatever else the machine runs; the instructions a request executes
 do not, so a change to the hot path is judged by a number that repeats. Contenders:
@@ -12,7 +13,8 @@ Scriptgate both recording every span and sending it over OTLP/HTTP to the same l
 sink (bench/otlp_sink.py), which counts them. Every contender runs the same script body
 (bench/scripts/api/hello.py); the assembly and Scriptgate check the same key and
 allowlist and believe the same proxy. Then Scriptgate with one feature left out at a
-time says where its instructions go.
+time says where its instructions go, and Scriptgate with spans exported but exemplars
+off what a sampled call's exemplars cost (goal: at most 2% more instructions).
 
 requests/s: interleaved rounds of each contender's loop (A1 B1 C1 ... A2 B2 ...), so a
 busy spell hits all alike; the median round, and the paired ratio per round.
@@ -71,6 +73,17 @@ BREAKDOWN = (
     Contender("sg_no_access", "key, allowlist, proxy", "scriptgate", without=("access",)),
 )
 
+# Exemplars are written only for sampled calls: compared with SCRIPTGATE_EXPORT, whose
+# every call is sampled and so leaves its trace id on three series.
+EXEMPLARS_OFF = Contender(
+    "sg_export_no_exemplars",
+    "Scriptgate, spans exported, exemplars off",
+    "scriptgate",
+    True,
+    without=("exemplars",),
+)
+EXEMPLAR_GOAL = 1.02
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -81,8 +94,9 @@ class Sizes:
     callgrind: tuple[Contender, ...]
 
 
-FULL = Sizes(200, 60, 7, 500, MAIN + BREAKDOWN)
+FULL = Sizes(200, 60, 7, 500, (*MAIN, *BREAKDOWN, EXEMPLARS_OFF))
 SMOKE = Sizes(10, 10, 1, 30, (ASSEMBLY, SCRIPTGATE))
+EXEMPLARS = Sizes(200, 60, 0, 0, (SCRIPTGATE_EXPORT, EXEMPLARS_OFF))
 
 
 def environment(contender: Contender, tmp: Path, sink: str) -> dict[str, str]:
@@ -233,16 +247,40 @@ def paired(rounds: dict[str, dict], key: str, base: str) -> float:
     )
 
 
+def count_instructions(sizes: Sizes, tmp: Path, sink: str) -> dict[str, float]:
+    """Each of sizes.callgrind's contenders under callgrind, two at a time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counted = pool.map(lambda c: instructions(c, sizes, tmp, sink), sizes.callgrind)
+        return {c.key: n for c, n in zip(sizes.callgrind, counted, strict=True)}
+
+
+def exemplar_cost(counts: dict[str, float]) -> dict | None:
+    """Instructions per sampled call with exemplars on and off, and their ratio."""
+    on, off = counts.get(SCRIPTGATE_EXPORT.key), counts.get(EXEMPLARS_OFF.key)
+    if on is None or off is None:
+        return None
+    return {
+        "on_k_instructions": _k(on),
+        "off_k_instructions": _k(off),
+        "ratio": round(on / off, 4),
+        "goal": EXEMPLAR_GOAL,
+    }
+
+
+def measure_exemplars(tmp: Path) -> dict:
+    """Only the exemplars on/off pair: instructions, no timed rounds."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with otlp_sink.running() as sink:
+        counts = count_instructions(EXEMPLARS, tmp, sink.endpoint)
+    return {"sizes": {"counted": EXEMPLARS.counted}, "exemplars": exemplar_cost(counts)}
+
+
 def measure(sizes: Sizes, tmp: Path) -> dict:
     """The whole measurement: timed rounds first (alone), then callgrind two at a time."""
     tmp.mkdir(parents=True, exist_ok=True)
     with otlp_sink.running() as sink:
         rounds = timed_rounds(sizes, tmp, sink)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            counted = pool.map(
-                lambda c: instructions(c, sizes, tmp, sink.endpoint), sizes.callgrind
-            )
-            counts = {c.key: n for c, n in zip(sizes.callgrind, counted, strict=True)}
+        counts = count_instructions(sizes, tmp, sink.endpoint)
     results: dict = {"sizes": {"counted": sizes.counted, "rounds": sizes.rounds}, "rows": {}}
     for contender in MAIN:
         timing = rounds[contender.key]
@@ -262,6 +300,7 @@ def measure(sizes: Sizes, tmp: Path) -> dict:
         for c in BREAKDOWN
         if c.key in counts
     }
+    results["exemplars"] = exemplar_cost(counts)
     return results
 
 
@@ -274,10 +313,17 @@ def main(argv_: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--exemplars", action="store_true", help="only exemplars on and off, under callgrind"
+    )
     args = parser.parse_args(argv_)
     if not Path(VALGRIND).exists():
         print("valgrind not found: install the valgrind package (`make debs`)", file=sys.stderr)
         return 2
+    if args.exemplars:
+        with tempfile.TemporaryDirectory(prefix="scriptgate-instructions-") as tmp:
+            print(instructions_report.exemplars_text(measure_exemplars(Path(tmp))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="scriptgate-instructions-") as tmp:
         results = measure(SMOKE if args.smoke else FULL, Path(tmp))
     print(instructions_report.text(results))

@@ -39,6 +39,13 @@ def goals() -> list[Goal]:
             True,
             "x",
         ),
+        Goal(
+            "hello, spans exported: exemplars <= 1.02x instructions without",
+            lambda r: r["instructions"]["exemplars"]["ratio"],
+            1.02,
+            False,
+            "x",
+        ),
     ]
 
 
@@ -123,7 +130,23 @@ def text(inst: dict) -> str:
     if parts:
         lines.append("\nwhere Scriptgate's request goes (what leaving each part out saves):")
         lines += [f"  {what:<56}{k:>8,.0f} k instr {us:>7.1f} µs" for what, k, us in parts]
+    if inst.get("exemplars"):
+        lines.append("\n" + exemplars_text(inst))
     return "\n".join(lines)
+
+
+def exemplars_text(inst: dict) -> str:
+    """Exemplars on and off: instructions per sampled call, and the goal."""
+    cost = inst.get("exemplars")
+    if not cost:
+        return "exemplars on/off: not measured"
+    verdict = "PASS" if cost["ratio"] <= cost["goal"] else "MISS"
+    return (
+        f"exemplars (spans exported, every call sampled; {inst['sizes']['counted']} requests "
+        f"counted): on {cost['on_k_instructions']:,.1f} k instructions/request, off "
+        f"{cost['off_k_instructions']:,.1f} k: {cost['ratio']:.4f}x "
+        f"(goal <= {cost['goal']}x: {verdict})"
+    )
 
 
 def markdown(inst: dict) -> str:

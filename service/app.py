@@ -70,7 +70,12 @@ def create_app(
     log = build_logger(settings.log_level, settings.log_file, settings.log_stdout, secrets.scrub)
     metrics = None
     if settings.metrics_enabled:
-        metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
+        metrics = Metrics(
+            settings.version,
+            settings.max_script_timeout,
+            settings.multiproc_dir,
+            exemplars=settings.metrics_exemplars,
+        )
     runners = RunnerPool(runner_config(settings))
     weakref.finalize(app, runners.close)  # its zygote, and every runner with it
     app.extensions["scriptgate"] = Runtime(

@@ -142,6 +142,8 @@ class Settings:
     log_level: str = "INFO"
     log_stdout: bool = True
     metrics_enabled: bool = True
+    # Trace ids of sampled calls as exemplars (OpenMetrics only); off for comparisons.
+    metrics_exemplars: bool = True
     multiproc_dir: Path | None = None
     version: str = __version__
     # How `scriptgate serve` runs gunicorn.
@@ -256,6 +258,7 @@ class Settings:
             log_file=Path(log_file_raw) if log_file_raw.strip() else None,
             log_level=log_level,
             metrics_enabled=parse_switch("METRICS", env.get("METRICS"), True),
+            metrics_exemplars=parse_switch("METRICS_EXEMPLARS", env.get("METRICS_EXEMPLARS"), True),
             multiproc_dir=Path(multiproc) if multiproc else None,
             bind=parse_bind("BIND", env.get("BIND"), DEFAULT_BIND) or DEFAULT_BIND,
             platform_bind=parse_bind("PLATFORM_BIND", env.get("PLATFORM_BIND"), None),

@@ -3,6 +3,11 @@
 Under gunicorn `PROMETHEUS_MULTIPROC_DIR` is set before prometheus_client is imported,
 so every worker writes its values to files there and a scrape sums them (see
 `multiproc.py`). Without it (unit tests, `flask run`) the app's own registry holds them.
+
+A call whose server span is sampled leaves its trace id as the exemplar of its request
+counter, its duration bucket and its error counter: in the workers' exemplar files
+(`exemplars.py`) under gunicorn, in prometheus_client's own values without it. Only the
+OpenMetrics exposition shows them; the text format has no place for them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 
 from service import multiproc
 from service.collector import FastMultiProcessCollector
+from service.exemplars import Reader, Recorder, bucket_keys, counter_key
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
 # and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.
@@ -38,9 +44,24 @@ class Totals:
     requests_by_area: dict[str, int]
 
 
+INF = float("inf")
+REQUEST_LABELS = ("zone", "script", "method", "status")
+ERROR_LABELS = ("zone", "script", "kind")
+HISTOGRAM_LABELS = ("zone", "script")  # every histogram here: requests' and jobs'
+
+
 class Metrics:
-    def __init__(self, version: str, max_timeout: float, multiproc_dir: Path | None) -> None:
+    def __init__(
+        self,
+        version: str,
+        max_timeout: float,
+        multiproc_dir: Path | None,
+        exemplars: bool = True,
+    ) -> None:
         self.multiproc_dir = multiproc_dir
+        self.exemplars = exemplars
+        # Where this process's exemplars go under gunicorn (None: prometheus_client's).
+        self.recorder = Recorder(multiproc_dir) if exemplars and multiproc_dir else None
         own = CollectorRegistry()
 
         def counter(name: str, labels: str, doc: str) -> Counter:
@@ -52,19 +73,20 @@ class Metrics:
 
         self.requests = counter(
             "scriptgate_requests",
-            "zone script method status",
+            " ".join(REQUEST_LABELS),
             "Requests answered, by zone, script, method and HTTP status.",
         )
+        self.duration_bounds = (*buckets_for(max_timeout), INF)
         self.duration = Histogram(
             "scriptgate_request_duration_seconds",
             "Time from receiving a request to handing back its response.",
-            ["zone", "script"],
-            buckets=buckets_for(max_timeout),
+            HISTOGRAM_LABELS,
+            buckets=self.duration_bounds,
             registry=own,
         )
         self.script_errors = counter(
             "scriptgate_script_errors",
-            "zone script kind",
+            " ".join(ERROR_LABELS),
             "Script failures by kind: exception, import, timeout, memory, crashed (runner died).",
         )
         self.backoffs = counter(
@@ -120,7 +142,9 @@ class Metrics:
             "Always 1; the version label says which Scriptgate runs.",
         )
         self.build_info.labels(version).set(1)
-        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, str, int], _RequestSeries] = {}
+        self._error_children: dict[tuple[str, str, str], tuple[Any, str]] = {}
+        self._histogram_keys: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._in_progress_children: dict[str, Any] = {}
         self._caller_children: dict[tuple[str, str, str], Any] = {}
         self._script_children: dict[tuple[str, str], Any] = {}
@@ -132,6 +156,7 @@ class Metrics:
             self.registry = CollectorRegistry()
             self._collector = FastMultiProcessCollector(str(multiproc_dir))
             self.registry.register(self._collector)
+            self._exemplar_reader = Reader(multiproc_dir)
 
     def in_progress_for(self, zone: str) -> Any:
         child = self._in_progress_children.get(zone)
@@ -149,22 +174,96 @@ class Metrics:
         return gauge.dec  # type: ignore[no-any-return]
 
     def observe_request(
-        self, zone: str, script: str, method: str, status: int, seconds: float
+        self,
+        zone: str,
+        script: str,
+        method: str,
+        status: int,
+        seconds: float,
+        trace_id: str | None = None,
     ) -> None:
-        """Count one answered request and its duration.
+        """Count one answered request and its duration; with the trace id of a sampled
+        call, make it the exemplar of both.
 
         The label children are cached: prometheus_client's labels() validates and locks
-        on every call, which is most of the cost of counting a request.
+        on every call, which is most of the cost of counting a request. So are the
+        series' exemplar keys, built once per label set.
         """
         key = (zone, script, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = self._request_children[key] = (
-                self.requests.labels(zone, script, method, str(status)),
-                self.duration.labels(zone, script),
+        series = self._request_children.get(key)
+        if series is None:
+            series = self._request_children[key] = self._request_series(*key)
+        if trace_id is None or not self.exemplars:
+            series.count.inc()
+            series.duration.observe(seconds)
+        elif self.recorder is None:
+            exemplar = {"trace_id": trace_id}
+            series.count.inc(exemplar=exemplar)
+            series.duration.observe(seconds, exemplar)
+        else:
+            series.count.inc()
+            series.duration.observe(seconds)
+            self.recorder.counter(series.count_key, trace_id)
+            self.recorder.observe(series.bucket_keys, self.duration_bounds, trace_id, seconds)
+
+    def _request_series(self, zone: str, script: str, method: str, status: int) -> _RequestSeries:
+        values = (zone, script, method, str(status))
+        return _RequestSeries(
+            self.requests.labels(*values),
+            self.duration.labels(zone, script),
+            counter_key(self.requests, REQUEST_LABELS, values),
+            self.histogram_keys(self.duration, self.duration_bounds, (zone, script)),
+        )
+
+    def histogram_keys(
+        self, histogram: Histogram, bounds: tuple[float, ...], values: tuple[str, str]
+    ) -> tuple[str, ...]:
+        """The exemplar keys of one (zone, script) histogram's buckets, built once."""
+        name = histogram.describe()[0].name
+        keys = self._histogram_keys.get((name, values))
+        if keys is None:
+            keys = self._histogram_keys[(name, values)] = bucket_keys(
+                histogram, HISTOGRAM_LABELS, values, bounds
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        return keys
+
+    def observe(
+        self,
+        histogram: Histogram,
+        bounds: tuple[float, ...],
+        values: tuple[str, str],
+        seconds: float,
+        trace_id: str | None,
+    ) -> None:
+        """Observe a (zone, script) histogram of this registry, with an exemplar when the
+        trace id of a sampled call is given (jobs' histograms)."""
+        child = histogram.labels(*values)
+        if trace_id is None or not self.exemplars:
+            child.observe(seconds)
+        elif self.recorder is None:
+            child.observe(seconds, {"trace_id": trace_id})
+        else:
+            child.observe(seconds)
+            keys = self.histogram_keys(histogram, bounds, values)
+            self.recorder.observe(keys, bounds, trace_id, seconds)
+
+    def count_error(self, zone: str, script: str, kind: str, trace_id: str | None) -> None:
+        """Count a script failure; a sampled call's trace id becomes its exemplar."""
+        key = (zone, script, kind)
+        children = self._error_children.get(key)
+        if children is None:
+            child = self.script_errors.labels(*key)
+            children = self._error_children[key] = (
+                child,
+                counter_key(self.script_errors, ERROR_LABELS, key),
+            )
+        if trace_id is None or not self.exemplars:
+            children[0].inc()
+        elif self.recorder is None:
+            children[0].inc(exemplar={"trace_id": trace_id})
+        else:
+            children[0].inc()
+            self.recorder.counter(children[1], trace_id)
 
     def register_live(self, collector: Any) -> None:
         """A collector asked at each scrape, not read from the workers' files: the job
@@ -182,11 +281,21 @@ class Metrics:
         """Render the registry: text 0.0.4, or OpenMetrics when Accept asks for it."""
         encoder, content_type = choose_encoder(accept or "")
         with multiproc.reading(self.multiproc_dir):
-            if self._collector is not None and encoder is generate_latest:
+            if self._collector is None:
+                return encoder(_Both(self.registry, self._live)), content_type
+            if encoder is generate_latest:
                 body = self._collector.render_text()
                 if body is not None:
                     return body + generate_latest(self._live), content_type
-            return encoder(_Both(self.registry, self._live)), content_type
+                return encoder(_Both(self.registry, self._live)), content_type
+            # OpenMetrics: the only format with exemplars, merged from every process.
+            exemplars = self._exemplar_reader.latest() if self.exemplars else {}
+            body = self._collector.render_openmetrics(exemplars)
+            if body is not None:  # the live registry's part ends with `# EOF`
+                return body + encoder(self._live), content_type
+            collector = self._collector
+            merged = _Collect(lambda: collector.collect_with_exemplars(exemplars))
+            return encoder(_Both(merged, self._live)), content_type  # type: ignore[arg-type]
 
     def totals(self) -> Totals:
         """Sum the counters the same way a scrape does, so health and metrics agree."""
@@ -207,10 +316,27 @@ class Metrics:
         return Totals(sum(by_area.values()), int(errors), by_area)
 
 
+@dataclass(frozen=True)
+class _RequestSeries:
+    """One (zone, script, method, status): its children and its exemplar keys."""
+
+    count: Any
+    duration: Any
+    count_key: str
+    bucket_keys: tuple[str, ...]
+
+
+class _Collect:
+    """A function returning families, as the collector prometheus_client's encoders want."""
+
+    def __init__(self, collect: Callable[[], Iterator[Any]]) -> None:
+        self.collect = collect
+
+
 class _Both:
     """Two registries as one, for prometheus_client's encoders."""
 
-    def __init__(self, *registries: CollectorRegistry) -> None:
+    def __init__(self, *registries: CollectorRegistry | _Collect) -> None:
         self.registries = registries
 
     def collect(self) -> Iterator[Any]:

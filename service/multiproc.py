@@ -14,6 +14,9 @@ Recipe (what `scriptgate serve` does, in this order; see server.py):
    PROMETHEUS_MULTIPROC_DIR (prometheus_client reads it, once, at import in each worker).
 2. `worker_exited(pid, directory)` from gunicorn's child_exit hook.
 3. `MetricsDir.cleanup()` from gunicorn's on_exit hook removes a private directory.
+
+Each process's exemplars (service/exemplars.py) are one `exemplars_<pid>.bin` file beside
+the values; a dead worker's is removed with its live gauges.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 READ_LOCK = ".scrape.lock"
 SERVER_LOCK = ".server.lock"
 ARCHIVE = "archive"
+EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX = "exemplars_", ".bin"  # service/exemplars.py's files
 _LIVE_GAUGE_MODES = ("liveall", "livesum", "livemax", "livemin", "livemostrecent")
 
 
@@ -63,7 +67,7 @@ class MetricsDir:
                 shutil.rmtree(directory, ignore_errors=True)
             raise DirectoryInUse(f"{ENV}: {directory} is used by another running server") from None
         # Left over from a previous run: counting it again would make counters jump.
-        for stale in glob.glob(str(directory / "*.db")):
+        for stale in glob.glob(str(directory / "*.db")) + _exemplar_files(directory, "*"):
             os.remove(stale)
         # prometheus_client's only interface for this: read once, at import, per process.
         os.environ[ENV] = str(directory)
@@ -125,6 +129,13 @@ def worker_exited(pid: int, directory: Path) -> None:
                 finally:
                     archive.close()
             os.remove(path)
+        # Its exemplars go with it, like its live gauges (service/exemplars.py).
+        for path in _exemplar_files(directory, str(pid)):
+            os.remove(path)
+
+
+def _exemplar_files(directory: Path, pid: str) -> list[str]:
+    return glob.glob(str(directory / f"{EXEMPLARS_PREFIX}{pid}{EXEMPLARS_SUFFIX}"))
 
 
 def read_values(path: str) -> list[tuple[str, float, float, int]]:

@@ -60,7 +60,8 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
     duration = time.perf_counter() - ctx.started
     status = response.status_code
     span = ctx.server_span
-    if span.is_recording():
+    sampled = span.is_recording()
+    if sampled:
         attributes = {"scriptgate.zone": ctx.zone, "scriptgate.script": ctx.script}
         if ctx.script != UNMATCHED:  # `GET /api/hello.py`: one name per script, bounded
             route = url_for_script(ctx.zone, ctx.script)
@@ -72,7 +73,9 @@ def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Res
     metrics = rt.metrics
     if metrics is not None:
         method = req.method if req.method in KNOWN_METHODS else "other"
-        metrics.observe_request(ctx.zone, ctx.script, method, status, duration)
+        # A sampled call's trace id is the exemplar of its series: a graph's way to it.
+        trace_id = ctx.trace_id if sampled else None
+        metrics.observe_request(ctx.zone, ctx.script, method, status, duration, trace_id)
         if ctx.denied_reason is not None:
             metrics.auth_denied.labels(ctx.zone, ctx.denied_reason).inc()
         if ctx.rejected_reason is not None:
@@ -119,7 +122,8 @@ def record_failure(
             )
             s.set_status(Status(StatusCode.ERROR, f"script {kind}"))
     if rt.metrics is not None:
-        rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind).inc()
+        sampled = ctx.server_span.is_recording()
+        rt.metrics.count_error(ctx.zone, ctx.script, kind, ctx.trace_id if sampled else None)
     trace_id, span_id = span_ids(span) if span is not None else (ctx.trace_id, ctx.span_id)
     rt.log.error(
         f"script {kind}",

@@ -159,7 +159,7 @@ class JobExecutor:
         started = job.started_at or time.time()
         if metrics is not None:
             metrics.entered(job.zone, job.script, RUNNING)
-            metrics.waited.labels(job.zone, job.script).observe(started - job.created_at)
+            metrics.observe_wait(job.zone, job.script, started - job.created_at, job.traceparent)
         outcome = self.run(job)
         finished = time.time()
         retention = rt.settings.job_retention
@@ -168,7 +168,7 @@ class JobExecutor:
             return  # declared lost meanwhile: whoever did so counted it
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)
-            metrics.ran.labels(job.zone, job.script).observe(finished - started)
+            metrics.observe_run(job.zone, job.script, finished - started, job.traceparent)
         rt.log.info(
             "job",
             extra={

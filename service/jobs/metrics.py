@@ -21,12 +21,26 @@ if TYPE_CHECKING:
     from service.jobs.queue import JobQueue
     from service.metrics import Metrics
 
-WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-RUN_BUCKETS = (0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)
+INF = float("inf")
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, INF)
+RUN_BUCKETS = (0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, INF)
+
+
+def sampled_trace_id(traceparent: str) -> str | None:
+    """The trace id of a W3C traceparent whose sampled flag is set, else None: a job's
+    exemplar links to its trace only if that trace was recorded."""
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32:
+        return None
+    try:
+        return parts[1] if int(parts[3], 16) & 1 else None
+    except ValueError:
+        return None
 
 
 class JobMetrics:
     def __init__(self, metrics: Metrics | None) -> None:
+        self._metrics = metrics
         # Without multiprocess files the app's own registry is the one scraped.
         registry = CollectorRegistry()
         if metrics is not None and metrics.multiproc_dir is None:
@@ -60,6 +74,28 @@ class JobMetrics:
         )
 
         self._known: set[tuple[str, str]] = set()
+
+    def observe_wait(self, zone: str, script: str, seconds: float, traceparent: str) -> None:
+        self._observe(self.waited, WAIT_BUCKETS, zone, script, seconds, traceparent)
+
+    def observe_run(self, zone: str, script: str, seconds: float, traceparent: str) -> None:
+        self._observe(self.ran, RUN_BUCKETS, zone, script, seconds, traceparent)
+
+    def _observe(
+        self,
+        histogram: Histogram,
+        bounds: tuple[float, ...],
+        zone: str,
+        script: str,
+        seconds: float,
+        traceparent: str,
+    ) -> None:
+        """With the job's trace id as the bucket's exemplar when its trace was sampled."""
+        if self._metrics is None:
+            histogram.labels(zone, script).observe(seconds)
+            return
+        trace_id = sampled_trace_id(traceparent)
+        self._metrics.observe(histogram, bounds, (zone, script), seconds, trace_id)
 
     def entered(self, zone: str, script: str, state: str) -> None:
         if (zone, script) not in self._known:

@@ -2,7 +2,8 @@
 
 The generated prometheus.yml is the shipped one with only the scrape targets, the
 Alertmanager address, the rule file paths and the intervals (1 s instead of 15 s)
-replaced; the rule files are used as shipped.
+replaced; the rule files are used as shipped, and so are the feature flags that
+docker-compose.yml gives Prometheus.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 PROM_DIR = REPO / "observability" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
+COMPOSE_FILE = REPO / "docker-compose.yml"
 ALERTMANAGER_CONFIG = REPO / "observability" / "alertmanager" / "alertmanager.yml"
 FAST = "1s"
 
@@ -52,6 +54,15 @@ class Prometheus:
             raise AssertionError(f"series query failed: {match}\n{body}")
         return body["data"]
 
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """/api/v1/query_exemplars: what Grafana asks for a panel's dots, per series."""
+        params = {"query": expr, "start": start, "end": end}
+        response = requests.get(f"{self.url}/api/v1/query_exemplars", params=params, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"exemplar query failed: {expr}\n{body}")
+        return body["data"]
+
     def alerts(self) -> list[dict[str, Any]]:
         return requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
 
@@ -72,6 +83,12 @@ def generated_config(
     else:
         config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
     return config
+
+
+def shipped_features() -> list[str]:
+    """The `--enable-feature=` flags the compose file gives Prometheus (exemplar storage)."""
+    command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["prometheus"]["command"]
+    return [arg for arg in command if arg.startswith("--enable-feature=")]
 
 
 def shipped_rule_files() -> list[Path]:
@@ -118,6 +135,7 @@ def prometheus(
         f"--config.file={config_file}",
         f"--storage.tsdb.path={tmp / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        *shipped_features(),
     ]
     url = f"http://127.0.0.1:{port}"
     with _daemon(argv, tmp, "prometheus", f"{url}/-/ready"):

@@ -81,6 +81,19 @@ def panel_queries(name: str, dashboard: dict[str, Any]) -> list[Query]:
     return found
 
 
+def exemplar_queries() -> list[Query]:
+    """The panel queries whose dots are exemplars (`"exemplar": true` on the target)."""
+    found = []
+    for name, dashboard in dashboards().items():
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                if target.get("exemplar"):
+                    uid = _uid(target.get("datasource")) or _uid(panel.get("datasource"))
+                    where = f"{name} / {panel.get('title')} / {target.get('refId')}"
+                    found.append(Query(where, uid, target["expr"]))
+    return found
+
+
 def variable_queries(name: str, dashboard: dict[str, Any]) -> list[Query]:
     found = []
     for variable in dashboard.get("templating", {}).get("list", []):

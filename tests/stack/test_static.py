@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,38 @@ def test_logs_and_traces_are_linked_by_trace_id() -> None:
     back = traces["jsonData"]["tracesToLogsV2"]
     assert back["datasourceUid"] == loki["uid"]
     assert "$${__trace.traceId}" in back["query"] and 'job="scriptgate"' in back["query"]
+
+
+def test_exemplars_link_to_the_trace_and_to_the_log_lines() -> None:
+    """A dot on a latency or error panel (an exemplar, labelled trace_id) opens the trace
+    in Jaeger and the call's log lines in Loki."""
+    sources = queries.datasources()
+    loki = next(s for s in sources.values() if s["type"] == "loki")
+    traces = next(s for s in sources.values() if s["type"] in ("jaeger", "tempo"))
+    prometheus = next(s for s in sources.values() if s["type"] == "prometheus")
+    destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert {d["name"] for d in destinations} == {"trace_id"}
+    to_trace = [d for d in destinations if d.get("datasourceUid") == traces["uid"]]
+    assert len(to_trace) == 1 and "url" not in to_trace[0]
+    (to_logs,) = [d for d in destinations if "url" in d]
+    path, _, query = to_logs["url"].partition("?")
+    assert path == "/explore"
+    (panes,) = urllib.parse.parse_qs(query)["panes"]
+    (pane,) = json.loads(panes).values()
+    (logs_query,) = pane["queries"]
+    assert pane["datasource"] == logs_query["datasource"]["uid"] == loki["uid"]
+    # The same query as the trace's way back to its logs, for the dot's trace id.
+    assert logs_query["expr"] == '{job="scriptgate"} | json | trace_id="$${__value.raw}"'
+    assert pane["range"] == {"from": "$${__from}", "to": "$${__to}"}
+
+
+def test_compose_prometheus_stores_exemplars() -> None:
+    command = compose_services()["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in command
+    # No scrape_protocols (Prometheus 2.49+): the default already asks for OpenMetrics
+    # first, and Debian's 2.42, which the tests run, would refuse the key.
+    scrape = yaml.safe_load(prom.PROM_CONFIG.read_text())["scrape_configs"][0]
+    assert "scrape_protocols" not in scrape
 
 
 def test_log_queries_match_the_labels_alloy_sets() -> None:
