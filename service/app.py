@@ -26,7 +26,7 @@ from service.errors import ScriptFailed, render_error
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.logs import build_logger
-from service.metrics import Metrics
+from service.metrics import Metrics, RevisionCollector
 from service.pipeline import handle_request
 from service.runtime import Runtime
 from service.script_secrets import Secrets
@@ -69,6 +69,7 @@ def create_app(
     metrics = None
     if settings.metrics_enabled:
         metrics = Metrics(settings.version, settings.max_script_timeout, settings.multiproc_dir)
+        metrics.register_live(RevisionCollector(settings.scripts_dir))
     app.extensions["scriptgate"] = Runtime(
         settings=settings,
         scripts=ScriptCache(

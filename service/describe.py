@@ -19,6 +19,7 @@ from service.deadline import ScriptTimeout
 from service.errors import NotFound
 from service.loader import DEFAULT_METHODS, LoadedScript, ScriptLoadError
 from service.resolve import ZONES, list_scripts, locate, parse_target, url_for_script
+from service.revision import root_of
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -53,7 +54,8 @@ def script_state(rt: Runtime, zone: str, path: str) -> ScriptState | None:
                 raise failure
             script = rt.runners.run(lambda: rt.scripts.load(real), settings.script_timeout)
     except ScriptLoadError as exc:
-        error = rt.secrets.scrub(describe_error(exc, real, str(settings.scripts_dir)))
+        root = root_of(real, settings.scripts_dir)  # the real folder, past a git-sync link
+        error = rt.secrets.scrub(describe_error(exc, real, root))
         return ScriptState(zone, path, url, exc.state, error=error)
     except ScriptTimeout as exc:
         if rt.scripts.recent_failure(real) is not exc:  # a new timeout, not the remembered one

@@ -27,6 +27,7 @@ from service.errors import NotFound
 from service.importer import HelperFinder, SourceLoader
 from service.params import DeclarationError, Params, read_params
 from service.resolve import Target, zone_dir
+from service.revision import root_of
 
 DEFAULT_METHODS = frozenset({"GET", "HEAD", "POST"})
 LIB_DIR = "_lib"
@@ -138,8 +139,7 @@ class ScriptCache:
         default_concurrency: int = 0,
         log: logging.Logger | None = None,
     ) -> None:
-        self.root = str(scripts_dir)
-        self.lib_dir = os.path.join(self.root, LIB_DIR)
+        self.root = str(scripts_dir)  # may lead through git-sync's link: see revision.py
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.default_concurrency = default_concurrency
@@ -224,8 +224,9 @@ class ScriptCache:
         own = stamp(path)
         if own is None:  # deleted between lookup and import: as if it never existed
             raise NotFound(path)
-        name = "scriptgate_script." + os.path.relpath(path, self.root)[:-3].replace(os.sep, ".")
-        finder = HelperFinder([os.path.dirname(path), self.lib_dir], self.root)
+        root = root_of(path, self.root)  # the real folder (worktree) this path was found in
+        name = "scriptgate_script." + os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+        finder = HelperFinder([os.path.dirname(path), os.path.join(root, LIB_DIR)], root)
         before = set(sys.modules)
         sys.meta_path.insert(0, finder)
         try:
@@ -247,7 +248,7 @@ class ScriptCache:
                 raise ScriptLoadError(f"import failed: {type(exc).__name__}") from exc
         finally:
             sys.meta_path.remove(finder)
-            helpers = self._detach_helpers(set(sys.modules) - before - {name})
+            helpers = self._detach_helpers(set(sys.modules) - before - {name}, root)
         handler = next(
             (getattr(module, n) for n in HANDLER_NAMES if callable(getattr(module, n, None))), None
         )
@@ -277,13 +278,13 @@ class ScriptCache:
         if script.timeout_capped:
             self.log.warning(
                 "%s asks for TIMEOUT = %g s; it gets MAX_SCRIPT_TIMEOUT, %g s",
-                os.path.relpath(path, self.root),
+                os.path.relpath(path, root),
                 requested,
                 script.timeout,
             )
         return script
 
-    def _detach_helpers(self, new_names: set[str]) -> list[Stamp]:
+    def _detach_helpers(self, new_names: set[str], root: str) -> list[Stamp]:
         """Stamp the helpers a script imported, then drop them from sys.modules.
 
         Dropping them gives every script its own copy of a same-named helper, and lets an
@@ -292,7 +293,7 @@ class ScriptCache:
         stamps = []
         for mod_name in new_names:
             origin = getattr(sys.modules.get(mod_name), "__file__", None) or ""
-            if origin.startswith(self.root + os.sep):
+            if origin.startswith(root + os.sep):
                 sys.modules.pop(mod_name, None)
                 helper = stamp(origin)
                 if helper is not None:
