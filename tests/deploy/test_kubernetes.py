@@ -11,6 +11,7 @@ settings say, and the PrometheusRule is the shipped rule files.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -343,3 +344,46 @@ def test_the_rendered_container_answers_its_probes_for_real(tmp_path, deployment
                 port = ports[port_number(app, "http")]
                 response = requests.get(f"http://127.0.0.1:{port}/hello.py", timeout=10)
                 assert response.status_code == 200
+
+
+DOCS = REPO / "docs" / "kubernetes.md"
+
+
+def docs_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), re.S)
+
+
+def test_every_kubectl_kustomize_command_of_the_docs_runs_as_written():
+    commands = [
+        line
+        for block in docs_blocks("sh")
+        for line in block.splitlines()
+        if line.startswith("kubectl kustomize ")
+    ]
+    assert len(commands) == len(OVERLAYS)
+    for command in commands:
+        argv = command.split()
+        done = subprocess.run(
+            [str(KUBECTL), *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+def test_the_documented_overlay_sets_the_image_the_repository_and_the_keys(tmp_path):
+    (example,) = [b for b in docs_blocks("yaml") if "kind: Kustomization" in b]
+    folder = tmp_path / "production"
+    folder.mkdir()
+    base = os.path.relpath(DEPLOY / "overlays" / "scale-out", folder)  # kustomize: relative
+    (folder / "kustomization.yaml").write_text(example.replace("../scale-out", base))
+    (folder / "keys.env").write_text("API_KEY=prod-api-key\nADMIN_API_KEY=prod-admin-key\n")
+    objects = kustomize(folder)
+    assert {o["metadata"].get("namespace") for o in objects} == {"scriptgate"}
+    for name, pod in scriptgate_pods(objects):
+        app = container(pod, SCRIPTGATE_CONTAINER)
+        assert app["image"] == "registry.example.com/platform/scriptgate:0.1.0", name
+        sync = environment(objects, container(pod, "git-sync"))
+        assert sync["GITSYNC_REPO"] == "https://git.example.com/team/scripts.git"
+        keys_ref = next(s["secretRef"]["name"] for s in app["envFrom"] if "secretRef" in s)
+        secret = one(objects, "Secret", keys_ref)
+        assert set(secret["data"]) == {"API_KEY", "ADMIN_API_KEY"}
+        assert all(secret["data"].values()), "the keys of keys.env, not the empty ones"
