@@ -169,6 +169,10 @@ class ScriptCache:
             or not unchanged(script.stamps[1:])
         ):
             self._targets.pop(target, None)
+            if current is None or os.path.realpath(joined) != script.path:
+                # The URL leads elsewhere now (a git-sync swap): drop the old file's module,
+                # or a worker would keep one copy per revision it ever served.
+                self._scripts.pop(script.path, None)
             return None
         return script
 

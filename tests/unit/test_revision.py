@@ -115,3 +115,14 @@ def test_a_path_found_just_before_a_swap_keeps_its_own_revision_folder(sync: Git
     assert root_of(old_script, sync.link) == str(sync.worktree(old).resolve())
     assert root_of(old_script, sync.link / "api") == str(sync.worktree(old).resolve() / "api")
     assert revision_of(old_script) == old
+
+
+def test_a_worker_keeps_one_copy_of_a_script_however_many_revisions_it_served(sync, tmp_path):
+    app = app_on(sync.link, tmp_path)
+    client = app.test_client()
+    for generation in range(2, 7):
+        sync.commit({"_lib_greeting.py": f'GREETING = "v{generation}"\n'})
+        sync.sync()
+        assert client.get("/hello.py").get_json() == {"greeting": f"v{generation}!"}
+    loaded = app.extensions["scriptgate"].scripts._scripts
+    assert list(loaded) == [os.path.realpath(sync.link / "hello.py")]
