@@ -237,6 +237,9 @@ def test_services_budget_and_autoscaler_select_what_exists(overlay):
                 names = {p["name"] for c in template["spec"]["containers"] for p in c["ports"]}
                 assert port["targetPort"] in names
     serve = one(objects, "Deployment", "scriptgate")
+    pod = serve["spec"]["template"]["spec"]
+    drain = container(pod, SCRIPTGATE_CONTAINER)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert drain < pod["terminationGracePeriodSeconds"]
     budget = one(objects, "PodDisruptionBudget", "scriptgate")
     assert selected(budget["spec"]["selector"]["matchLabels"]) == [serve["spec"]["template"]]
     scaler = one(objects, "HorizontalPodAutoscaler", "scriptgate")
