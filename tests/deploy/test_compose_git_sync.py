@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from tests.deploy.test_kubernetes import GIT_SYNC_VARIABLES
 from tests.servers import REPO
 from tests.stack.test_static import ENV_EXAMPLE, compose_binary, needs
 
@@ -62,6 +63,7 @@ def test_compose_and_kubernetes_sync_scripts_one_way(tmp_path):
     kubernetes = kubernetes_git_sync()
     for name in ("git-sync", "git-sync-init"):
         environment = found[name]["environment"]
+        assert set(environment) <= GIT_SYNC_VARIABLES, set(environment) - GIT_SYNC_VARIABLES
         assert {k: environment[k] for k in SHARED} == {k: kubernetes[k] for k in SHARED}
     pod = yaml.safe_load((REPO / "deploy" / "kubernetes" / "base" / "serve.yaml").read_text())
     (sidecar,) = pod["spec"]["template"]["spec"]["initContainers"]

@@ -35,6 +35,19 @@ KUBERNETES_VERSION = "1.37.0"  # the schemas kubernetes-validate ships for the p
 # Custom resources of the Prometheus Operator: no schema offline, checked field by field.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 SCRIPTGATE_CONTAINER = "scriptgate"
+GIT_SYNC_IMAGE = "registry.k8s.io/git-sync/git-sync:v4.7.1"
+# The variables git-sync v4.7.1 reads (main.go): one misspelled would be ignored silently.
+_GIT_SYNC_NAMES = """
+    ADD_USER ASKPASS_URL COOKIE_FILE CREDENTIAL DEPTH ERROR_FILE EXECHOOK_BACKOFF
+    EXECHOOK_COMMAND EXECHOOK_TIMEOUT FILTER GIT GITHUB_APP_APPLICATION_ID GITHUB_APP_CLIENT_ID
+    GITHUB_APP_INSTALLATION_ID GITHUB_APP_PRIVATE_KEY GITHUB_APP_PRIVATE_KEY_FILE
+    GITHUB_BASE_URL GIT_CONFIG GIT_GC GROUP_WRITE HTTP_BIND HTTP_METRICS HTTP_PPROF
+    INIT_MAX_FAILURES INIT_PERIOD LINK MAX_FAILURES ONE_TIME PASSWORD PASSWORD_FILE PERIOD REF
+    REPO ROOT SPARSE_CHECKOUT_FILE SSH_KEY_FILE SSH_KNOWN_HOSTS SSH_KNOWN_HOSTS_FILE
+    STALE_WORKTREE_TIMEOUT SUBMODULES SYNC_ON_SIGNAL SYNC_TIMEOUT TOUCH_FILE USERNAME VERBOSE
+    WEBHOOK_BACKOFF WEBHOOK_METHOD WEBHOOK_SUCCESS_STATUS WEBHOOK_TIMEOUT WEBHOOK_URL
+"""
+GIT_SYNC_VARIABLES = frozenset(f"GITSYNC_{name}" for name in _GIT_SYNC_NAMES.split())
 DOCKERFILE_USER = 10001
 
 
@@ -166,8 +179,9 @@ def test_scripts_dir_is_the_link_git_sync_keeps_in_the_shared_volume(overlay):
         app = container(pod, SCRIPTGATE_CONTAINER)
         sync = container(pod, "git-sync")
         assert sync["restartPolicy"] == "Always", f"{name}: git-sync is a native sidecar"
-        assert sync["image"].startswith("registry.k8s.io/git-sync/git-sync:v4.")
+        assert sync["image"] == GIT_SYNC_IMAGE
         sync_env = environment(objects, sync)
+        assert set(sync_env) <= GIT_SYNC_VARIABLES, set(sync_env) - GIT_SYNC_VARIABLES
         link = f"{sync_env['GITSYNC_ROOT']}/{sync_env['GITSYNC_LINK']}"
         scripts_dir = environment(objects, app)["SCRIPTS_DIR"]
         assert scripts_dir == link or scripts_dir.startswith(link + "/")
