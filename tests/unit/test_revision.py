@@ -16,7 +16,7 @@ from flask import Flask
 from service.app import create_app
 from service.config import Settings
 from service.revision import current_revision, revision_of, root_of
-from tests.gitsync import GitSync
+from tests.gitsync import GitSync, Upstream
 
 V1 = {
     "hello.py": """
@@ -32,11 +32,17 @@ V1 = {
 
 
 @pytest.fixture
-def sync(tmp_path: Path) -> GitSync:
-    repo = GitSync(tmp_path)
+def upstream(tmp_path: Path) -> Upstream:
+    repo = Upstream(tmp_path / "upstream")
     repo.commit(V1, "v1")
-    repo.sync()
     return repo
+
+
+@pytest.fixture
+def sync(tmp_path: Path, upstream: Upstream) -> GitSync:
+    pod = GitSync(tmp_path / "git", upstream)
+    pod.sync()
+    return pod
 
 
 def app_on(link: Path, tmp_path: Path) -> Flask:
@@ -62,7 +68,9 @@ def test_settings_keep_the_link_so_it_is_followed_after_startup(sync: GitSync, t
 def test_the_next_call_after_a_swap_runs_the_new_revision_and_its_helpers(sync, tmp_path):
     client = app_on(sync.link, tmp_path).test_client()
     assert client.get("/hello.py").get_json() == {"greeting": "v1!"}
-    sync.commit({"_lib_greeting.py": 'GREETING = "v2"\n', "_lib/shared.py": 'SUFFIX = "?"\n'})
+    sync.upstream.commit(
+        {"_lib_greeting.py": 'GREETING = "v2"\n', "_lib/shared.py": 'SUFFIX = "?"\n'}
+    )
     sync.sync(keep_stale=0)  # the old worktree is gone at once (git-sync's default)
     response = client.get("/hello.py")
     assert response.status_code == 200
@@ -73,7 +81,7 @@ def test_a_script_deleted_in_the_new_revision_is_404_and_no_longer_listed(sync, 
     client = app_on(sync.link, tmp_path).test_client()
     headers = {"X-API-Key": "unit-api-key-0123456789"}
     assert client.get("/api/report.py", headers=headers).status_code == 200
-    sync.commit({"api/report.py": None})
+    sync.upstream.commit({"api/report.py": None})
     sync.sync()
     assert client.get("/api/report.py", headers=headers).status_code == 404
     assert client.get("/_platform/routes").get_json()["api"] == []
@@ -84,7 +92,7 @@ def test_health_routes_and_metrics_name_the_revision_being_served(sync, tmp_path
     first = sync.current()
     assert client.get("/_platform/health").get_json()["scripts_revision"] == first
     assert client.get("/_platform/routes").headers["X-Scripts-Revision"] == first
-    second = sync.commit({"_lib_greeting.py": 'GREETING = "v2"\n'})
+    second = sync.upstream.commit({"_lib_greeting.py": 'GREETING = "v2"\n'})
     sync.sync()
     assert client.get("/_platform/health").get_json()["scripts_revision"] == second
     routes = client.get("/_platform/routes")
@@ -109,7 +117,7 @@ def test_a_path_found_just_before_a_swap_keeps_its_own_revision_folder(sync: Git
     old = sync.current()
     assert old is not None
     old_script = os.path.realpath(sync.link / "api" / "report.py")
-    sync.commit({"api/report.py": 'def main(request):\n    return "new"\n'})
+    sync.upstream.commit({"api/report.py": 'def main(request):\n    return "new"\n'})
     new = sync.sync()
     assert current_revision(sync.link) == new
     assert root_of(old_script, sync.link) == str(sync.worktree(old).resolve())
@@ -121,7 +129,7 @@ def test_a_worker_keeps_one_copy_of_a_script_however_many_revisions_it_served(sy
     app = app_on(sync.link, tmp_path)
     client = app.test_client()
     for generation in range(2, 7):
-        sync.commit({"_lib_greeting.py": f'GREETING = "v{generation}"\n'})
+        sync.upstream.commit({"_lib_greeting.py": f'GREETING = "v{generation}"\n'})
         sync.sync()
         assert client.get("/hello.py").get_json() == {"greeting": f"v{generation}!"}
     loaded = app.extensions["scriptgate"].scripts._scripts
