@@ -26,7 +26,7 @@ from service.errors import ScriptFailed, render_error
 from service.jobs.queue import JobQueue
 from service.loader import ScriptCache
 from service.logs import build_logger
-from service.metrics import Metrics
+from service.metrics import Metrics, RevisionCollector
 from service.pipeline import handle_request
 from service.resolve import zone_and_script
 from service.runners.limits import RunnerUser
@@ -76,6 +76,7 @@ def create_app(
             settings.multiproc_dir,
             exemplars=settings.metrics_exemplars,
         )
+        metrics.register_live(RevisionCollector(settings.scripts_dir))
     runners = RunnerPool(runner_config(settings))
     weakref.finalize(app, runners.close)  # its zygote, and every runner with it
     app.extensions["scriptgate"] = Runtime(

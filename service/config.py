@@ -233,7 +233,8 @@ class Settings:
             return int(parse_number(variable, raw, default, integer=True))
 
         return cls(
-            scripts_dir=scripts_dir.resolve(),
+            # Absolute, its symlinks kept: a git-sync link is followed at each lookup.
+            scripts_dir=Path(os.path.abspath(scripts_dir)),
             max_body_bytes=count("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             api_trusted_ips=parse_networks("API_TRUSTED_IPS", env.get("API_TRUSTED_IPS")),
             admin_trusted_ips=parse_networks("ADMIN_TRUSTED_IPS", env.get("ADMIN_TRUSTED_IPS")),

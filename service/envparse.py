@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from pathlib import Path
 
 from service.keys import key_digest
@@ -72,7 +73,9 @@ def parse_keys_file(variable: str, raw: str | None, env_keys: tuple[str, ...] = 
     """The keys file, read once here so a bad one stops startup (workers re-read it)."""
     if not raw or not raw.strip():
         return None
-    path = Path(raw.strip()).resolve()
+    # Absolute, its symlinks kept: a mounted Kubernetes Secret is a link into a folder the
+    # kubelet swaps and deletes on each update, so a resolved path would lose every key.
+    path = Path(os.path.abspath(raw.strip()))
     try:
         named = read_keys_file(path)
     except KeysFileError as exc:

@@ -110,7 +110,7 @@ class ScriptCache:
         log: logging.Logger | None = None,
         on_backoff: Callable[[str], None] | None = None,
     ) -> None:
-        self.root = str(scripts_dir)
+        self.root = str(scripts_dir)  # may lead through git-sync's link: see revision.py
         self.on_backoff = on_backoff  # told the real path of each script it backs off
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
@@ -140,6 +140,10 @@ class ScriptCache:
             or not unchanged(script.stamps[1:])
         ):
             self._targets.pop(target, None)
+            if current is None or os.path.realpath(joined) != script.path:
+                # The URL leads elsewhere now (a git-sync swap): drop the old file's entry,
+                # or a worker would keep one per revision it ever served.
+                self._scripts.pop(script.path, None)
             return None
         return script
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from service import multiproc
 from service.collector import FastMultiProcessCollector
 from service.exemplars import Reader, Recorder, bucket_keys, counter_key
+from service.revision import current_revision
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
 # and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.
@@ -314,6 +316,25 @@ class Metrics:
             elif sample.name == "scriptgate_script_errors_total":
                 errors += sample.value
         return Totals(sum(by_area.values()), int(errors), by_area)
+
+
+class RevisionCollector:
+    """`scriptgate_scripts_revision_info{revision}` = 1, read from the scripts link at each
+    scrape, so every replica says which commit it serves; absent for a plain folder."""
+
+    def __init__(self, scripts_dir: Path) -> None:
+        self.scripts_dir = scripts_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        revision = current_revision(self.scripts_dir)
+        if revision is not None:
+            family = GaugeMetricFamily(
+                "scriptgate_scripts_revision_info",
+                "Always 1; the revision label is the git commit of the scripts being served.",
+                labels=["revision"],
+            )
+            family.add_metric([revision], 1)
+            yield family
 
 
 @dataclass(frozen=True)

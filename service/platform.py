@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Request, Response, jsonify
@@ -20,11 +21,13 @@ from service.errors import NotFound
 from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_result, job_status
 from service.openapi import openapi_document
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
+from service.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+REVISION_HEADER = "X-Scripts-Revision"
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,23 @@ def health(rt: Runtime, req: Request) -> Response:
         scripts_broken=sum(state.state not in ("ok", "unknown") for state in states),
         scripts_backed_off=sum(state.state == "backed_off" for state in states),
         version=rt.settings.version,
+        scripts_revision=current_revision(rt.settings.scripts_dir),  # git-sync's commit
     )
 
 
 def routes(rt: Runtime, req: Request) -> Response:
     detail = req.args.get("detail", "").lower() in ("1", "true", "yes")
     listing: dict[str, list] = {}
+    root = Path(served_root(rt.settings.scripts_dir))  # one revision for the whole listing
     for zone in ZONES:
-        paths = list_scripts(rt.settings.scripts_dir, zone)
+        paths = list_scripts(root, zone)
         listing[zone] = [describe_route(rt, zone, p) for p in paths] if detail else paths
-    return jsonify(listing)
+    response = jsonify(listing)
+    # A header, not a key: the body's keys are the zones (the contract).
+    revision = revision_of(str(root))
+    if revision is not None:
+        response.headers[REVISION_HEADER] = revision
+    return response
 
 
 def metrics(rt: Runtime, req: Request) -> Response:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import NotFound
+from service.revision import served_root
 
 KEYED_ZONES = ("api", "admin")  # a first URL segment that selects its own zone
 ZONES = ("root", *KEYED_ZONES)
@@ -86,9 +87,11 @@ def zone_dir(scripts_dir: Path, zone: str) -> Path:
 def locate(scripts_dir: Path, target: Target) -> str:
     """Return the real path of the target's file, or raise NotFound.
 
-    `scripts_dir` must already be absolute and resolved (Settings does that).
+    `scripts_dir` must be absolute (Settings does that). It is resolved here, once per
+    lookup, so a git-sync link swapped since startup leads to the new revision, and the
+    whole check happens inside one real folder (see revision.py).
     """
-    base = str(zone_dir(scripts_dir, target.zone))
+    base = str(zone_dir(Path(served_root(scripts_dir)), target.zone))
     real = os.path.realpath(os.path.join(base, target.rel_path))
     if not real.startswith(base + os.sep):
         raise NotFound(target.rel_path)
@@ -110,6 +113,7 @@ def list_scripts(scripts_dir: Path, zone: str) -> list[str]:
     Plain files in plain folders are inside the zone by construction; only what a
     symlink leads to is resolved and checked the way a request would be (`locate`).
     """
+    scripts_dir = Path(served_root(scripts_dir))  # one revision for the whole listing
     found: list[str] = []
     _walk(scripts_dir, zone, str(zone_dir(scripts_dir, zone)), "", found, linked=False)
     found.sort()

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from service.convert import to_response
 from service.errors import InvalidParameters
 from service.params import arguments
+from service.revision import root_of
 from service.runners import protocol
 from service.runners.script_import import (
     Imported,
@@ -219,6 +220,7 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
     logging.getLogger().addHandler(ForwardRecords(channel))
     logging.getLogger(SCRIPT_LOGGER).setLevel(log_level)
     app = build_app(max_body_bytes, channel)
+    root = root_of(path, root)  # the real folder (a git-sync worktree) the path lies in
     os.chdir(root)
     try:
         imported = import_script(path, root)
