@@ -11,13 +11,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     SCRIPTS_DIR=/app/scripts \
     LOG_FILE=/app/logs/framework.log \
     PLATFORM_BIND=0.0.0.0:8001 \
-    JOB_DATA_DIR=/app/data
+    JOB_DATA_DIR=/app/data \
+    RUNNER_USER=scriptgate-runner
 
 WORKDIR /app
 
+# scriptgate (10001) owns the platform's files; scripts run as scriptgate-runner (10002),
+# which can read the scripts and nothing of the platform's.
 RUN groupadd --system --gid 10001 scriptgate \
     && useradd --system --uid 10001 --gid scriptgate --home-dir /app \
-       --shell /usr/sbin/nologin scriptgate
+       --shell /usr/sbin/nologin scriptgate \
+    && groupadd --system --gid 10002 scriptgate-runner \
+    && useradd --system --uid 10002 --gid scriptgate-runner --home-dir /nonexistent \
+       --shell /usr/sbin/nologin scriptgate-runner
 
 # The package first (the layer changes only with the code), then the example scripts.
 COPY pyproject.toml README.md ./
@@ -33,14 +39,20 @@ RUN pip install --no-cache-dir -r scripts/requirements.txt
 
 # Root-owned: the server (and so any script) cannot rewrite the scripts it serves.
 COPY scripts ./scripts
-RUN mkdir -p /app/logs /app/data && chown scriptgate:scriptgate /app/logs /app/data
+RUN mkdir -p /app/logs /app/data && chown scriptgate:scriptgate /app/logs /app/data \
+    && chmod 0750 /app/logs /app/data
 
-# Scripts are meant to be mounted (read-only is enough); the logs folder must stay
-# writable by uid 10001, and is where a log shipper reads LOG_FILE. /app/data holds the
-# embedded job queue (SQLite) when no JOB_BROKER_URL is set.
+# Scripts are meant to be mounted (read-only is enough, readable by scriptgate-runner);
+# the logs folder is where a log shipper reads LOG_FILE. /app/data holds the embedded job
+# queue (SQLite) when no JOB_BROKER_URL is set. Neither is readable by scripts.
 VOLUME ["/app/scripts", "/app/logs", "/app/data"]
 
-USER 10001:10001
+# Root, so that runners can switch to RUNNER_USER: the platform's keys and files stay out
+# of every script's reach (README: Runner processes). Run it as 10001 instead (Kubernetes'
+# runAsNonRoot does) and runners run as 10001 too: scripts are still separate processes
+# without the platform's keys, but could open files uid 10001 can read.
+# hadolint ignore=DL3002
+USER 0
 # 8000: the scripts, for clients (publish this one, or put Apache in front).
 # 8001: the platform plane (PLATFORM_BIND): /_platform/health, routes and metrics from a
 # process that runs no script, so the health check and Prometheus are answered even while
