@@ -13,7 +13,6 @@ runs under the import deadline, and a script that failed is reported from memory
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import ConfigError
+from service.runners.limits import die_with_parent, name_process
 
 # gunicorn's master installs these; a forked plane must not run the master's handlers.
 _MASTER_SIGNALS = (
@@ -37,8 +37,6 @@ _MASTER_SIGNALS = (
     "SIGWINCH",
     "SIGCHLD",
 )
-_PR_SET_PDEATHSIG = 1
-_PR_SET_NAME = 15
 PROCESS_NAME = "sg-plane"  # /proc/PID/comm: tells the plane from gunicorn's workers
 RESTARTS_PER_MINUTE = 10
 
@@ -55,18 +53,6 @@ def bind(address: str, variable: str = "PLATFORM_BIND") -> socket.socket:
 def start(server: Any, listeners: list[Any]) -> int:
     """Fork the plane from gunicorn's master (single-threaded, so fork is safe)."""
     return fork_from_master(listeners, lambda: _serve(server), PROCESS_NAME)
-
-
-def name_process(name: str) -> None:
-    """What /proc/PID/comm, `ps -o comm` and `top` show (15 characters at most)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
-
-
-def die_with_parent() -> None:
-    """SIGTERM this process when its parent ends, however the parent ends."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def fork_from_master(listeners: list[Any], run: Callable[[], None], name: str) -> int:

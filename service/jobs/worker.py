@@ -37,6 +37,7 @@ from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
 from service.logs import build_logger
+from service.runners.limits import die_with_parent, name_process
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
 SWEEP_SECONDS = 30.0
@@ -196,11 +197,11 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
 
     from service.app import create_app
 
-    plane.name_process(WORKER_NAME)
+    name_process(WORKER_NAME)
     shutdown = Shutdown()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.request())
-    plane.die_with_parent()  # gone with the supervisor
+    die_with_parent()  # gone with the supervisor
     os.nice(WORKER_NICENESS)
     app = create_app(settings, run_dir=run_dir, started_at=started_at)
     rt = app.extensions["scriptgate"]

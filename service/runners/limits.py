@@ -24,6 +24,7 @@ OPEN_FILES = 1024  # per runner; a runner near it is replaced after its call
 PROCESSES = 4096  # per runner user: RLIMIT_NPROC counts all its processes and threads
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -58,12 +59,17 @@ class RunnerUser:
         return cls(name, entry.pw_uid, entry.pw_gid)
 
 
-def _prctl(option: int, value: int) -> None:
+def _prctl(option: int, value: int | ctypes.c_char_p) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(option, value, 0, 0, 0)
 
 
-def die_with_parent(signum: int = signal.SIGKILL) -> None:
+def name_process(name: str) -> None:
+    """What /proc/PID/comm, `ps -o comm` and `top` show (15 characters at most)."""
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """Send `signum` to this process when the one that forked it exits (set after any
     setuid, which clears it)."""
     _prctl(_PR_SET_PDEATHSIG, signum)

@@ -24,6 +24,8 @@ from typing import Any
 from service.runners import limits, protocol
 
 REAP_SECONDS = 0.5
+ZYGOTE_NAME = "sg-zygote"
+RUNNER_NAME = "sg-runner"  # what ps shows (comm: 15 characters at most)
 
 
 class Zygote:
@@ -123,7 +125,8 @@ def become_runner(
         signal.signal(signum, signal.SIG_DFL)
     os.setsid()  # its own process group: a deadline kills the runner and its children
     limits.confine(int(message["memory"]), user)
-    limits.die_with_parent()
+    limits.die_with_parent(signal.SIGKILL)
+    limits.name_process(RUNNER_NAME)
     from service.runners.runner import serve
 
     serve(sock, message["path"], config["scripts_dir"], config["log_level"], config["max_body"])
@@ -137,6 +140,7 @@ def main() -> None:
     reader = protocol.Reader(sock)
     config = reader.message()
     assert isinstance(config, dict)
+    limits.name_process(ZYGOTE_NAME)
     zygote = Zygote(sock, config)
     zygote.reader = reader
     limits.adopt_orphans()

@@ -81,6 +81,8 @@ def _calls(server: Gunicorn, round_two: bool) -> list[Callable[[], requests.Resp
         get("/hello.py", headers=job),  # 202: a job that succeeds
         get("/boom.py", headers=job),  # 202: a job that fails
         get("/api/hello.py", headers=scoped),  # 403 scope, caller="stack-scoped"
+        get("/crash.py"),  # 500 runner_died, kind="crashed"
+        get("/hangs.py"),  # 504 at its import, then backed off (503)
     ]
     if round_two:
         calls += [get("/boom.py")] * 30 + [get("/sleep.py")] * 3 + [get("/hello.py")] * 10
@@ -127,6 +129,9 @@ def _scraped(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
+    # Only here (SCRIPT_TIMEOUT 0.5): a runner that dies, and an import that never ends.
+    (scripts / "crash.py").write_text("import os\ndef main(request):\n    os._exit(1)\n")
+    (scripts / "hangs.py").write_text("while True:\n    pass\ndef main(request):\n    pass\n")
     target = f"127.0.0.1:{free_port()}"
     gate = Gate(tmp / "gate")
     keys = tmp / "keys.toml"
@@ -152,7 +157,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         _queue_a_stale_job(tmp, scripts)
         statuses = _run(_calls(server, round_two=False))
-        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202, 403], statuses
+        assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202, 403, 500, 504], (
+            statuses
+        )
         assert _refuse_one(server, gate) == [200, 429]
         wait_until(
             lambda: _scraped(
