@@ -116,6 +116,15 @@ def process_name(pid: int) -> str:
         return ""
 
 
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without the server's own settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}

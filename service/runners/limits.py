@@ -15,6 +15,7 @@ import pwd
 import re
 import resource
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
@@ -85,6 +86,18 @@ def undumpable() -> None:
     through /proc (ptrace rules): a runner on the server's own uid cannot read the
     worker's keys."""
     _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def ended_children() -> Iterator[int]:
+    """Reap every child that has ended (a zombie no more), yielding each pid."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid
 
 
 def confine(memory: int, user: RunnerUser | None) -> None:

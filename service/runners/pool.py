@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,15 +231,8 @@ class RunnerPool:
         memory = memory or self.config.memory
         pid, sock = self.zygote.spawn(path, memory)
         runner = Runner(pid, sock, key, memory)
-        try:
+        with self._killed_on_failure(runner, hooks, seconds):
             hello = self._read(runner, time.monotonic() + seconds, None, hooks)
-        except ScriptTimeout:
-            where = self._where(runner, hooks)
-            self.kill(runner)
-            raise _timeout(seconds, where) from None
-        except BaseException:
-            self.kill(runner)
-            raise
         if not isinstance(hello, dict) or hello.get("t") != "hello":
             self.kill(runner)
             raise RunnerFailed("crashed", "the runner sent no description")
@@ -346,7 +339,7 @@ class RunnerPool:
         """Send one call and read until its answer: (message, response body). The runner
         goes back to the idle pool when it can serve again; else it is killed."""
         deadline = time.monotonic() + seconds
-        try:
+        with self._killed_on_failure(runner, hooks, seconds):
             runner.sock.sendall(
                 protocol.encode({**message, "t": "call", "body": True})
                 + protocol.encode_bytes(body)
@@ -360,6 +353,18 @@ class RunnerPool:
                 if not isinstance(chunk, bytes):
                     raise RunnerFailed("crashed", "the runner sent no body")
                 data = chunk
+        if answer.get("t") == "failed" and answer.get("kind") == "memory":
+            self.kill(runner)  # it says so itself, too: replaced before the next call
+        else:
+            self.put_back(runner)
+        return answer, data
+
+    @contextlib.contextmanager
+    def _killed_on_failure(self, runner: Runner, hooks: Hooks, seconds: float) -> Iterator[None]:
+        """However a call or an import ends early, its runner is killed; at the deadline,
+        after asking it where the script was."""
+        try:
+            yield
         except ScriptTimeout:
             where = self._where(runner, hooks)
             self.kill(runner)
@@ -367,11 +372,6 @@ class RunnerPool:
         except BaseException:
             self.kill(runner)
             raise
-        if answer.get("t") == "failed" and answer.get("kind") == "memory":
-            self.kill(runner)  # it says so itself, too: replaced before the next call
-        else:
-            self.put_back(runner)
-        return answer, data
 
     def _where(self, runner: Runner, hooks: Hooks) -> str:
         """Ask a runner past its deadline where its script is (SIGUSR1: it sends its main

@@ -27,6 +27,7 @@ from service.errors import InvalidParameters
 from service.params import arguments
 from service.revision import root_of
 from service.runners import protocol
+from service.runners.limits import OPEN_FILES, ended_children
 from service.runners.script_import import (
     Imported,
     ScriptLoadError,
@@ -374,15 +375,8 @@ def _own_description(exc: BaseException | None) -> str | None:
 def _worn_out() -> str:
     """Why this runner should not serve another call ('' when it may): descriptors or
     threads near their limits. Finished children are reaped here (zombies)."""
-    from service.runners.limits import OPEN_FILES
-
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
+    for _ in ended_children():
+        pass
     try:
         open_files = len(os.listdir("/proc/self/fd"))
         with open("/proc/self/stat", "rb") as stat:

@@ -80,13 +80,7 @@ class Zygote:
     def reap(self) -> None:
         """Reap ended children; kill what is left of a dead runner's process group, and
         any orphan that was handed to us."""
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid in limits.ended_children():
             if pid in self.runners:
                 self.runners.discard(pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):

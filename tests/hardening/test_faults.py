@@ -25,7 +25,7 @@ from tests.hardening.harness import (
     request_duration,
     write_script,
 )
-from tests.servers import WORKER_PID, Gunicorn, gunicorn, wait_until
+from tests.servers import WORKER_PID, Gunicorn, alive, gunicorn, wait_until
 
 SECRET = "SECRET-DETAIL-7c21"  # in every exception message; must never reach a client
 AFTER = 6  # requests to another script after each fault
@@ -179,15 +179,6 @@ def worker_answers(server: Gunicorn, pid: int, rounds: int = 10) -> bool:
             if pid in {r.json()["pid"] for r in replies}:
                 return True
     return False
-
-
-def alive(pid: int) -> bool:
-    """A process that exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_endless_loop_is_504_and_the_same_worker_serves_again(server: Gunicorn, base: Path):

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import statistics
 import textwrap
 import time
@@ -22,7 +23,7 @@ import pytest
 import requests
 
 from tests.runner_user import RUNNER_USER, readable_tree, world_python, world_readable_root
-from tests.servers import Gunicorn, gunicorn, wait_until
+from tests.servers import Gunicorn, alive, gunicorn, wait_until
 
 API_KEY = "isolation-api-key-0123456789"
 ADMIN_KEY = "isolation-admin-key-9876543210"
@@ -356,14 +357,6 @@ def test_a_runner_out_of_descriptors_or_with_leaked_threads_is_replaced(server: 
     assert server.get("/hello.py").status_code == 200
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def test_children_and_orphans_die_with_their_runner_and_zombies_are_reaped(
     site: dict[str, Path], server: Gunicorn
 ) -> None:
@@ -465,7 +458,10 @@ def test_the_server_stops_promptly_with_busy_runners(site: dict[str, Path]) -> N
         with contextlib.suppress(requests.RequestException):  # it runs on, we do not wait
             s.get("/orphans.py", params={"file": str(marker)}, timeout=0.5)
         orphan = int(wait_until(lambda: marker.exists() and marker.read_text(), what="orphan"))
+        port = s.port
         started = time.monotonic()
     stopped = time.monotonic() - started
     assert stopped < 10, f"stopping took {stopped:.1f} s"
     wait_until(lambda: not alive(orphan), timeout=5, what="the orphan to die with the server")
+    with socket.socket() as probe:  # nothing a script started holds the port: a restart binds
+        probe.bind(("127.0.0.1", port))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import REPO, WORKER_PID, gunicorn, request_record, wait_until
+from tests.servers import REPO, WORKER_PID, alive, gunicorn, request_record, wait_until
 
 KEY = "integration-key-5f1c"
 API = {"X-API-Key": KEY}
@@ -151,15 +151,6 @@ def test_runaway_script_gets_504_and_only_its_runner_is_killed(scripts, tmp_path
         health = server.get("/_platform/health").json()
         assert health["errors_total"] == 1
         assert request_record(response.headers["X-Trace-Id"], server)["status"] == 504
-
-
-def alive(pid: int) -> bool:
-    """A process that exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_script_calling_os_exit_3_costs_only_its_own_call(scripts, tmp_path):
