@@ -293,8 +293,8 @@ class RunnerPool:
             self.kill(runner)
 
     def _fit(self, runner: Runner) -> bool:
-        """Nothing waiting from an idle runner but stray output: one that retired (too
-        many descriptors, out of memory) or died has said so, or closed its socket."""
+        """Nothing waiting from an idle runner but stray output: one that died has closed
+        its socket."""
         while True:
             ready, _, _ = select.select([runner.sock], [], [], 0)
             if not ready and not runner.reader.pending():
@@ -353,8 +353,8 @@ class RunnerPool:
                 if not isinstance(chunk, bytes):
                     raise RunnerFailed("crashed", "the runner sent no body")
                 data = chunk
-        if answer.get("t") == "failed" and answer.get("kind") == "memory":
-            self.kill(runner)  # it says so itself, too: replaced before the next call
+        if answer.get("retire"):  # worn out (memory, descriptors, threads): it exits now
+            self.kill(runner)
         else:
             self.put_back(runner)
         return answer, data

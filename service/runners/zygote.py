@@ -24,6 +24,7 @@ from typing import Any
 from service.runners import limits, protocol
 
 REAP_SECONDS = 0.5
+RUNNER_NICENESS = 5  # below the worker (itself below the master and the plane)
 ZYGOTE_NAME = "sg-zygote"
 RUNNER_NAME = "sg-runner"  # what ps shows (comm: 15 characters at most)
 
@@ -118,6 +119,8 @@ def become_runner(
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     os.setsid()  # its own process group: a deadline kills the runner and its children
+    os.nice(RUNNER_NICENESS)  # a script spinning on every core still leaves the CPU to
+    # its worker's other threads: health, routes and other scripts' calls answer
     limits.confine(int(message["memory"]), user)
     limits.die_with_parent(signal.SIGKILL)
     limits.name_process(RUNNER_NAME)

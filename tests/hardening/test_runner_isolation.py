@@ -346,14 +346,23 @@ def _scripts_arg(server: Gunicorn) -> str:
     return argv[argv.index("--scripts") + 1]
 
 
+def answer(server: Gunicorn, path: str) -> dict:
+    reply = server.get(path)
+    if reply.status_code != 200:
+        trace = reply.headers["X-Trace-Id"]
+        lines = [line for line in server.log_file.read_text().splitlines() if trace in line]
+        raise AssertionError(f"{path}: {reply.status_code} {reply.text}\n" + "\n".join(lines))
+    return reply.json()
+
+
 def test_a_runner_out_of_descriptors_or_with_leaked_threads_is_replaced(server: Gunicorn) -> None:
-    first = server.get("/fdleak.py").json()
+    first = answer(server, "/fdleak.py")
     assert 900 < first["open"] < 1024  # stopped by its own limit, not the worker's
-    second = server.get("/fdleak.py").json()
+    second = answer(server, "/fdleak.py")
     assert second["pid"] != first["pid"]  # replaced after the call that wore it out
     assert server.get("/_platform/health").status_code == 200
-    threads = server.get("/threads.py").json()
-    assert server.get("/threads.py").json()["pid"] != threads["pid"]
+    threads = answer(server, "/threads.py")
+    assert answer(server, "/threads.py")["pid"] != threads["pid"]
     assert server.get("/hello.py").status_code == 200
 
 
@@ -464,4 +473,6 @@ def test_the_server_stops_promptly_with_busy_runners(site: dict[str, Path]) -> N
     assert stopped < 10, f"stopping took {stopped:.1f} s"
     wait_until(lambda: not alive(orphan), timeout=5, what="the orphan to die with the server")
     with socket.socket() as probe:  # nothing a script started holds the port: a restart binds
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
         probe.bind(("127.0.0.1", port))
+        probe.listen()
