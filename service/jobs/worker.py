@@ -204,6 +204,7 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     die_with_parent()  # gone with the supervisor
     os.nice(WORKER_NICENESS)
     app = create_app(settings, run_dir=run_dir, started_at=started_at)
+    app.extensions["scriptgate"].runners.warm()
     rt = app.extensions["scriptgate"]
     huey_log = logging.getLogger("huey")  # its warnings as our JSON lines
     huey_log.handlers, huey_log.propagate = list(rt.log.handlers), False

@@ -165,6 +165,16 @@ class Zygote:
                         raise
             raise AssertionError("unreachable")
 
+    def warm(self) -> None:
+        """Start now, in the background, so the first call finds it ready."""
+
+        def start() -> None:
+            with self.lock, contextlib.suppress(OSError, protocol.ProtocolError):
+                if self.sock is None:
+                    self._start()
+
+        threading.Thread(target=start, name="scriptgate-zygote-start", daemon=True).start()
+
     def kill(self, pid: int) -> None:
         with self.lock:
             if self.sock is not None:
@@ -325,6 +335,10 @@ class RunnerPool:
             with contextlib.suppress(OSError):
                 runner.sock.close()
         self.zygote.close()
+
+    def warm(self) -> None:
+        """Have the zygote start in the background (a server's worker, once booted)."""
+        self.zygote.warm()
 
     # -- calls -------------------------------------------------------------------------
     def call(
