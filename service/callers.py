@@ -21,6 +21,7 @@ from service.keys_file import KeysFile
 from service.usage import Usage
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 # What a script finds in request.environ.
@@ -102,7 +103,7 @@ def hand_over(caller: Caller, environ: dict[str, Any]) -> None:
         environ.pop(name, None)
 
 
-def keys_view(rt: Runtime, req: Request) -> Response:
+def keys_view(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """GET /_platform/keys: ids, owners, scopes, expiry and last use of every key."""
     response = jsonify(keys=rt.callers.listing())
     response.headers["Cache-Control"] = "no-store"

@@ -62,6 +62,8 @@ class LoadedScript:
     run_async: bool = False  # ASYNC = True: every call runs as a job (service/jobs)
     job_timeout: float | None = None  # the script's JOB_TIMEOUT; None: $JOB_TIMEOUT
     memory_limit: int | None = None  # the script's MEMORY_LIMIT; None: $SCRIPT_MEMORY_LIMIT
+    retries: int = 0  # RETRIES: a job's runs after the first, when one fails
+    retry_delay: float = 0.0  # RETRY_DELAY: seconds before the first retry, then doubled
 
     @property
     def timeout_capped(self) -> bool:

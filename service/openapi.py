@@ -22,6 +22,7 @@ from service.params import Params
 from service.resolve import ZONES
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 OPENAPI_VERSION = "3.1.0"
@@ -85,7 +86,7 @@ TRACE_HEADER = {
 }
 
 
-def openapi_document(rt: Runtime, req: Request) -> Response:
+def openapi_document(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     keyring = rt.callers.keyring()
     client = req.remote_addr or ""
 

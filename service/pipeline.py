@@ -87,9 +87,10 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if ctx.zone == PLATFORM_ZONE:
         view = platform_view(req.path)
         ctx.script = view.name
-        check_scope(ctx.caller, ctx.zone, view.name, req.method)
+        if view.scoped:
+            check_scope(ctx.caller, ctx.zone, view.name, req.method)
         check_method(req.method, view.methods)
-        return view.func(rt, req)
+        return view.func(rt, ctx, req)
     target = parse_target(req.path)
     check_scope(ctx.caller, ctx.zone, target.rel_path, req.method)
     script = lookup(rt, ctx, target)
@@ -98,7 +99,7 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
         if script.params is not None:  # a bad parameter: 400, nothing queued
             call_handler(rt, ctx, script, req, rt.settings.script_timeout, check=True)
-        return start_job(rt, ctx, req)
+        return start_job(rt, ctx, req, script)
     hand_over(ctx.caller, req.environ)
     return run(rt, ctx, req, script)
 

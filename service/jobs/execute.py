@@ -21,6 +21,7 @@ from flask import Flask, Response, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from service.callers import CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY
 from service.errors import (
     CallerError,
     InvalidParameters,
@@ -29,6 +30,7 @@ from service.errors import (
     ScriptTimedOut,
     render_error,
 )
+from service.jobs.http import log_fields
 from service.jobs.snapshot import environ
 from service.jobs.store import (
     CANCELLED,
@@ -41,6 +43,7 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
+from service.keys import ANONYMOUS_ID, Caller
 from service.pipeline import call_handler, check_method, lookup
 from service.record import RequestContext
 from service.resolve import parse_target, url_for_script
@@ -172,10 +175,7 @@ class JobExecutor:
         rt.log.info(
             "job",
             extra={
-                "job_id": job.id,
-                "trace_id": job.trace_id,
-                "zone": job.zone,
-                "script": job.script,
+                **log_fields(job),
                 "state": outcome.state,
                 "status": outcome.result.status if outcome.result else None,
                 "queued_ms": round((started - job.created_at) * 1000, 3),
@@ -190,16 +190,26 @@ class JobExecutor:
             return Outcome(FAILED, "the job's request was not found")
         parent = propagate.extract({"traceparent": job.traceparent})
         name = f"job {url_for_script(job.zone, job.script)}"
+        wsgi = environ(snapshot)
+        # Who called, as a synchronous call's script is told (callers.hand_over).
+        wsgi[CALLER_ENVIRON_KEY] = job.caller or ANONYMOUS_ID
+        wsgi[OWNER_ENVIRON_KEY] = job.owner or None
+        fields = log_fields(job)
         with (
-            self.app.request_context(environ(snapshot)),
+            self.app.request_context(wsgi),
             rt.tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER) as span,
         ):
-            span.set_attributes({"scriptgate.job_id": job.id, "scriptgate.zone": job.zone})
+            attributes = {"scriptgate.job_id": job.id, "scriptgate.zone": job.zone}
+            if job.caller and job.caller != ANONYMOUS_ID:
+                attributes["enduser.id"] = job.caller
+            span.set_attributes(attributes)
             req = request._get_current_object()  # type: ignore[attr-defined]
             ctx = RequestContext(job.zone, req.remote_addr or "", span)
-            # Failures are logged with the job id; they count as job states, not as
-            # HTTP script errors (no one waited on an HTTP worker for them).
-            job_rt = replace(rt, metrics=None, log=JobLog(rt.log, {"job_id": job.id}))
+            ctx.caller = Caller(fields["caller"])  # its id only: the key is not kept
+            # Failures are logged with the job's id and caller; they count as job states,
+            # not as HTTP script errors (no one waited on an HTTP worker for them).
+            job_log = JobLog(rt.log, {"job_id": job.id, "caller": fields["caller"]})
+            job_rt = replace(rt, metrics=None, log=job_log)
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
             outcome = self.attempt(job_rt, ctx, req, watch)
             span.set_attributes(
@@ -216,7 +226,7 @@ class JobExecutor:
             script = lookup(rt, ctx, parse_target(req.path))
             check_method(req.method, script.methods)
             seconds = script.job_timeout or rt.settings.job_timeout
-            fields = {"job_id": watch.job_id}
+            fields = {"job_id": watch.job_id}  # the caller comes from ctx
             answer = call_handler(rt, ctx, script, req, seconds, watch, log_fields=fields)
             return Outcome(SUCCEEDED, result=capture(answer, limit))
         except ScriptStopped:
@@ -232,7 +242,7 @@ class JobExecutor:
             error = str(cause) if isinstance(cause, ResultTooLarge) else exc.error
             return Outcome(FAILED, error, self.answer(exc, ctx))
         except Exception as exc:  # a platform bug: logged whole, reported as a 500
-            extra = {"trace_id": ctx.trace_id}
+            extra = {"trace_id": ctx.trace_id, "caller": ctx.caller.id}
             rt.log.error("job failed outside its script", exc_info=exc, extra=extra)
             return Outcome(FAILED, ScriptFailed.error, self.answer(ScriptFailed(), ctx))
 

@@ -4,6 +4,12 @@ A job is one hash; two sorted sets index the queued jobs (by creation time: queu
 and age) and the running ones (by last heartbeat: lost workers). Each state change is
 one Lua script, so it is atomic against every other server. A finished job's hash gets
 a TTL of JOB_RETENTION: Redis removes it, no sweep needed.
+
+The run history (GET /_platform/jobs) reads two more sorted sets by creation time: every
+job, and each caller's jobs. The other filters are applied to the hashes read, at most
+SCAN_LIMIT per page: a rare filter over many runs answers a short page with a `next`
+cursor rather than read the whole history in one request. An index entry whose hash has
+expired is dropped when a listing meets it.
 """
 
 from __future__ import annotations
@@ -11,11 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 from service.jobs import store
-from service.jobs.store import Ending, Job, QueueStats, Result
+from service.jobs.store import Ending, Job, JobQuery, Page, QueueStats, Result
 
 PREFIX = "scriptgate.job."
 QUEUED_SET = "scriptgate.jobs.queued"
 RUNNING_SET = "scriptgate.jobs.running"
+CREATED_SET = "scriptgate.jobs.created"
+CALLER_SET = "scriptgate.jobs.caller."  # + the caller's key id
+SCAN_LIMIT = 2000  # index entries read for one page, at most
+_BATCH = 200
 
 # KEYS: job, queued set, running set. ARGV: id, now, worker.
 _CLAIM = """
@@ -66,6 +76,8 @@ class RedisJobStore(store.JobStore):
         pipe = self.conn.pipeline(transaction=True)
         pipe.hset(PREFIX + job.id, mapping=record)
         pipe.zadd(QUEUED_SET, {job.id: job.created_at})
+        pipe.zadd(CREATED_SET, {job.id: job.created_at})
+        pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
         pipe.execute()
 
     def get(self, job_id: str, now: float) -> Job | None:
@@ -113,9 +125,13 @@ class RedisJobStore(store.JobStore):
         return state.decode() if isinstance(state, bytes) else str(state)
 
     def delete(self, job_id: str) -> None:
+        caller = self.conn.hget(PREFIX + job_id, "caller")
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(PREFIX + job_id)
         pipe.zrem(QUEUED_SET, job_id)
+        pipe.zrem(CREATED_SET, job_id)
+        if caller is not None:
+            pipe.zrem(CALLER_SET + caller.decode(), job_id)
         pipe.execute()
 
     def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
@@ -137,3 +153,44 @@ class RedisJobStore(store.JobStore):
         pipe.zcard(RUNNING_SET)
         queued, oldest, running = pipe.execute()
         return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
+
+    def list_jobs(self, query: JobQuery, now: float) -> Page:
+        index = CREATED_SET if query.caller is None else CALLER_SET + query.caller
+        top = "+inf" if query.until is None else f"({query.until}"
+        if query.after is not None:
+            top = str(query.after[0])  # inclusive: ties on created_at are cut by id below
+        bottom = "-inf" if query.since is None else str(query.since)
+        jobs: list[Job] = []
+        scanned, skip = 0, 0
+        last: tuple[float, str] | None = None
+        while scanned < SCAN_LIMIT:
+            entries = self.conn.zrevrangebyscore(
+                index, top, bottom, start=skip, num=_BATCH, withscores=True
+            )
+            if not entries:
+                return Page(jobs, None)
+            pipe = self.conn.pipeline(transaction=False)
+            for member, _ in entries:
+                pipe.hmget(PREFIX + member.decode(), store.COLUMNS)
+            gone = []
+            for (member, score), values in zip(entries, pipe.execute(), strict=True):
+                scanned += 1
+                job_id = member.decode()
+                position = (score, job_id)
+                if query.after is not None and position >= query.after:
+                    continue
+                last = position
+                if values[0] is None:
+                    gone.append(member)
+                    continue
+                job = store.job_from(dict(zip(store.COLUMNS, values, strict=True)))
+                if job.visible(now) and query.matches(job):
+                    jobs.append(job)
+                    if len(jobs) == query.limit + 1:
+                        jobs.pop()
+                        return Page(jobs, (jobs[-1].created_at, jobs[-1].id))
+            if gone:
+                self.conn.zrem(index, *gone)
+                skip -= len(gone)
+            skip += len(entries)
+        return Page(jobs, last)

@@ -7,6 +7,8 @@ state change is one `UPDATE ... WHERE state = <expected>` or one exclusive trans
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 from service.jobs.store import (
@@ -16,7 +18,9 @@ from service.jobs.store import (
     RUNNING,
     Ending,
     Job,
+    JobQuery,
     JobStore,
+    Page,
     QueueStats,
     Result,
     job_from,
@@ -32,10 +36,34 @@ DDL = (
         trace_id text not null, traceparent text not null, created_at real not null,
         started_at real, finished_at real, expires_at real, error text,
         cancel_requested integer not null default 0, worker text, result_status integer,
-        result_headers text, heartbeat_at real, request blob, body blob)""",
+        result_headers text, heartbeat_at real, request blob, body blob,
+        caller text not null default '', trigger text not null default 'call',
+        attempt integer not null default 1, attempts integer not null default 1,
+        query text not null default '{{}}')""",
     f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
     f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
 )
+# Columns added since the table was first made: (name, declaration), added to an older
+# file on open (two processes may both try: the second finds it there). Jobs recorded
+# before have no caller (""): only `platform:jobs` sees them.
+ADDED = (
+    ("caller", "text not null default ''"),
+    ("trigger", "text not null default 'call'"),
+    ("attempt", "integer not null default 1"),
+    ("attempts", "integer not null default 1"),
+    ("query", "text not null default '{}'"),
+)
+# The listing's orders: every filter a listing may start from, then (created_at, id),
+# so a page is one range of one index, read backwards (keyset, no OFFSET).
+LISTING_INDEXES = (
+    f"create index if not exists {TABLE}_created on {TABLE} (created_at, id)",
+    f"create index if not exists {TABLE}_caller on {TABLE} (caller, created_at, id)",
+    f"create index if not exists {TABLE}_caller_state on {TABLE} (caller, state, created_at, id)",
+    f"create index if not exists {TABLE}_script on {TABLE} (zone, script, created_at, id)",
+    f"create index if not exists {TABLE}_state_created on {TABLE} (state, created_at, id)",
+)
+# JobQuery field -> column, for the equality filters.
+_EQUALS = ("caller", "zone", "script", "state", "trigger")
 _SELECT = f"select {', '.join(COLUMNS)} from {TABLE}"
 _FINISH = (
     f"update {TABLE} set state = ?, finished_at = ?, expires_at = ?, error = ?, "
@@ -54,6 +82,16 @@ class SqliteJobStore(JobStore):
         self.storage = storage  # huey.storage.SqliteStorage
         with storage.db(commit=True) as cursor:
             for statement in DDL:
+                cursor.execute(statement)
+            cursor.execute(f"pragma table_info({TABLE})")
+            present = {row[1] for row in cursor.fetchall()}
+            for name, declaration in ADDED:
+                if name not in present:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        cursor.execute(f"alter table {TABLE} add column {name} {declaration}")
+            if "caller" not in present:  # `owner` held a keyed hash then: not an owner
+                cursor.execute(f"update {TABLE} set owner = ''")
+            for statement in LISTING_INDEXES:
                 cursor.execute(statement)
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -141,3 +179,27 @@ class SqliteJobStore(JobStore):
         found = {row[0]: row[1:] for row in self._rows(sql, (QUEUED, RUNNING))}
         queued, oldest = found.get(QUEUED, (0, None))
         return QueueStats(queued, found.get(RUNNING, (0, None))[0], oldest)
+
+    def list_jobs(self, query: JobQuery, now: float) -> Page:
+        where = ["(expires_at is null or expires_at > ?)"]
+        params: list[object] = [now]
+        for name in _EQUALS:
+            value = getattr(query, name)
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("created_at < ?")
+            params.append(query.until)
+        if query.after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(query.after)
+        sql = f"{_SELECT} where {' and '.join(where)} order by created_at desc, id desc limit ?"
+        rows = self._rows(sql, (*params, query.limit + 1))
+        jobs = [job_from(dict(zip(COLUMNS, row, strict=True))) for row in rows]
+        more = len(jobs) > query.limit
+        jobs = jobs[: query.limit]
+        return Page(jobs, (jobs[-1].created_at, jobs[-1].id) if more else None)
