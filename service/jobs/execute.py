@@ -94,6 +94,11 @@ class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
 
+    def handle(self, record: logging.LogRecord) -> None:
+        """A script's own record, already made with its job's fields (scriptlog.py).
+        Without this, a job whose script logged anything failed outside its script."""
+        self.logger.handle(record)
+
 
 class Watch:
     """The `stop()` the runner pool asks while the script runs; also the heartbeat.
