@@ -338,6 +338,8 @@ def describe(job: Job) -> dict[str, Any]:
         "trigger": job.trigger,
         "attempt": job.attempt,
         "attempts": job.attempts,
+        "retry_of": job.retry_of,  # the run this one retries
+        "retried_as": job.retried_as,  # the run that retries this one
         "progress": None,
         "trace_id": job.trace_id,
         "created_at": iso_time(job.created_at),

@@ -154,6 +154,10 @@ class RedisJobStore(store.JobStore):
         queued, oldest, running = pipe.execute()
         return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
 
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        if self.conn.exists(PREFIX + job_id):  # never re-create an expired hash
+            self.conn.hset(PREFIX + job_id, "retried_as", retry_id)
+
     def list_jobs(self, query: JobQuery, now: float) -> Page:
         index = CREATED_SET if query.caller is None else CALLER_SET + query.caller
         top = "+inf" if query.until is None else f"({query.until}"

@@ -39,7 +39,7 @@ DDL = (
         result_headers text, heartbeat_at real, request blob, body blob,
         caller text not null default '', trigger text not null default 'call',
         attempt integer not null default 1, attempts integer not null default 1,
-        query text not null default '{{}}')""",
+        query text not null default '{{}}', retry_of text, retried_as text)""",
     f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
     f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
 )
@@ -52,6 +52,8 @@ ADDED = (
     ("attempt", "integer not null default 1"),
     ("attempts", "integer not null default 1"),
     ("query", "text not null default '{}'"),
+    ("retry_of", "text"),
+    ("retried_as", "text"),
 )
 # The listing's orders: every filter a listing may start from, then (created_at, id),
 # so a page is one range of one index, read backwards (keyset, no OFFSET).
@@ -179,6 +181,9 @@ class SqliteJobStore(JobStore):
         found = {row[0]: row[1:] for row in self._rows(sql, (QUEUED, RUNNING))}
         queued, oldest = found.get(QUEUED, (0, None))
         return QueueStats(queued, found.get(RUNNING, (0, None))[0], oldest)
+
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        self._change(f"update {TABLE} set retried_as = ? where id = ?", (retry_id, job_id))
 
     def list_jobs(self, query: JobQuery, now: float) -> Page:
         where = ["(expires_at is null or expires_at > ?)"]

@@ -73,6 +73,8 @@ class Job:
     attempt: int = 1  # this run's number, 1 for the first
     attempts: int = 1  # how many runs it may have in all (1 + RETRIES)
     query: str = "{}"  # JSON: the query as the request log line shows it (redacted)
+    retry_of: str | None = None  # the run this one retries
+    retried_as: str | None = None  # the run that retries this one
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -222,6 +224,10 @@ class JobStore:
         raise NotImplementedError
 
     def stats(self) -> QueueStats:
+        raise NotImplementedError
+
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        """A finished run points to the run that retries it."""
         raise NotImplementedError
 
     def list_jobs(self, query: JobQuery, now: float) -> Page:

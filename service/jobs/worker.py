@@ -40,6 +40,7 @@ from service.logs import build_logger
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
 SWEEP_SECONDS = 30.0
+RELEASE_SECONDS = 0.5  # how often a worker queues the retries that are due
 LOST_AFTER_SECONDS = 60.0  # twelve missed heartbeats
 YOUNG_SECONDS = 10.0  # a worker that dies younger than this counts toward the backoff
 MAX_RESTART_DELAY = 30.0
@@ -212,9 +213,16 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     if workers is not None:
         workers.inc()
     loop = Worker(rt.jobs.huey, shutdown.event, POLL_MIN, POLL_MAX, POLL_BACKOFF)
+    next_release = 0.0
     try:
         while not shutdown.event.is_set():
             loop.loop()
+            if time.monotonic() >= next_release:  # retries whose delay is over
+                next_release = time.monotonic() + RELEASE_SECONDS
+                try:
+                    rt.jobs.release_due()
+                except Exception as exc:
+                    rt.log.warning("job schedule not read: %s", exc)
     finally:
         if workers is not None:
             workers.dec()

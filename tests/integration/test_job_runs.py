@@ -214,3 +214,88 @@ def test_the_caller_is_on_the_request_line_the_job_lines_and_in_the_scripts_envi
         r for r in lines if r.get("message") == "request" and r["path"].endswith(job_id)
     ]
     assert status_lines and {r["caller"] for r in status_lines} == {"alpha"}
+
+
+FLAKY = '''"""Fails twice, then answers: each run appends a line to a file."""
+RETRIES = 3
+RETRY_DELAY = 0.2
+def main(request):
+    with open(request.args["file"], "a") as f:
+        f.write("run\\n")
+    with open(request.args["file"]) as f:
+        runs = len(f.readlines())
+    if runs < 3:
+        raise RuntimeError(f"run {runs} fails")
+    return {"runs": runs}
+'''
+REFUSES = '''"""A 4xx is an answer, never retried."""
+from flask import abort
+RETRIES = 3
+RETRY_DELAY = 0.2
+def main(request):
+    with open(request.args["file"], "a") as f:
+        f.write("run\\n")
+    abort(422, description="dates are backwards")
+'''
+ALWAYS_FAILS = '''"""Raises every time: retried, then failed for good."""
+RETRIES = 1
+RETRY_DELAY = 0.2
+def main(request):
+    raise RuntimeError("still broken")
+'''
+
+
+def follow_retries(server: Gunicorn, job_id: str, limit: int = 10) -> list[dict]:
+    """The first run and every retry, each finished, following `retried_as`."""
+    runs = [finished(server, ALPHA, job_id)]
+    for _ in range(limit):
+        if runs[-1]["retried_as"] is None:
+            return runs
+        runs.append(finished(server, ALPHA, runs[-1]["retried_as"]))
+    raise AssertionError(f"more than {limit} retries")
+
+
+def test_a_failing_job_is_retried_until_it_succeeds_and_each_run_is_on_record(tmp_path, store_env):
+    scripts, env = setup(tmp_path)
+    (scripts / "api" / "flaky.py").write_text(FLAKY)
+    side = tmp_path / "runs"
+    with gunicorn(scripts, tmp_path, workers=1, env={**env, **store_env}) as server:
+        first = start(server, ALPHA, "flaky.py", file=str(side))
+        runs = follow_retries(server, first)
+        history = every_page(server, {"X-API-Key": ALPHA}, script="/api/flaky.py")
+        retried = every_page(server, {"X-API-Key": ALPHA}, trigger="retry")
+        last = runs[-1]["id"]
+        result = server.get(f"/_platform/jobs/{last}/result", headers={"X-API-Key": ALPHA})
+        metrics = server.get("/_platform/metrics").text
+        lines = log_records(server)
+    assert [r["state"] for r in runs] == ["failed", "failed", "succeeded"]
+    assert [(r["attempt"], r["attempts"]) for r in runs] == [(1, 4), (2, 4), (3, 4)]
+    assert [r["trigger"] for r in runs] == ["call", "retry", "retry"]
+    assert [r["retry_of"] for r in runs] == [None, runs[0]["id"], runs[1]["id"]]
+    assert side.read_text() == "run\n" * 3 and result.json() == {"runs": 3}
+    assert [r["id"] for r in history] == [r["id"] for r in runs[::-1]]  # newest first
+    assert [r["id"] for r in retried] == [runs[2]["id"], runs[1]["id"]]
+    assert 'scriptgate_job_retries_total{script="flaky.py",zone="api"} 2.0' in metrics
+    assert 'scriptgate_job_final_failures_total{script="flaky.py",zone="api"} 0.0' in metrics
+    queued = [r for r in lines if r.get("message") == "job retry queued"]
+    assert [r["retry_of"] for r in queued] == [runs[0]["id"], runs[1]["id"]]
+    assert {r["caller"] for r in queued} == {"alpha"}
+
+
+def test_a_4xx_is_never_retried_and_a_last_failure_is_final(tmp_path):
+    scripts, env = setup(tmp_path)
+    (scripts / "api" / "refuses.py").write_text(REFUSES)
+    (scripts / "api" / "broken.py").write_text(ALWAYS_FAILS)
+    side = tmp_path / "runs"
+    with gunicorn(scripts, tmp_path, workers=1, env=env) as server:
+        refused = follow_retries(server, start(server, ALPHA, "refuses.py", file=str(side)))
+        broken = follow_retries(server, start(server, ALPHA, "broken.py"))
+        metrics = server.get("/_platform/metrics").text
+    assert [(r["state"], r["result"]["status"]) for r in refused] == [("succeeded", 422)]
+    assert side.read_text() == "run\n"  # ran once
+    assert [(r["state"], r["attempt"], r["attempts"]) for r in broken] == [
+        ("failed", 1, 2),
+        ("failed", 2, 2),
+    ]
+    assert 'scriptgate_job_final_failures_total{script="broken.py",zone="api"} 1.0' in metrics
+    assert 'scriptgate_job_retries_total{script="refuses.py",zone="api"} 0.0' in metrics

@@ -397,6 +397,9 @@ def test_routes_detail_shows_what_a_script_says_about_jobs(client):
         ("ASYNC = 'yes'", "ASYNC must be True or False"),
         ("JOB_TIMEOUT = 'long'", "JOB_TIMEOUT must be a number of seconds"),
         ("JOB_TIMEOUT = 0", "JOB_TIMEOUT must be greater than 0"),
+        ("RETRIES = 'twice'", "RETRIES must be a whole number from 0 to 10"),
+        ("RETRIES = 11", "RETRIES must be a whole number from 0 to 10"),
+        ("RETRIES = 2\nRETRY_DELAY = -1", "RETRY_DELAY must be greater than 0"),
     ],
 )
 def test_bad_job_settings_in_a_script_are_import_errors(client, scripts_dir, line, error):
