@@ -238,6 +238,8 @@ class JobExecutor:
             attempt=job.attempt + 1,
             retry_of=job.id,
             retried_as=None,
+            idempotency_key=None,  # held by the first run, which the caller asked for
+            fingerprint=None,
         )
         try:
             rt.jobs.submit(again, snapshot, delay)

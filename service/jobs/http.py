@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import re
 import secrets
@@ -29,6 +30,8 @@ from opentelemetry.trace import SpanKind
 from service.access import ip_allowed, zone_keys
 from service.errors import (
     AccessDenied,
+    BadHeader,
+    IdempotencyConflict,
     InvalidParameters,
     JobConflict,
     JobNotFound,
@@ -118,8 +121,36 @@ def store_errors(rt: Runtime) -> Iterator[None]:
         raise QueueUnavailable() from None
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency(req: Request, caller: Caller) -> tuple[str, str] | tuple[None, None]:
+    """(hash of the caller's Idempotency-Key, fingerprint of the request), or Nones.
+
+    The fingerprint covers what makes two requests the same: method, path, query and
+    body. Only a key's caller may send one: without a key, callers cannot be told apart,
+    and one could get another's job by guessing its Idempotency-Key.
+    """
+    values = req.headers.getlist(IDEMPOTENCY_HEADER)
+    if not values:
+        return None, None
+    if len(values) > 1 or not 1 <= len(values[0]) <= MAX_IDEMPOTENCY_KEY:
+        raise BadHeader(IDEMPOTENCY_HEADER, f"send one {IDEMPOTENCY_HEADER} of 1 to 255 characters")
+    if caller.key is None:
+        raise BadHeader(IDEMPOTENCY_HEADER, f"{IDEMPOTENCY_HEADER} needs an API key")
+    key = hashlib.sha256(values[0].encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256()
+    for part in (req.method.encode(), req.path.encode(), req.query_string):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    digest.update(req.get_data(cache=True))
+    return key, digest.hexdigest()
+
+
 def start_job(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
-    """Queue the call and answer 202 with where to follow it."""
+    """Queue the call and answer 202 with where to follow it; with an Idempotency-Key
+    this caller sent before, the job it started then (202, or 200 once finished)."""
+    key, fingerprint = idempotency(req, ctx.caller)
     job_id = secrets.token_urlsafe(24)
     attributes = {"scriptgate.job_id": job_id}
     with rt.tracer.start_as_current_span("job.enqueue", kind=SpanKind.PRODUCER) as span:
@@ -141,15 +172,26 @@ def start_job(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScri
             trigger=CALL,
             attempts=1 + script.retries,
             query=json.dumps(redact_query(req.args.to_dict(flat=False))),
+            idempotency_key=key,
+            fingerprint=fingerprint,
         )
         with store_errors(rt):
-            rt.jobs.submit(job, snapshot(req))
+            held = rt.jobs.submit(job, snapshot(req))
+    if held is not None:
+        if held.fingerprint != fingerprint:
+            raise IdempotencyConflict(held.id)
+        rt.log.info("job replayed", extra=log_fields(held))
+        return job_answer(held, req, 200 if held.state in FINISHED else 202)
     if rt.jobs.metrics is not None:
         rt.jobs.metrics.entered(ctx.zone, ctx.script, QUEUED)
     rt.log.info("job queued", extra=log_fields(job))
+    return job_answer(job, req, 202)
+
+
+def job_answer(job: Job, req: Request, status: int) -> Response:
     response = jsonify(describe(job))
-    response.status_code = 202
-    response.headers["Location"] = JOBS_PREFIX + job_id
+    response.status_code = status
+    response.headers["Location"] = JOBS_PREFIX + job.id
     if prefers_async(req.environ.get("HTTP_PREFER", "")):
         response.headers["Preference-Applied"] = "respond-async"
     return response

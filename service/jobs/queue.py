@@ -117,7 +117,7 @@ class JobQueue:
             self._store = (
                 SqliteJobStore(storage)
                 if self.settings.job_broker_url is None
-                else RedisJobStore(storage.conn)
+                else RedisJobStore(storage.conn, self.settings.job_retention)
             )
             self._task = huey.task(name=TASK_NAME)(self._run)
             self._huey = huey
@@ -145,19 +145,23 @@ class JobQueue:
                     self._job_metrics = JobMetrics(self._metrics)
         return self._job_metrics
 
-    def submit(self, job: Job, request: bytes, delay: float = 0.0) -> None:
+    def submit(self, job: Job, request: bytes, delay: float = 0.0) -> Job | None:
         """Record the job, then queue its id (to run `delay` seconds from now: huey's
-        schedule, see release_due); a failure leaves neither (StoreError)."""
+        schedule, see release_due); a failure leaves neither (StoreError). Returns the
+        caller's earlier job instead when it holds the same idempotency key."""
         try:
-            self.store.create(job, request)
+            held = self.store.create(job, request, job.created_at)
         except Exception as exc:
             raise StoreError(str(exc)) from exc
+        if held is not None:
+            return held
         try:
             task = self._task.s(job.id, delay=delay) if delay > 0 else self._task.s(job.id)
             self.huey.enqueue(task)
         except Exception as exc:
             self.store.delete(job.id)
             raise StoreError(str(exc)) from exc
+        return None
 
     def release_due(self) -> int:
         """Queue the delayed jobs (retries) whose time has come: what huey's own

@@ -24,6 +24,10 @@ QUEUED_SET = "scriptgate.jobs.queued"
 RUNNING_SET = "scriptgate.jobs.running"
 CREATED_SET = "scriptgate.jobs.created"
 CALLER_SET = "scriptgate.jobs.caller."  # + the caller's key id
+IDEMPOTENCY = "scriptgate.idempotency."  # + caller + "." + key hash: the job id
+# How long an Idempotency-Key is remembered beyond JOB_RETENTION: a job is expected to
+# have finished by then (its record lives JOB_RETENTION after it finishes).
+IDEMPOTENCY_MARGIN = 86400
 SCAN_LIMIT = 2000  # index entries read for one page, at most
 _BATCH = 200
 
@@ -60,8 +64,9 @@ def _text(value: Any) -> str:
 
 
 class RedisJobStore(store.JobStore):
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, retention: float = 0.0) -> None:
         self.conn = conn  # huey's redis.Redis client: same database, same pool
+        self.idempotency_ttl = int(retention) + IDEMPOTENCY_MARGIN
         self._claim = conn.register_script(_CLAIM)
         self._finish = conn.register_script(_FINISH)
         self._ask_stop = conn.register_script(_ASK_STOP)
@@ -69,7 +74,24 @@ class RedisJobStore(store.JobStore):
     def _keys(self, job_id: str) -> list[str]:
         return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
 
-    def create(self, job: Job, request: bytes) -> None:
+    def _hold_idempotency_key(self, job: Job, now: float, ttl: int) -> Job | None:
+        """Hold the job's idempotency key for it (SET NX), or the job already holding it."""
+        name = f"{IDEMPOTENCY}{job.caller}.{job.idempotency_key}"
+        for _ in range(3):  # a holder that expired between the two reads: try again
+            if self.conn.set(name, job.id, nx=True, ex=ttl):
+                return None
+            holder = self.conn.get(name)
+            held = self.get(holder.decode(), now) if holder else None
+            if held is not None:
+                return held
+            self.conn.delete(name)
+        raise store.StoreError("idempotency key contended")
+
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
+        if job.idempotency_key is not None:
+            held = self._hold_idempotency_key(job, now, self.idempotency_ttl)
+            if held is not None:
+                return held
         record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
         record["cancel_requested"] = "0"
         record["request"] = request
@@ -79,6 +101,7 @@ class RedisJobStore(store.JobStore):
         pipe.zadd(CREATED_SET, {job.id: job.created_at})
         pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
         pipe.execute()
+        return None
 
     def get(self, job_id: str, now: float) -> Job | None:
         values = self.conn.hmget(PREFIX + job_id, store.COLUMNS)
@@ -125,13 +148,15 @@ class RedisJobStore(store.JobStore):
         return state.decode() if isinstance(state, bytes) else str(state)
 
     def delete(self, job_id: str) -> None:
-        caller = self.conn.hget(PREFIX + job_id, "caller")
+        caller, key = self.conn.hmget(PREFIX + job_id, ("caller", "idempotency_key"))
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(PREFIX + job_id)
         pipe.zrem(QUEUED_SET, job_id)
         pipe.zrem(CREATED_SET, job_id)
         if caller is not None:
             pipe.zrem(CALLER_SET + caller.decode(), job_id)
+            if key:
+                pipe.delete(f"{IDEMPOTENCY}{caller.decode()}.{key.decode()}")
         pipe.execute()
 
     def running_ids(self, worker: str | None, beat_before: float) -> list[str]:

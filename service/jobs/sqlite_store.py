@@ -39,7 +39,8 @@ DDL = (
         result_headers text, heartbeat_at real, request blob, body blob,
         caller text not null default '', trigger text not null default 'call',
         attempt integer not null default 1, attempts integer not null default 1,
-        query text not null default '{{}}', retry_of text, retried_as text)""",
+        query text not null default '{{}}', retry_of text, retried_as text,
+        idempotency_key text, fingerprint text)""",
     f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
     f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
 )
@@ -54,6 +55,8 @@ ADDED = (
     ("query", "text not null default '{}'"),
     ("retry_of", "text"),
     ("retried_as", "text"),
+    ("idempotency_key", "text"),
+    ("fingerprint", "text"),
 )
 # The listing's orders: every filter a listing may start from, then (created_at, id),
 # so a page is one range of one index, read backwards (keyset, no OFFSET).
@@ -63,6 +66,8 @@ LISTING_INDEXES = (
     f"create index if not exists {TABLE}_caller_state on {TABLE} (caller, state, created_at, id)",
     f"create index if not exists {TABLE}_script on {TABLE} (zone, script, created_at, id)",
     f"create index if not exists {TABLE}_state_created on {TABLE} (state, created_at, id)",
+    f"create unique index if not exists {TABLE}_idempotency on {TABLE} "
+    "(caller, idempotency_key) where idempotency_key is not null",
 )
 # JobQuery field -> column, for the equality filters.
 _EQUALS = ("caller", "zone", "script", "state", "trigger")
@@ -104,11 +109,22 @@ class SqliteJobStore(JobStore):
             cursor.execute(sql, params)
             return cursor.rowcount  # type: ignore[no-any-return]
 
-    def create(self, job: Job, request: bytes) -> None:
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
         names = (*COLUMNS, "request")
         values = (*(getattr(job, name) for name in COLUMNS), request)
         marks = ", ".join("?" * len(names))
-        self._change(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+        with self.storage.db(commit=True) as cursor:  # exclusive: one of two same keys wins
+            if job.idempotency_key is not None:
+                where = "caller = ? and idempotency_key = ?"
+                cursor.execute(f"{_SELECT} where {where}", (job.caller, job.idempotency_key))
+                row = cursor.fetchone()
+                if row is not None:
+                    held = job_from(dict(zip(COLUMNS, row, strict=True)))
+                    if held.visible(now):
+                        return held
+                    cursor.execute(f"delete from {TABLE} where id = ?", (held.id,))  # expired
+            cursor.execute(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+        return None
 
     def get(self, job_id: str, now: float) -> Job | None:
         rows = self._rows(f"{_SELECT} where id = ?", (job_id,))

@@ -75,6 +75,8 @@ class Job:
     query: str = "{}"  # JSON: the query as the request log line shows it (redacted)
     retry_of: str | None = None  # the run this one retries
     retried_as: str | None = None  # the run that retries this one
+    idempotency_key: str | None = None  # SHA-256 of the caller's Idempotency-Key header
+    fingerprint: str | None = None  # SHA-256 of method, path, query and body
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -176,7 +178,9 @@ class StoreError(Exception):
 class JobStore:
     """What the job endpoints, the job workers and the supervisor ask of a store."""
 
-    def create(self, job: Job, request: bytes) -> None:
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
+        """Record a queued job. With an idempotency key that this caller's visible job
+        already holds, record nothing and return that job instead."""
         raise NotImplementedError
 
     def get(self, job_id: str, now: float) -> Job | None:

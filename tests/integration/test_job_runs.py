@@ -299,3 +299,39 @@ def test_a_4xx_is_never_retried_and_a_last_failure_is_final(tmp_path):
     ]
     assert 'scriptgate_job_final_failures_total{script="broken.py",zone="api"} 1.0' in metrics
     assert 'scriptgate_job_retries_total{script="refuses.py",zone="api"} 0.0' in metrics
+
+
+def test_an_idempotency_key_returns_the_same_job_and_a_different_request_is_422(
+    tmp_path, store_env
+):
+    scripts, env = setup(tmp_path)
+    (scripts / "ok.py").write_text(SCRIPTS["ok.py"])  # the root zone: no key
+    again = {"X-API-Key": ALPHA, "Prefer": "respond-async", "Idempotency-Key": "order-42"}
+    with gunicorn(scripts, tmp_path, workers=2, env={**env, **store_env}) as server:
+
+        def send(secret: str = ALPHA, **params: str) -> requests.Response:
+            headers = {**again, "X-API-Key": secret}
+            url = server.url + "/api/ok.py"
+            return requests.post(url, headers=headers, params=params, data=b"same", timeout=30)
+
+        first = send(n="1")
+        assert first.status_code == 202
+        job_id = first.json()["id"]
+        assert send(n="1").json()["id"] == job_id  # a client retrying its request
+        finished(server, ALPHA, job_id)
+        replay = send(n="1")
+        assert (replay.status_code, replay.json()["id"]) == (200, job_id)
+        assert replay.json()["state"] == "succeeded"
+        assert replay.headers["Location"] == f"/_platform/jobs/{job_id}"
+        changed = send(n="2")
+        assert changed.status_code == 422, changed.text
+        assert changed.json()["reason"] == "idempotency_key"
+        assert changed.json()["job_id"] == job_id
+        theirs = send(BETA, n="1")  # another caller's same key is another job
+        assert theirs.status_code == 202 and theirs.json()["id"] != job_id
+        runs = every_page(server, {"X-API-Key": ALPHA})
+        open_zone = {"Prefer": "respond-async", "Idempotency-Key": "x"}
+        anonymous = server.get("/ok.py", headers=open_zone)
+    assert [job["id"] for job in runs] == [job_id]  # one run for the three requests
+    assert anonymous.status_code == 400  # without a key, callers cannot be told apart
+    assert anonymous.json()["header"] == "Idempotency-Key"

@@ -58,7 +58,7 @@ def make_job(job_id: str, created_at: float | None = None) -> Job:
 def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
     store = queue.store
     job = make_job("a" * 32)
-    store.create(job, b'{"snapshot": 1}')
+    store.create(job, b'{"snapshot": 1}', time.time())
     assert store.get(job.id, time.time()) == job
     assert store.request_of(job.id) == b'{"snapshot": 1}'
     assert store.get("b" * 32, time.time()) is None
@@ -66,7 +66,7 @@ def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
 
 def test_exactly_one_of_many_claims_wins(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("c" * 32), b"{}")
+    store.create(make_job("c" * 32), b"{}", time.time())
     with ThreadPoolExecutor(8) as pool:
         claims = list(pool.map(lambda n: store.claim("c" * 32, f"w:{n}", time.time()), range(16)))
     winners = [c for c in claims if c is not None]
@@ -76,7 +76,7 @@ def test_exactly_one_of_many_claims_wins(queue: JobQueue) -> None:
 
 def test_cancel_of_a_queued_job_wins_against_a_later_claim(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("d" * 32), b"{}")
+    store.create(make_job("d" * 32), b"{}", time.time())
     assert store.cancel("d" * 32, time.time(), RETENTION) == "cancelled"
     assert store.claim("d" * 32, "w:1", time.time()) is None
     job = store.get("d" * 32, time.time())
@@ -86,7 +86,7 @@ def test_cancel_of_a_queued_job_wins_against_a_later_claim(queue: JobQueue) -> N
 
 def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("e" * 32), b"{}")
+    store.create(make_job("e" * 32), b"{}", time.time())
     store.claim("e" * 32, "w:1", time.time())
     assert not store.asked_to_stop("e" * 32)
     assert store.cancel("e" * 32, time.time(), RETENTION) == "running"
@@ -98,7 +98,7 @@ def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
 
 def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("f" * 32), b"{}")
+    store.create(make_job("f" * 32), b"{}", time.time())
     store.claim("f" * 32, "w:1", time.time())
     result = Result(201, (("Content-Type", "application/octet-stream"), ("X-A", "b")), bytes(256))
     assert store.finish("f" * 32, Ending("succeeded", time.time(), RETENTION, None, result))
@@ -108,7 +108,7 @@ def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
 
 def test_jobs_past_retention_are_gone(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("g" * 32), b"{}")
+    store.create(make_job("g" * 32), b"{}", time.time())
     store.claim("g" * 32, "w:1", time.time())
     store.finish("g" * 32, Ending("succeeded", time.time(), 1.0))
     assert store.get("g" * 32, time.time()) is not None
@@ -124,7 +124,7 @@ def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
     store = queue.store
     now = time.time()
     for job_id, worker in (("h" * 32, "host:1"), ("i" * 32, "host:2")):
-        store.create(make_job(job_id), b"{}")
+        store.create(make_job(job_id), b"{}", time.time())
         store.claim(job_id, worker, now)
     lost = store.fail_lost(Ending(FAILED, now, RETENTION, "the job worker died"), "host:1", 0.0)
     assert [job.id for job in lost] == ["h" * 32]
@@ -138,9 +138,9 @@ def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
 def test_stats_count_and_age_the_queue(queue: JobQueue) -> None:
     store = queue.store
     now = time.time()
-    store.create(make_job("j" * 32, now - 30), b"{}")
-    store.create(make_job("k" * 32, now - 10), b"{}")
-    store.create(make_job("l" * 32, now), b"{}")
+    store.create(make_job("j" * 32, now - 30), b"{}", time.time())
+    store.create(make_job("k" * 32, now - 10), b"{}", time.time())
+    store.create(make_job("l" * 32, now), b"{}", time.time())
     store.claim("l" * 32, "w:1", now)
     stats = store.stats()
     assert (stats.queued, stats.running) == (2, 1)
