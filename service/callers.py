@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 # What a script finds in request.environ.
 CALLER_ENVIRON_KEY = "scriptgate.caller"
 OWNER_ENVIRON_KEY = "scriptgate.caller_owner"
+# And in a job: its id and which run this is (1, then 2... for its retries).
+JOB_ID_ENVIRON_KEY = "scriptgate.job_id"
+ATTEMPT_ENVIRON_KEY = "scriptgate.job_attempt"
 # The platform's key headers never reach a script: it learns the caller's id instead.
 KEY_HEADERS_ENVIRON = ("HTTP_X_API_KEY", "HTTP_X_ADMIN_KEY")
 

@@ -26,7 +26,13 @@ from flask import Request, Response, request
 from opentelemetry import trace
 
 from service.access import authorize, check_scope
-from service.callers import CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY, hand_over
+from service.callers import (
+    ATTEMPT_ENVIRON_KEY,
+    CALLER_ENVIRON_KEY,
+    JOB_ID_ENVIRON_KEY,
+    OWNER_ENVIRON_KEY,
+    hand_over,
+)
 from service.errors import (
     AccessDenied,
     CallerError,
@@ -298,7 +304,15 @@ def answer_of(
     raise ScriptFailed("memory" if failure.kind == "memory" else None) from failure
 
 
-_ENVIRON_KEEP = frozenset({"wsgi.url_scheme", CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY})
+_ENVIRON_KEEP = frozenset(
+    {
+        "wsgi.url_scheme",
+        CALLER_ENVIRON_KEY,
+        OWNER_ENVIRON_KEY,
+        JOB_ID_ENVIRON_KEY,
+        ATTEMPT_ENVIRON_KEY,
+    }
+)
 
 
 def runner_environ(environ: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,12 @@ from flask import Flask, Response, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.callers import CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY
+from service.callers import (
+    ATTEMPT_ENVIRON_KEY,
+    CALLER_ENVIRON_KEY,
+    JOB_ID_ENVIRON_KEY,
+    OWNER_ENVIRON_KEY,
+)
 from service.errors import (
     CallerError,
     InvalidParameters,
@@ -264,6 +269,7 @@ class JobExecutor:
         # Who called, as a synchronous call's script is told (callers.hand_over).
         wsgi[CALLER_ENVIRON_KEY] = job.caller or ANONYMOUS_ID
         wsgi[OWNER_ENVIRON_KEY] = job.owner or None
+        wsgi[JOB_ID_ENVIRON_KEY], wsgi[ATTEMPT_ENVIRON_KEY] = job.id, job.attempt
         fields = log_fields(job)
         with (
             self.app.request_context(wsgi),
