@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.queue import JobQueue
-from service.jobs.store import FAILED, QUEUED, Ending, Job, Result
+from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result
 from tests.servers import redis_server
 
 RETENTION = 3600.0
@@ -44,7 +44,7 @@ SAMPLE = {
     "script": "report.py",
     "method": "POST",
     "path": "/api/report.py",
-    "owner": "owner-token",
+    "owner": "someone@example.com",
     "trace_id": "0af7651916cd43dd8448eb211c80319c",
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 }
@@ -156,3 +156,47 @@ def test_submit_queues_the_id_for_huey(queue: JobQueue) -> None:
     queue.huey.execute(task)
     assert seen == [job.id]
     assert queue.huey.dequeue() is None
+
+
+def every_page(store, query: JobQuery, now: float) -> list[str]:
+    """Follow the pages to the end (bounded), returning the ids in order."""
+    ids: list[str] = []
+    for _ in range(100):
+        page = store.list_jobs(query, now)
+        ids += [job.id for job in page.jobs]
+        if page.after is None:
+            return ids
+        query = replace(query, after=page.after)
+    raise AssertionError("more than 100 pages")
+
+
+def test_listing_pages_newest_first_through_ties_and_skips_expired_jobs(queue) -> None:
+    store = queue.store
+    now = time.time()
+    same = now - 50  # three jobs created in the same instant: the id orders them
+    made = [("n" * 31 + c, same) for c in "abc"] + [("o" * 32, now - 40), ("p" * 32, now - 60)]
+    for job_id, created in made:
+        store.create(replace(make_job(job_id, created), caller="alpha"), b"{}", now)
+    store.create(replace(make_job("q" * 32, now - 45), caller="beta"), b"{}", now)
+    store.claim("p" * 32, "w:1", now)
+    store.finish("p" * 32, Ending(FAILED, now, 1.0, "boom"))  # kept for 1 s
+    newest_first = ["o" * 32, "n" * 31 + "c", "n" * 31 + "b", "n" * 31 + "a", "p" * 32]
+    assert every_page(store, JobQuery(limit=2, caller="alpha"), now) == newest_first
+    assert every_page(store, JobQuery(limit=1, caller="alpha"), now + 5) == newest_first[:4]
+    assert every_page(store, JobQuery(limit=50, state=FAILED), now) == ["p" * 32]
+    assert every_page(store, JobQuery(limit=50, caller="beta"), now) == ["q" * 32]
+    window = JobQuery(limit=50, since=same, until=now - 40)
+    assert every_page(store, window, now) == ["q" * 32, *newest_first[1:4]]
+    assert every_page(store, JobQuery(limit=50, zone="api", script="other.py"), now) == []
+
+
+def test_an_idempotency_key_holds_one_job_per_caller(queue) -> None:
+    store = queue.store
+    now = time.time()
+    first = replace(make_job("r" * 32), caller="alpha", idempotency_key="k1", fingerprint="f")
+    assert store.create(first, b"{}", now) is None
+    again = replace(first, id="s" * 32)
+    assert store.create(again, b"{}", now).id == first.id
+    assert store.get("s" * 32, now) is None  # nothing recorded for the second
+    other = replace(again, caller="beta")
+    assert store.create(other, b"{}", now) is None  # another caller's same key
