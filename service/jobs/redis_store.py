@@ -51,6 +51,14 @@ redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('expire', KEYS[1], ARGV[6])
 return 1
 """
+# KEYS: idempotency key. ARGV: job id, ttl, job prefix. The job holding it, if it is
+# still recorded; else the key is this job's (nil).
+_HOLD = """
+local held = redis.call('get', KEYS[1])
+if held and held ~= ARGV[1] and redis.call('exists', ARGV[3] .. held) == 1 then return held end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 # KEYS: job. Asks a running job to stop; returns the state found.
 _ASK_STOP = """
 local state = redis.call('hget', KEYS[1], 'state')
@@ -70,28 +78,12 @@ class RedisJobStore(store.JobStore):
         self._claim = conn.register_script(_CLAIM)
         self._finish = conn.register_script(_FINISH)
         self._ask_stop = conn.register_script(_ASK_STOP)
+        self._hold = conn.register_script(_HOLD)
 
     def _keys(self, job_id: str) -> list[str]:
         return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
 
-    def _hold_idempotency_key(self, job: Job, now: float, ttl: int) -> Job | None:
-        """Hold the job's idempotency key for it (SET NX), or the job already holding it."""
-        name = f"{IDEMPOTENCY}{job.caller}.{job.idempotency_key}"
-        for _ in range(3):  # a holder that expired between the two reads: try again
-            if self.conn.set(name, job.id, nx=True, ex=ttl):
-                return None
-            holder = self.conn.get(name)
-            held = self.get(holder.decode(), now) if holder else None
-            if held is not None:
-                return held
-            self.conn.delete(name)
-        raise store.StoreError("idempotency key contended")
-
     def create(self, job: Job, request: bytes, now: float) -> Job | None:
-        if job.idempotency_key is not None:
-            held = self._hold_idempotency_key(job, now, self.idempotency_ttl)
-            if held is not None:
-                return held
         record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
         record["cancel_requested"] = "0"
         record["request"] = request
@@ -101,7 +93,19 @@ class RedisJobStore(store.JobStore):
         pipe.zadd(CREATED_SET, {job.id: job.created_at})
         pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
         pipe.execute()
-        return None
+        if job.idempotency_key is None:
+            return None
+        # Recorded first, then the key taken: of two requests with one key, the second
+        # finds the first's job already there, and takes its own back.
+        name = f"{IDEMPOTENCY}{job.caller}.{job.idempotency_key}"
+        holder = self._hold(keys=[name], args=[job.id, self.idempotency_ttl, PREFIX])
+        if holder is None:
+            return None
+        held = self.get(holder.decode(), now)
+        self.delete(job.id)
+        if held is None:  # expired between the two reads: answer as if never held
+            raise store.StoreError("idempotency key changed hands; send again")
+        return held
 
     def get(self, job_id: str, now: float) -> Job | None:
         values = self.conn.hmget(PREFIX + job_id, store.COLUMNS)
@@ -149,14 +153,19 @@ class RedisJobStore(store.JobStore):
 
     def delete(self, job_id: str) -> None:
         caller, key = self.conn.hmget(PREFIX + job_id, ("caller", "idempotency_key"))
+        held = None
+        if caller is not None and key:
+            held = f"{IDEMPOTENCY}{caller.decode()}.{key.decode()}"
+            if self.conn.get(held) != job_id.encode():
+                held = None  # another job's: a loser of the race lets the winner keep it
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(PREFIX + job_id)
         pipe.zrem(QUEUED_SET, job_id)
         pipe.zrem(CREATED_SET, job_id)
         if caller is not None:
             pipe.zrem(CALLER_SET + caller.decode(), job_id)
-            if key:
-                pipe.delete(f"{IDEMPOTENCY}{caller.decode()}.{key.decode()}")
+        if held is not None:
+            pipe.delete(held)
         pipe.execute()
 
     def running_ids(self, worker: str | None, beat_before: float) -> list[str]:

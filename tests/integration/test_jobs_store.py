@@ -200,3 +200,20 @@ def test_an_idempotency_key_holds_one_job_per_caller(queue) -> None:
     assert store.get("s" * 32, now) is None  # nothing recorded for the second
     other = replace(again, caller="beta")
     assert store.create(other, b"{}", now) is None  # another caller's same key
+
+
+def test_of_many_requests_with_one_idempotency_key_one_job_is_recorded(queue) -> None:
+    store = queue.store
+    now = time.time()
+    first = replace(make_job("t" * 32), caller="alpha", idempotency_key="race", fingerprint="f")
+
+    def create(n: int) -> str:
+        job = replace(first, id=f"{n:032d}")
+        held = store.create(job, b"{}", now)
+        return job.id if held is None else held.id
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = set(pool.map(create, range(16)))
+    assert len(answers) == 1  # every request got the same job
+    listed = store.list_jobs(JobQuery(limit=50, caller="alpha"), now).jobs
+    assert [job.id for job in listed] == list(answers)  # and only it was recorded
