@@ -16,6 +16,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -342,7 +343,9 @@ def decode_cursor(text: str) -> tuple[float, str]:
         position = (float(created), job_id)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise bad_query("cursor", "not a cursor from this listing's `next`") from None
-    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id) or position[0] < 0:
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise bad_query("cursor", "not a cursor from this listing's `next`")
+    if not math.isfinite(position[0]) or position[0] < 0:
         raise bad_query("cursor", "not a cursor from this listing's `next`")
     return position
 

@@ -171,6 +171,7 @@ def test_bad_filters_are_400_naming_the_parameter_and_no_key_is_401(tmp_path):
             ({"limit": "500"}, "limit"),
             ({"cursor": "bm90LWEtY3Vyc29y"}, "cursor"),
             ({"cursor": "%%%"}, "cursor"),
+            ({"cursor": "WyJuYW4iLCAiQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUEiXQ"}, "cursor"),
             ({"caller": "beta"}, "caller"),  # only platform:jobs may ask for another's
             ({"script": "/_platform/health"}, "script"),
             ({"colour": "red"}, "colour"),
