@@ -20,7 +20,8 @@ Printed, never asserted: the machine is shared, the figures say what to expect.
 fills an SQLite store with that many finished runs (20 callers, 10 scripts, a seventh
 failed) and times GET /_platform/jobs on `scriptgate serve` (wrk, 1 connection): a
 key's first page, its failed runs, a page deep in the history, every caller's runs
-for an ADMIN_API_KEY, one script's runs, and a filter no index starts with.
+for an ADMIN_API_KEY, one script's runs, retries, and one script's failed runs (its
+index, then a filter on each row).
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
         "every caller (ADMIN_API_KEY)": ("", admin),
         "every caller, one script": ("?script=/api/s3.py", admin),
         "every caller, 200 a page": ("?limit=200", admin),
-        "no index starts with it (trigger=retry)": ("?trigger=retry", admin),
+        "every caller, retries (none stored)": ("?trigger=retry", admin),
+        "one script's failed runs (index, then filter)": ("?script=/api/s3.py&state=failed", admin),
     }
     out = {}
     with gunicorn(scripts, tmp, workers=3, env=env) as server:

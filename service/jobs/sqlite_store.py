@@ -66,6 +66,7 @@ LISTING_INDEXES = (
     f"create index if not exists {TABLE}_caller_state on {TABLE} (caller, state, created_at, id)",
     f"create index if not exists {TABLE}_script on {TABLE} (zone, script, created_at, id)",
     f"create index if not exists {TABLE}_state_created on {TABLE} (state, created_at, id)",
+    f"create index if not exists {TABLE}_trigger on {TABLE} (trigger, created_at, id)",
     f"create unique index if not exists {TABLE}_idempotency on {TABLE} "
     "(caller, idempotency_key) where idempotency_key is not null",
 )
