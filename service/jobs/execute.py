@@ -121,8 +121,12 @@ class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
     def handle(self, record: logging.LogRecord) -> None:
-        """A script's own record, already made with its job's fields (scriptlog.py).
-        Without this, a job whose script logged anything failed outside its script."""
+        """A script's own record (scriptlog.py), with the job's fields where it has none
+        (its import's output is written without them). Without this method, a job whose
+        script logged anything failed outside its script."""
+        for name, value in (self.extra or {}).items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
         self.logger.handle(record)
 
 

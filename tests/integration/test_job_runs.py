@@ -36,6 +36,11 @@ def main(request):
         "owner": request.environ.get("scriptgate.caller_owner"),
     }
 ''',
+    "loud.py": '''"""Prints when it is imported."""
+print("loud.py imported")
+def main(request):
+    return "ok"
+''',
     "boom.py": '''"""Always raises."""
 def main(request):
     raise RuntimeError("boom")
@@ -190,6 +195,7 @@ def test_the_caller_is_on_the_request_line_the_job_lines_and_in_the_scripts_envi
 ):
     scripts, env = setup(tmp_path)
     with gunicorn(scripts, tmp_path, workers=1, env=env) as server:
+        loud = start(server, ALPHA, "loud.py")
         response = server.get(
             "/api/ok.py",
             headers={"X-API-Key": ALPHA, "Prefer": "respond-async"},
@@ -202,6 +208,9 @@ def test_the_caller_is_on_the_request_line_the_job_lines_and_in_the_scripts_envi
         def job_lines() -> list[dict] | None:
             found = log_records(server)
             messages = {r["message"] for r in found if r.get("job_id") == job_id}
+            imported = [r for r in found if r.get("job_id") == loud]
+            if not any(r["message"] == "loud.py imported" for r in imported):
+                return None
             return found if {"job", "running for alpha"} <= messages else None
 
         lines = wait_until(job_lines, what="the job's own lines")
@@ -211,6 +220,8 @@ def test_the_caller_is_on_the_request_line_the_job_lines_and_in_the_scripts_envi
     job_lines = [r for r in lines if r.get("job_id") == job_id]
     assert {r["message"] for r in job_lines} >= {"job queued", "job", "running for alpha"}
     assert {r["caller"] for r in job_lines} == {"alpha"}
+    imported = [r for r in lines if r.get("job_id") == loud and r["message"] == "loud.py imported"]
+    assert imported and imported[0]["caller"] == "alpha"  # its import's output, in the job
     status_lines = [
         r for r in lines if r.get("message") == "request" and r["path"].endswith(job_id)
     ]
