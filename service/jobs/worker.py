@@ -33,6 +33,7 @@ from typing import Any
 from service import multiproc, plane
 from service.config import Settings
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
+from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
@@ -153,8 +154,7 @@ class Supervisor:
         for job in lost:
             if self.metrics is not None:
                 self.metrics.entered(job.zone, job.script, FAILED)
-            extra = {"job_id": job.id, "trace_id": job.trace_id, "script": job.script}
-            self.log.error(f"job failed: {error}", extra=extra)
+            self.log.error(f"job failed: {error}", extra=log_fields(job))
 
     def sweep(self) -> None:
         assert self.queue is not None

@@ -247,6 +247,8 @@ def test_killed_job_worker_fails_its_job_and_is_replaced(tmp_path):
         assert not list(metrics_dir.glob(f"*_{victim}.db"))
         text = server.get("/_platform/metrics").text
         assert 'scriptgate_jobs_total{script="stuck.py",state="failed",zone="api"} 1.0' in text
+        lost = [r for r in log_records(server) if r["message"].startswith("job failed:")]
+        assert [(r["job_id"], r["caller"]) for r in lost] == [(job_id, "api-key-1")]
 
 
 def test_200_jobs_submitted_at_once_all_finish_exactly_once(tmp_path, store_env):
