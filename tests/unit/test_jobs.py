@@ -4,6 +4,7 @@ must be exactly what the synchronous call answered."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from pathlib import Path
@@ -475,3 +476,22 @@ def test_bad_job_settings_name_the_variable_and_never_echo_a_broker_url(
     assert info.value.variable == variable
     if variable == "JOB_BROKER_URL":
         assert value not in str(info.value)
+
+
+def test_job_records_and_the_listing_fit_their_openapi_schemas(client, jobs_app):
+    import jsonschema
+
+    from service.jobs.api_doc import JOB_LIST_SCHEMA, JOB_SCHEMA
+
+    queued = submit(client, "/api/echo.py?token=s3cret")
+    failed = submit(client, "/api/boom.py")
+    run_jobs(jobs_app, failed)
+    for job_id in (queued, failed):
+        jsonschema.validate(status(client, job_id).get_json(), JOB_SCHEMA)
+    listing = client.get("/_platform/jobs", headers=API).get_json()
+    schema = copy.deepcopy(JOB_LIST_SCHEMA)  # its $ref points into the document
+    schema["$defs"] = {"Job": JOB_SCHEMA}
+    schema["properties"]["jobs"]["items"] = {"$ref": "#/$defs/Job"}
+    jsonschema.validate(listing, schema)
+    assert [job["id"] for job in listing["jobs"]] == [failed, queued]
+    assert listing["jobs"][1]["query"] == {"token": "***"}
