@@ -9,7 +9,7 @@ The run history (GET /_platform/jobs) reads two more sorted sets by creation tim
 job, and each caller's jobs. The other filters are applied to the hashes read, at most
 SCAN_LIMIT per page: a rare filter over many runs answers a short page with a `next`
 cursor rather than read the whole history in one request. An index entry whose hash has
-expired is dropped when a listing meets it.
+expired is dropped when a listing meets it, and by the supervisor's sweep (the oldest).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ IDEMPOTENCY = "scriptgate.idempotency."  # + caller + "." + key hash: the job id
 # have finished by then (its record lives JOB_RETENTION after it finishes).
 IDEMPOTENCY_MARGIN = 86400
 SCAN_LIMIT = 2000  # index entries read for one page, at most
+PRUNE_BATCH = 1000  # the oldest index entries checked by a sweep, per index
 _BATCH = 200
 
 # KEYS: job, queued set, running set. ARGV: id, now, worker.
@@ -178,7 +179,20 @@ class RedisJobStore(store.JobStore):
         return sorted(found)
 
     def sweep(self, now: float) -> int:
-        return 0  # finished jobs carry a TTL
+        """Finished jobs carry a TTL; what is left is their history index entries,
+        the oldest of each index checked here (at most PRUNE_BATCH a sweep each)."""
+        indexes = [CREATED_SET, *self.conn.scan_iter(match=CALLER_SET + "*", count=500)]
+        for index in indexes:
+            oldest = self.conn.zrange(index, 0, PRUNE_BATCH - 1)
+            if not oldest:
+                continue
+            pipe = self.conn.pipeline(transaction=False)
+            for member in oldest:
+                pipe.exists(PREFIX + member.decode())
+            gone = [m for m, found in zip(oldest, pipe.execute(), strict=True) if not found]
+            if gone:
+                self.conn.zrem(index, *gone)
+        return 0  # no job removed: Redis expired them
 
     def stats(self) -> QueueStats:
         pipe = self.conn.pipeline(transaction=False)

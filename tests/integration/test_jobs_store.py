@@ -217,3 +217,20 @@ def test_of_many_requests_with_one_idempotency_key_one_job_is_recorded(queue) ->
     assert len(answers) == 1  # every request got the same job
     listed = store.list_jobs(JobQuery(limit=50, caller="alpha"), now).jobs
     assert [job.id for job in listed] == list(answers)  # and only it was recorded
+
+
+def test_the_sweep_leaves_no_history_entry_of_an_expired_job(queue) -> None:
+    store = queue.store
+    now = time.time()
+    store.create(replace(make_job("u" * 32, now - 10), caller="alpha"), b"{}", now)
+    store.create(replace(make_job("v" * 32, now - 5), caller="alpha"), b"{}", now)
+    store.claim("u" * 32, "w:1", now)
+    store.finish("u" * 32, Ending(FAILED, now, 1.0, "boom"))
+    if queue.settings.job_broker_url:  # what Redis does to the hash after its TTL
+        queue.huey.storage.conn.delete("scriptgate.job." + "u" * 32)
+    store.sweep(now + 2)
+    assert every_page(store, JobQuery(limit=50, caller="alpha"), now + 2) == ["v" * 32]
+    if queue.settings.job_broker_url:
+        conn = queue.huey.storage.conn
+        for index in ("scriptgate.jobs.created", "scriptgate.jobs.caller.alpha"):
+            assert [m.decode() for m in conn.zrange(index, 0, -1)] == ["v" * 32]
