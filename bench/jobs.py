@@ -14,6 +14,14 @@ For the embedded SQLite store and for a real redis-server, one `scriptgate serve
 5. cancelling a running job: from DELETE to `cancelled`, for a script in a Python loop
    and for one blocked in C (its job worker is replaced).
 Printed, never asserted: the machine is shared, the figures say what to expect.
+
+    .venv/bin/python bench/jobs.py --history 100000   # the run history instead
+
+fills an SQLite store with that many finished runs (20 callers, 10 scripts, a seventh
+failed) and times GET /_platform/jobs on `scriptgate serve` (wrk, 1 connection): a
+key's first page, its failed runs, a page deep in the history, every caller's runs
+for an ADMIN_API_KEY, one script's runs, retries, and one script's failed runs (its
+index, then a filter on each row).
 """
 
 from __future__ import annotations
@@ -192,11 +200,103 @@ def print_table(results: list[dict]) -> None:
     print(f"\nnon-2xx answers or socket errors during the 202 runs: {errors}")
 
 
+HISTORY_CALLERS, HISTORY_SCRIPTS = 20, 10
+ADMIN_KEY = "bench-jobs-admin-key"
+
+
+def fill_history(data_dir: Path, scripts: Path, count: int) -> tuple[float, str]:
+    """`count` finished runs, one store write each (as the job workers write them);
+    returns the (created_at, id) of the run in the middle, for a deep page."""
+    from service.jobs.http import JOB_ID
+    from service.jobs.store import FAILED, SUCCEEDED, Ending, Job
+
+    queue = JobQueue(Settings(scripts_dir=scripts, job_data_dir=data_dir))
+    store = queue.store
+    start = time.time() - count  # one run a second, up to now
+    middle: tuple[float, str] = (0.0, "")
+    for n in range(count):
+        job_id = f"{n:032d}"
+        assert JOB_ID.fullmatch(job_id)
+        created = start + n
+        job = Job(
+            id=job_id,
+            state="queued",
+            zone="api",
+            script=f"s{n % HISTORY_SCRIPTS}.py",
+            method="GET",
+            path=f"/api/s{n % HISTORY_SCRIPTS}.py",
+            owner="",
+            trace_id="0" * 32,
+            traceparent="",
+            created_at=created,
+            caller=f"api-key-{n % HISTORY_CALLERS + 1}",
+        )
+        store.create(job, b"{}", created)
+        store.claim(job_id, "bench:1", created + 0.1)
+        state = FAILED if n % 7 == 0 else SUCCEEDED  # a seventh failed, every caller some
+        store.finish(job_id, Ending(state, created + 0.5, 10 * 86400.0))
+        if n == count // 2:
+            middle = (created, job_id)
+    queue.close()
+    return middle
+
+
+def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
+    from service.jobs.http import encode_cursor
+
+    scripts = write_scripts(tmp / "scripts")
+    began = time.monotonic()
+    middle = fill_history(tmp / "data", scripts, count)
+    print(f"{count} runs stored in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    keys = ",".join(f"bench-history-key-{n}" for n in range(1, HISTORY_CALLERS + 1))
+    env = {
+        "API_KEY": keys,
+        "ADMIN_API_KEY": ADMIN_KEY,
+        "JOB_WORKERS": "0",
+        "JOB_DATA_DIR": str(tmp / "data"),
+        "JOB_RETENTION": "30d",
+    }
+    own = {"X-API-Key": "bench-history-key-1"}
+    admin = {"X-Admin-Key": ADMIN_KEY}
+    cases = {
+        "a key's first page (50)": ("", own),
+        "a key's failed runs": ("?state=failed", own),
+        "a key, page deep in the history": (f"?cursor={encode_cursor(middle)}", own),
+        "every caller (ADMIN_API_KEY)": ("", admin),
+        "every caller, one script": ("?script=/api/s3.py", admin),
+        "every caller, 200 a page": ("?limit=200", admin),
+        "every caller, retries (none stored)": ("?trigger=retry", admin),
+        "one script's failed runs (index, then filter)": ("?script=/api/s3.py&state=failed", admin),
+    }
+    out = {}
+    with gunicorn(scripts, tmp, workers=3, env=env) as server:
+        for label, (query, headers) in cases.items():
+            url = server.url + "/_platform/jobs" + query
+            first = requests.get(url, headers=headers, timeout=60)
+            first.raise_for_status()
+            out[label] = {**wrk(url, headers, seconds, 1), "jobs": len(first.json()["jobs"])}
+    return out
+
+
+def print_history(count: int, results: dict[str, dict]) -> None:
+    width = max(len(label) for label in results)
+    print(f"\nGET /_platform/jobs, {count} runs stored (SQLite), 1 connection")
+    print(f"{'':{width}}  {'jobs':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/s':>7}")
+    for label, r in results.items():
+        figures = f"{r['p50']:>8.2f}  {r['p99']:>8.2f}  {r['rps']:>7.0f}"
+        print(f"{label:{width}}  {r['jobs']:>5}  {figures}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s wrk runs, 3 rounds")
+    parser.add_argument("--history", type=int, metavar="N", help="time the run history")
     args = parser.parse_args()
     seconds, rounds = (2, 3) if args.quick else (5, 6)
+    if args.history:
+        with tempfile.TemporaryDirectory(prefix="scriptgate-bench-history-") as tmp_dir:
+            print_history(args.history, bench_history(Path(tmp_dir), args.history, seconds))
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:
         tmp = Path(tmp_dir)

@@ -92,6 +92,13 @@ PLATFORM_KEY_HEADER = "X-Admin-Key"
 # guards; /_platform/keys always needs the key. Health stays open for probes.
 GUARDED_VIEWS = frozenset({"routes", "metrics", "keys"})
 KEY_ONLY_VIEWS = frozenset({"keys"})
+JOB_VIEWS = "jobs"  # /_platform/jobs and below: who sees which job is per job (jobs/http.py)
+# Where a job endpoint finds the caller's key, in order, and the zones the key may come
+# from: the key that started a job (X-API-Key or X-Admin-Key), or a platform key.
+JOB_KEY_HEADERS = (
+    ("X-Admin-Key", ("platform", "admin"), "admin_key"),
+    ("X-API-Key", ("api",), "api_key"),
+)
 
 
 def authorize(
@@ -140,6 +147,8 @@ def authorize_platform(
     """Routes and metrics: open, unless PLATFORM_TRUSTED_IPS is set and the client is
     not in it; then a key with a platform scope (`X-Admin-Key`) lets it in. Keys: that
     key, always. A guarded view asked for without any key is 403 `ip`."""
+    if view == JOB_VIEWS or view.startswith(JOB_VIEWS + "/"):
+        return job_viewer(headers, keyring, strict=view == JOB_VIEWS)
     if view not in GUARDED_VIEWS:
         return ANONYMOUS
     trusted = settings.platform_trusted_ips
@@ -149,6 +158,29 @@ def authorize_platform(
     if not presented and view not in KEY_ONLY_VIEWS:
         raise AccessDenied("ip")
     return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
+
+
+def job_viewer(headers: Any, keyring: Keyring, *, strict: bool) -> Caller:
+    """The key a job endpoint is called with, from whichever zone's header carries it.
+
+    Which jobs it then sees is `jobs.http.may_see`'s to say. A key that matches none
+    is refused (401) by the listing (`strict`); on /_platform/jobs/<id> it is no key at
+    all, so a wrong key gets the same 404 as another caller's job (ids cannot be probed).
+    """
+    for header, zones, reason in JOB_KEY_HEADERS:
+        presented = header_values(headers, header)
+        if not presented:
+            continue
+        found = None
+        if len(presented) == 1:
+            secret = _header_bytes(presented[0])
+            found = next(filter(None, (keyring.identify(z, secret) for z in zones)), None)
+        if found is not None:
+            return Caller(found.id, found)
+        if strict:
+            raise AccessDenied(reason, header)
+        return ANONYMOUS
+    return ANONYMOUS
 
 
 def caller_by_key(

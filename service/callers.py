@@ -21,11 +21,15 @@ from service.keys_file import KeysFile
 from service.usage import Usage
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 # What a script finds in request.environ.
 CALLER_ENVIRON_KEY = "scriptgate.caller"
 OWNER_ENVIRON_KEY = "scriptgate.caller_owner"
+# And in a job: its id and which run this is (1, then 2... for its retries).
+JOB_ID_ENVIRON_KEY = "scriptgate.job_id"
+ATTEMPT_ENVIRON_KEY = "scriptgate.job_attempt"
 # The platform's key headers never reach a script: it learns the caller's id instead.
 KEY_HEADERS_ENVIRON = ("HTTP_X_API_KEY", "HTTP_X_ADMIN_KEY")
 
@@ -102,7 +106,7 @@ def hand_over(caller: Caller, environ: dict[str, Any]) -> None:
         environ.pop(name, None)
 
 
-def keys_view(rt: Runtime, req: Request) -> Response:
+def keys_view(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """GET /_platform/keys: ids, owners, scopes, expiry and last use of every key."""
     response = jsonify(keys=rt.callers.listing())
     response.headers["Cache-Control"] = "no-store"

@@ -19,6 +19,7 @@ from flask import Request, Response, send_file
 from service.errors import NotFound
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -46,12 +47,12 @@ def swagger_ui_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
-def docs_page(rt: Runtime, req: Request) -> Response:
+def docs_page(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     response = send_file(STATIC / PAGE, mimetype="text/html", max_age=0, conditional=True)
     return _harden(response)
 
 
-def docs_asset(rt: Runtime, req: Request) -> Response:
+def docs_asset(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     name = req.path.rpartition("/")[2]
     if name not in ASSETS:  # only reached through a VIEWS row, kept as a second lock
         raise NotFound(req.path)

@@ -141,6 +141,26 @@ class JobConflict(RequestError):
     status = 409
 
 
+class IdempotencyConflict(RequestError):
+    """An Idempotency-Key this caller already used for a different request."""
+
+    status, error = 422, "Idempotency-Key already used for a different request"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__("idempotency_key")
+        self.details["job_id"] = job_id
+
+
+class BadHeader(RequestError):
+    """A request header that cannot be used as sent; `header` names it."""
+
+    status = 400
+
+    def __init__(self, header: str, error: str) -> None:
+        super().__init__(error=error)
+        self.details["header"] = header
+
+
 class QueueUnavailable(RequestError):
     """The job store (SQLite file or Redis) could not be reached: nothing was queued."""
 

@@ -48,6 +48,9 @@ class BackedOff(Exception):
         self.retry_after = retry_after
 
 
+DEFAULT_RETRY_DELAY = 1.0  # seconds before a job's first retry, without RETRY_DELAY
+
+
 @dataclass(frozen=True)
 class LoadedScript:
     path: str
@@ -62,6 +65,8 @@ class LoadedScript:
     run_async: bool = False  # ASYNC = True: every call runs as a job (service/jobs)
     job_timeout: float | None = None  # the script's JOB_TIMEOUT; None: $JOB_TIMEOUT
     memory_limit: int | None = None  # the script's MEMORY_LIMIT; None: $SCRIPT_MEMORY_LIMIT
+    retries: int = 0  # RETRIES: a job's runs after the first, when one fails
+    retry_delay: float = 1.0  # RETRY_DELAY: seconds before the first retry, then doubled
 
     @property
     def timeout_capped(self) -> bool:
@@ -234,6 +239,8 @@ class ScriptCache:
             run_async=bool(info.get("async")),
             job_timeout=info.get("job_timeout"),
             memory_limit=info.get("memory_limit"),
+            retries=info.get("retries") or 0,
+            retry_delay=info.get("retry_delay") or DEFAULT_RETRY_DELAY,
         )
         if script.timeout_capped:
             self.log.warning(

@@ -17,11 +17,13 @@ from flask import Request, Response, jsonify
 
 from service.access import ZONE_KEY_HEADERS, may_call, zone_keys
 from service.describe import ScriptState, all_states
+from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
 from service.loader import DEFAULT_METHODS
 from service.params import Params
 from service.resolve import ZONES
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 OPENAPI_VERSION = "3.1.0"
@@ -85,7 +87,7 @@ TRACE_HEADER = {
 }
 
 
-def openapi_document(rt: Runtime, req: Request) -> Response:
+def openapi_document(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     keyring = rt.callers.keyring()
     client = req.remote_addr or ""
 
@@ -98,10 +100,15 @@ def openapi_document(rt: Runtime, req: Request) -> Response:
 def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> dict[str, Any]:
     """The document for the scripts this caller may call, broken ones included (marked
     as such)."""
-    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA, "FieldErrors": FIELD_ERRORS_SCHEMA}
+    schemas: dict[str, Any] = {
+        "Error": ERROR_SCHEMA,
+        "FieldErrors": FIELD_ERRORS_SCHEMA,
+        **JOB_SCHEMAS,
+    }
     states = all_states(rt, visible)
     zones = tuple(zone for zone in ZONES if any(state.zone == zone for state in states))
     paths = {state.url: path_item(rt, state, schemas) for state in states}
+    paths.update(JOB_PATHS)  # every caller may follow the jobs it starts
     header = {"$ref": "#/components/headers/X-Trace-Id"}
     return {
         "openapi": OPENAPI_VERSION,
@@ -111,7 +118,7 @@ def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> d
             "description": "The scripts this caller may call. Authorize with X-API-Key or "
             "X-Admin-Key to see the scripts that key opens.",
         },
-        "tags": [{"name": zone, "description": ZONE_TAGS[zone]} for zone in zones],
+        "tags": [{"name": zone, "description": ZONE_TAGS[zone]} for zone in zones] + [JOBS_TAG],
         "paths": paths,
         "components": {
             "schemas": schemas,

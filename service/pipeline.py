@@ -26,7 +26,13 @@ from flask import Request, Response, request
 from opentelemetry import trace
 
 from service.access import authorize, check_scope
-from service.callers import CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY, hand_over
+from service.callers import (
+    ATTEMPT_ENVIRON_KEY,
+    CALLER_ENVIRON_KEY,
+    JOB_ID_ENVIRON_KEY,
+    OWNER_ENVIRON_KEY,
+    hand_over,
+)
 from service.errors import (
     AccessDenied,
     CallerError,
@@ -87,9 +93,10 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if ctx.zone == PLATFORM_ZONE:
         view = platform_view(req.path)
         ctx.script = view.name
-        check_scope(ctx.caller, ctx.zone, view.name, req.method)
+        if view.scoped:
+            check_scope(ctx.caller, ctx.zone, view.name, req.method)
         check_method(req.method, view.methods)
-        return view.func(rt, req)
+        return view.func(rt, ctx, req)
     target = parse_target(req.path)
     check_scope(ctx.caller, ctx.zone, target.rel_path, req.method)
     script = lookup(rt, ctx, target)
@@ -98,7 +105,7 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if wants_job(req, script):  # `Prefer: respond-async` or ASYNC = True: 202, runs later
         if script.params is not None:  # a bad parameter: 400, nothing queued
             call_handler(rt, ctx, script, req, rt.settings.script_timeout, check=True)
-        return start_job(rt, ctx, req)
+        return start_job(rt, ctx, req, script)
     hand_over(ctx.caller, req.environ)
     return run(rt, ctx, req, script)
 
@@ -297,7 +304,15 @@ def answer_of(
     raise ScriptFailed("memory" if failure.kind == "memory" else None) from failure
 
 
-_ENVIRON_KEEP = frozenset({"wsgi.url_scheme", CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY})
+_ENVIRON_KEEP = frozenset(
+    {
+        "wsgi.url_scheme",
+        CALLER_ENVIRON_KEY,
+        OWNER_ENVIRON_KEY,
+        JOB_ID_ENVIRON_KEY,
+        ATTEMPT_ENVIRON_KEY,
+    }
+)
 
 
 def runner_environ(environ: dict[str, Any]) -> dict[str, Any]:

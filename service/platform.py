@@ -18,12 +18,13 @@ from service.callers import keys_view
 from service.describe import all_states, describe_route
 from service.docs import ASSETS, docs_asset, docs_page
 from service.errors import NotFound
-from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_result, job_status
+from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, job_status
 from service.openapi import openapi_document
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 from service.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
+    from service.record import RequestContext
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -32,12 +33,16 @@ REVISION_HEADER = "X-Scripts-Revision"
 
 @dataclass(frozen=True)
 class PlatformView:
+    """A platform endpoint. `scoped`: a key calling it needs a platform scope for it;
+    the job views instead decide per job, from the caller (jobs.http.may_see)."""
+
     name: str
-    func: Callable[[Runtime, Request], Response]
+    func: Callable[[Runtime, RequestContext, Request], Response]
     methods: frozenset[str] = READ_METHODS
+    scoped: bool = True
 
 
-def health(rt: Runtime, req: Request) -> Response:
+def health(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     totals = rt.metrics.totals() if rt.metrics is not None else None
     rt.scanner.poke(rt)  # finds new and changed scripts off this probe's path
     states = all_states(rt, known_only=True)  # never waits for an import
@@ -54,7 +59,7 @@ def health(rt: Runtime, req: Request) -> Response:
     )
 
 
-def routes(rt: Runtime, req: Request) -> Response:
+def routes(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     detail = req.args.get("detail", "").lower() in ("1", "true", "yes")
     listing: dict[str, list] = {}
     root = Path(served_root(rt.settings.scripts_dir))  # one revision for the whole listing
@@ -69,7 +74,7 @@ def routes(rt: Runtime, req: Request) -> Response:
     return response
 
 
-def metrics(rt: Runtime, req: Request) -> Response:
+def metrics(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if rt.metrics is None:
         return Response("metrics are turned off (METRICS=off)\n", 404, content_type="text/plain")
     if req.args.get("format") == "json":
@@ -93,6 +98,7 @@ VIEWS = {
         PlatformView("keys", keys_view),
         PlatformView("openapi.json", openapi_document),
         PlatformView("docs", docs_page),
+        PlatformView("jobs", job_list, scoped=False),
         *(PlatformView(f"docs/{name}", docs_asset) for name in ASSETS),
     )
 }
@@ -101,8 +107,8 @@ VIEWS = {
 # Views under a path prefix, first match wins: (prefix, suffix, view). The view reads
 # the rest of the path (a job id) itself.
 PREFIX_VIEWS = (
-    (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result)),
-    (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"})),
+    (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, scoped=False)),
+    (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"}, False)),
 )
 
 

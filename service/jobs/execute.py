@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import secrets
 import threading
 import time
 from collections.abc import MutableMapping
@@ -21,6 +23,12 @@ from flask import Flask, Response, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from service.callers import (
+    ATTEMPT_ENVIRON_KEY,
+    CALLER_ENVIRON_KEY,
+    JOB_ID_ENVIRON_KEY,
+    OWNER_ENVIRON_KEY,
+)
 from service.errors import (
     CallerError,
     InvalidParameters,
@@ -29,10 +37,13 @@ from service.errors import (
     ScriptTimedOut,
     render_error,
 )
+from service.jobs.http import log_fields
 from service.jobs.snapshot import environ
 from service.jobs.store import (
     CANCELLED,
     FAILED,
+    QUEUED,
+    RETRY,
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
@@ -41,12 +52,14 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
+from service.keys import ANONYMOUS_ID, Caller
 from service.pipeline import call_handler, check_method, lookup
 from service.record import RequestContext
 from service.resolve import parse_target, url_for_script
 from service.runners.pool import ScriptStopped
 
 if TYPE_CHECKING:
+    from service.loader import LoadedScript
     from service.runtime import Runtime
 
 HEARTBEAT_SECONDS = 5.0
@@ -60,6 +73,22 @@ class Outcome:
     state: str
     error: str | None = None
     result: Result | None = None
+    retry_delay: float | None = None  # the script's RETRY_DELAY when this may be retried
+
+
+# huey retries a task that raises, after a fixed delay (retry_backoff multiplies it, no
+# jitter), by queueing the same task again. Ours never raises: the outcome is the job's
+# state in the store, and a re-run of the same id could not be claimed (it finished).
+# So a retry here is a new run with a record of its own (trigger "retry", attempt n of
+# attempts), queued on huey's schedule for its delay.
+MAX_RETRY_DELAY = 3600.0
+
+
+def retry_delay(first: float, attempt: int) -> float:
+    """Before the retry of run `attempt`: `first` doubled each run, with jitter (between
+    half and all of it), so runs that failed together do not all come back together."""
+    ceiling = min(first * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
 
 
 class ResultTooLarge(Exception):
@@ -90,6 +119,15 @@ class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return msg, kwargs
+
+    def handle(self, record: logging.LogRecord) -> None:
+        """A script's own record (scriptlog.py), with the job's fields where it has none
+        (its import's output is written without them). Without this method, a job whose
+        script logged anything failed outside its script."""
+        for name, value in (self.extra or {}).items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        self.logger.handle(record)
 
 
 class Watch:
@@ -160,22 +198,28 @@ class JobExecutor:
         if metrics is not None:
             metrics.entered(job.zone, job.script, RUNNING)
             metrics.observe_wait(job.zone, job.script, started - job.created_at, job.traceparent)
-        outcome = self.run(job)
+        snapshot = store.request_of(job.id)  # read before finish() drops it: a retry's
+        outcome = self.run(job, snapshot)
         finished = time.time()
         retention = rt.settings.job_retention
         ending = Ending(outcome.state, finished, retention, outcome.error, outcome.result)
         if not store.finish(job.id, ending):
             return  # declared lost meanwhile: whoever did so counted it
+        retry = None
+        if outcome.retry_delay is not None and job.attempt < job.attempts and snapshot:
+            retry = self.retry(job, snapshot, retry_delay(outcome.retry_delay, job.attempt))
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)
             metrics.observe_run(job.zone, job.script, finished - started, job.traceparent)
+            if outcome.state in (FAILED, TIMED_OUT) and retry is None:
+                metrics.final_failures.labels(job.zone, job.script).inc()
         rt.log.info(
             "job",
             extra={
-                "job_id": job.id,
-                "trace_id": job.trace_id,
-                "zone": job.zone,
-                "script": job.script,
+                **log_fields(job),
+                "attempt": job.attempt,
+                "attempts": job.attempts,
+                "retried_as": retry,
                 "state": outcome.state,
                 "status": outcome.result.status if outcome.result else None,
                 "queued_ms": round((started - job.created_at) * 1000, 3),
@@ -183,23 +227,69 @@ class JobExecutor:
             },
         )
 
-    def run(self, job: Job) -> Outcome:
+    def retry(self, job: Job, snapshot: bytes, delay: float) -> str | None:
+        """Queue the next run of a failed job, to start in `delay` seconds; its id."""
         rt = self.rt
-        snapshot = rt.jobs.store.request_of(job.id)
+        again = replace(
+            job,
+            id=secrets.token_urlsafe(24),
+            state=QUEUED,
+            created_at=time.time(),
+            started_at=None,
+            finished_at=None,
+            expires_at=None,
+            error=None,
+            cancel_requested=False,
+            worker=None,
+            result_status=None,
+            result_headers=None,
+            trigger=RETRY,
+            attempt=job.attempt + 1,
+            retry_of=job.id,
+            retried_as=None,
+            idempotency_key=None,  # held by the first run, which the caller asked for
+            fingerprint=None,
+        )
+        try:
+            rt.jobs.submit(again, snapshot, delay)
+            rt.jobs.store.mark_retried(job.id, again.id)
+        except Exception as exc:  # the failure stands; say why no retry follows
+            rt.log.error("job retry not queued: %s", exc, extra=log_fields(job))
+            return None
+        if rt.jobs.metrics is not None:
+            rt.jobs.metrics.retries.labels(job.zone, job.script).inc()
+            rt.jobs.metrics.entered(job.zone, job.script, QUEUED)
+        extra = {**log_fields(again), "retry_of": job.id, "attempt": again.attempt}
+        rt.log.info("job retry queued", extra={**extra, "delay_s": round(delay, 3)})
+        return again.id
+
+    def run(self, job: Job, snapshot: bytes | None) -> Outcome:
+        rt = self.rt
         if snapshot is None:
             return Outcome(FAILED, "the job's request was not found")
         parent = propagate.extract({"traceparent": job.traceparent})
         name = f"job {url_for_script(job.zone, job.script)}"
+        wsgi = environ(snapshot)
+        # Who called, as a synchronous call's script is told (callers.hand_over).
+        wsgi[CALLER_ENVIRON_KEY] = job.caller or ANONYMOUS_ID
+        wsgi[OWNER_ENVIRON_KEY] = job.owner or None
+        wsgi[JOB_ID_ENVIRON_KEY], wsgi[ATTEMPT_ENVIRON_KEY] = job.id, job.attempt
+        fields = log_fields(job)
         with (
-            self.app.request_context(environ(snapshot)),
+            self.app.request_context(wsgi),
             rt.tracer.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER) as span,
         ):
-            span.set_attributes({"scriptgate.job_id": job.id, "scriptgate.zone": job.zone})
+            attributes = {"scriptgate.job_id": job.id, "scriptgate.zone": job.zone}
+            if job.caller and job.caller != ANONYMOUS_ID:
+                attributes["enduser.id"] = job.caller
+            span.set_attributes(attributes)
             req = request._get_current_object()  # type: ignore[attr-defined]
             ctx = RequestContext(job.zone, req.remote_addr or "", span)
-            # Failures are logged with the job id; they count as job states, not as
-            # HTTP script errors (no one waited on an HTTP worker for them).
-            job_rt = replace(rt, metrics=None, log=JobLog(rt.log, {"job_id": job.id}))
+            ctx.caller = Caller(fields["caller"])  # its id only: the key is not kept
+            # Failures are logged with the job's id and caller; they count as job states,
+            # not as HTTP script errors (no one waited on an HTTP worker for them).
+            job_log = JobLog(rt.log, {"job_id": job.id, "caller": fields["caller"]})
+            job_rt = replace(rt, metrics=None, log=job_log)
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
             outcome = self.attempt(job_rt, ctx, req, watch)
             span.set_attributes(
@@ -212,11 +302,12 @@ class JobExecutor:
     def attempt(self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch) -> Outcome:
         """The synchronous call's stages from lookup to conversion, answers captured."""
         limit = rt.settings.job_max_result_bytes
+        script: LoadedScript | None = None
         try:
             script = lookup(rt, ctx, parse_target(req.path))
             check_method(req.method, script.methods)
             seconds = script.job_timeout or rt.settings.job_timeout
-            fields = {"job_id": watch.job_id}
+            fields = {"job_id": watch.job_id}  # the caller comes from ctx
             answer = call_handler(rt, ctx, script, req, seconds, watch, log_fields=fields)
             return Outcome(SUCCEEDED, result=capture(answer, limit))
         except ScriptStopped:
@@ -224,15 +315,20 @@ class JobExecutor:
                 return Outcome(CANCELLED, "cancelled")
             return Outcome(FAILED, "interrupted: the job worker was stopped")
         except ScriptTimedOut as exc:
-            return Outcome(TIMED_OUT, "timeout", self.answer(exc, ctx))
+            delay = script.retry_delay if script is not None else None
+            return Outcome(TIMED_OUT, "timeout", self.answer(exc, ctx), delay)
         except (CallerError, InvalidParameters) as exc:  # a 4xx answer, as the call's
             return Outcome(SUCCEEDED, result=self.answer(exc, ctx))
         except RequestError as exc:  # 404 (deleted since), 405, 500
             cause = exc.__cause__
             error = str(cause) if isinstance(cause, ResultTooLarge) else exc.error
-            return Outcome(FAILED, error, self.answer(exc, ctx))
+            # Retried: the script raised or its runner died; not a missing script, a
+            # wrong method or a result too large, which a re-run would only repeat.
+            again = isinstance(exc, ScriptFailed) and not isinstance(cause, ResultTooLarge)
+            delay = script.retry_delay if again and script is not None else None
+            return Outcome(FAILED, error, self.answer(exc, ctx), delay)
         except Exception as exc:  # a platform bug: logged whole, reported as a 500
-            extra = {"trace_id": ctx.trace_id}
+            extra = {"trace_id": ctx.trace_id, "caller": ctx.caller.id}
             rt.log.error("job failed outside its script", exc_info=exc, extra=extra)
             return Outcome(FAILED, ScriptFailed.error, self.answer(ScriptFailed(), ctx))
 

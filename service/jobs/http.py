@@ -1,16 +1,22 @@
-"""Jobs over HTTP: the hand-off from the pipeline (202) and /_platform/jobs/<id>.
+"""Jobs over HTTP: the hand-off from the pipeline (202), /_platform/jobs/<id> and the
+run history, /_platform/jobs.
 
 A call becomes a job after the same access checks and script lookup as any call, so an
-unknown script is still 404 and a bad key 401 before anything is queued. The job is
-visible only to a caller who presents the key that started it (its hash is stored, never
-the key); to anyone else, as to a wrong or expired id, it does not exist (404).
+unknown script is still 404 and a bad key 401 before anything is queued. The job records
+the id of the key that started it (never the key). Who may see a job is decided in one
+place, `may_see`, from the caller the pipeline identified (access.job_viewer): the key
+that started it, or a key with the `platform:jobs` scope. To anyone else, as to a wrong
+or expired id, a job does not exist (404).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
-import hmac
+import json
+import math
 import re
 import secrets
 import time
@@ -22,18 +28,40 @@ from flask import Request, Response, jsonify
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from service.access import ZONE_KEY_HEADERS, authorize, check_scope
-from service.errors import AccessDenied, JobConflict, JobNotFound, QueueUnavailable, RequestError
+from service.access import ip_allowed, zone_keys
+from service.errors import (
+    AccessDenied,
+    BadHeader,
+    IdempotencyConflict,
+    InvalidParameters,
+    JobConflict,
+    JobNotFound,
+    QueueUnavailable,
+    RequestError,
+)
 from service.jobs.snapshot import snapshot
-from service.jobs.store import CANCELLED, FINISHED, QUEUED, RUNNING, Job
-from service.resolve import PLATFORM_PREFIX, url_for_script
+from service.jobs.store import (
+    CALL,
+    CANCELLED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    TRIGGERS,
+    Job,
+    JobQuery,
+)
+from service.keys import ANONYMOUS_ID, Caller
+from service.logs import redact_query
+from service.resolve import KEYED_ZONES, PLATFORM_PREFIX, url_for_script, zone_of
 
 if TYPE_CHECKING:
     from service.loader import LoadedScript
     from service.record import RequestContext
     from service.runtime import Runtime
 
-JOBS_PREFIX = f"{PLATFORM_PREFIX}/jobs/"
+JOBS_PATH = f"{PLATFORM_PREFIX}/jobs"
+JOBS_PREFIX = JOBS_PATH + "/"
 RESULT_SUFFIX = "/result"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
@@ -57,26 +85,29 @@ def wants_job(req: Request, script: LoadedScript) -> bool:
     return script.run_async or (prefer is not None and prefers_async(prefer))
 
 
-def caller_identity(zone: str, headers: Any) -> str:
-    """Who calls, as far as the platform can tell: the zone key presented, named or not
-    ("" in the root zone and in a zone opened with *_AUTH=off, where anyone who has the
-    job's id may follow it: ids are 192 random bits)."""
-    header = ZONE_KEY_HEADERS.get(zone)
-    values = headers.getlist(header[0]) if header else []
-    return values[0] if len(values) == 1 else ""
+def sees_every_job(caller: Caller) -> bool:
+    """A key with the `platform:jobs` scope (ADMIN_API_KEY has `platform:*`)."""
+    return caller.key is not None and caller.key.allows("platform", "jobs", "GET")
 
 
-def owner_token(job_id: str, identity: str) -> str:
-    """What a job stores of its caller: keyed by the job id, so two jobs of one key
-    share nothing a reader of the store could match."""
-    secret = identity.encode("utf-8", "surrogateescape")
-    return hmac.new(job_id.encode(), secret, hashlib.sha256).hexdigest()
+def may_see(rt: Runtime, viewer: Caller, client: str, job: Job) -> bool:
+    """The one answer to "may this caller see this job", for every job endpoint.
 
-
-def same_caller(job: Job, headers: Any) -> bool:
-    """The one check of who may see a job (constant time)."""
-    token = owner_token(job.id, caller_identity(job.zone, headers))
-    return hmac.compare_digest(job.owner, token)
+    The key that started it, while it still may call that script (a narrowed key no
+    longer sees its jobs; a revoked one is no caller at all); a job started without a
+    key (root zone, or a zone opened with *_AUTH=off, where anyone who has the job's
+    id may follow it: ids are 192 random bits), while its zone still needs no key; or a
+    key that sees every job. /admin jobs also need ADMIN_TRUSTED_IPS, as /admin does.
+    """
+    if job.zone == "admin" and not ip_allowed(client, rt.settings.admin_trusted_ips):
+        return False
+    if sees_every_job(viewer):
+        return True
+    if job.caller != viewer.id:
+        return False
+    if viewer.key is None:
+        return job.zone not in KEYED_ZONES or not zone_keys(job.zone, rt.settings)[1]
+    return viewer.key.allows(job.zone, job.script, job.method)
 
 
 @contextlib.contextmanager
@@ -91,8 +122,36 @@ def store_errors(rt: Runtime) -> Iterator[None]:
         raise QueueUnavailable() from None
 
 
-def start_job(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
-    """Queue the call and answer 202 with where to follow it."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency(req: Request, caller: Caller) -> tuple[str, str] | tuple[None, None]:
+    """(hash of the caller's Idempotency-Key, fingerprint of the request), or Nones.
+
+    The fingerprint covers what makes two requests the same: method, path, query and
+    body. Only a key's caller may send one: without a key, callers cannot be told apart,
+    and one could get another's job by guessing its Idempotency-Key.
+    """
+    values = req.headers.getlist(IDEMPOTENCY_HEADER)
+    if not values:
+        return None, None
+    if len(values) > 1 or not 1 <= len(values[0]) <= MAX_IDEMPOTENCY_KEY:
+        raise BadHeader(IDEMPOTENCY_HEADER, f"send one {IDEMPOTENCY_HEADER} of 1 to 255 characters")
+    if caller.key is None:
+        raise BadHeader(IDEMPOTENCY_HEADER, f"{IDEMPOTENCY_HEADER} needs an API key")
+    key = hashlib.sha256(values[0].encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256()
+    for part in (req.method.encode(), req.path.encode(), req.query_string):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    digest.update(req.get_data(cache=True))
+    return key, digest.hexdigest()
+
+
+def start_job(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) -> Response:
+    """Queue the call and answer 202 with where to follow it; with an Idempotency-Key
+    this caller sent before, the job it started then (202, or 200 once finished)."""
+    key, fingerprint = idempotency(req, ctx.caller)
     job_id = secrets.token_urlsafe(24)
     attributes = {"scriptgate.job_id": job_id}
     with rt.tracer.start_as_current_span("job.enqueue", kind=SpanKind.PRODUCER) as span:
@@ -106,35 +165,50 @@ def start_job(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
             script=ctx.script,
             method=req.method,
             path=req.path,
-            owner=owner_token(job_id, caller_identity(ctx.zone, req.headers)),
+            owner=ctx.caller.key.owner if ctx.caller.key is not None else "",
             trace_id=ctx.trace_id,
             traceparent=carrier.get("traceparent", ""),
             created_at=time.time(),
+            caller=ctx.caller.id,
+            trigger=CALL,
+            attempts=1 + script.retries,
+            query=json.dumps(redact_query(req.args.to_dict(flat=False))),
+            idempotency_key=key,
+            fingerprint=fingerprint,
         )
         with store_errors(rt):
-            rt.jobs.submit(job, snapshot(req))
+            held = rt.jobs.submit(job, snapshot(req))
+    if held is not None:
+        if held.fingerprint != fingerprint:
+            raise IdempotencyConflict(held.id)
+        rt.log.info("job replayed", extra=log_fields(held))
+        return job_answer(held, req, 200 if held.state in FINISHED else 202)
     if rt.jobs.metrics is not None:
         rt.jobs.metrics.entered(ctx.zone, ctx.script, QUEUED)
     rt.log.info("job queued", extra=log_fields(job))
+    return job_answer(job, req, 202)
+
+
+def job_answer(job: Job, req: Request, status: int) -> Response:
     response = jsonify(describe(job))
-    response.status_code = 202
-    response.headers["Location"] = JOBS_PREFIX + job_id
+    response.status_code = status
+    response.headers["Location"] = JOBS_PREFIX + job.id
     if prefers_async(req.environ.get("HTTP_PREFER", "")):
         response.headers["Preference-Applied"] = "respond-async"
     return response
 
 
-def job_status(rt: Runtime, req: Request) -> Response:
+def job_status(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """GET: the job's state; DELETE: cancel it."""
-    job = visible_job(rt, req, req.path[len(JOBS_PREFIX) :])
+    job = visible_job(rt, ctx, req.path[len(JOBS_PREFIX) :])
     if req.method == "DELETE":
         return cancel(rt, job)
     return jsonify(describe(job))
 
 
-def job_result(rt: Runtime, req: Request) -> Response:
+def job_result(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """The response the synchronous call would have given, once the job finished."""
-    job = visible_job(rt, req, req.path[len(JOBS_PREFIX) : -len(RESULT_SUFFIX)])
+    job = visible_job(rt, ctx, req.path[len(JOBS_PREFIX) : -len(RESULT_SUFFIX)])
     if job.state not in FINISHED:
         raise JobConflict(job.state, error="job not finished")
     with store_errors(rt):
@@ -144,26 +218,136 @@ def job_result(rt: Runtime, req: Request) -> Response:
     return Response(result.body, status=result.status, headers=list(result.headers))
 
 
-def visible_job(rt: Runtime, req: Request, job_id: str) -> Job:
+def visible_job(rt: Runtime, ctx: RequestContext, job_id: str) -> Job:
     """The job if this caller may see it; JobNotFound for every other case alike."""
     if not JOB_ID.fullmatch(job_id):
         raise JobNotFound()
     with store_errors(rt):
         job = rt.jobs.store.get(job_id, time.time())
-    if job is None:
-        raise JobNotFound()
-    try:  # the checks as they stand now: a revoked or narrowed key no longer sees its jobs
-        keyring = rt.callers.keyring()
-        url = url_for_script(job.zone, job.script)
-        caller = authorize(job.zone, url, req.remote_addr or "", req.headers, rt.settings, keyring)
-        check_scope(caller, job.zone, job.script, job.method)
-        if caller.key is not None and caller.key.expired():
-            raise AccessDenied("expired")
-    except AccessDenied:
-        raise JobNotFound() from None
-    if not same_caller(job, req.headers):
+    if job is None or not may_see(rt, ctx.caller, ctx.client_ip, job):
         raise JobNotFound()
     return job
+
+
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+LIST_PARAMETERS = frozenset(
+    {"script", "state", "trigger", "since", "until", "caller", "limit", "cursor"}
+)
+
+
+def job_list(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+    """GET /_platform/jobs: the caller's runs (everyone's for `platform:jobs`), newest
+    first, one keyset page at a time."""
+    if ctx.caller.key is None:  # a listing is per key: without one there is no "mine"
+        raise AccessDenied("api_key", "X-API-Key")
+    query = list_query(req.args, ctx.caller)
+    with store_errors(rt):
+        page = rt.jobs.store.list_jobs(query, time.time())
+    jobs = [describe(job) for job in page.jobs if may_see(rt, ctx.caller, ctx.client_ip, job)]
+    following = None if page.after is None else encode_cursor(page.after)
+    response = jsonify(jobs=jobs, next=following)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def list_query(args: Any, caller: Caller) -> JobQuery:
+    """The listing's filters, each checked: a bad one is a 400 naming it."""
+    unknown = sorted(set(args) - LIST_PARAMETERS)
+    if unknown:
+        raise bad_query(unknown[0], f"unknown parameter; use {', '.join(sorted(LIST_PARAMETERS))}")
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise bad_query(name, "given more than once")
+    zone = script = None
+    if "script" in args:
+        zone, script = script_filter(args["script"])
+    state, trigger = args.get("state"), args.get("trigger")
+    if state is not None and state not in STATES:
+        raise bad_query("state", f"one of {', '.join(STATES)}")
+    if trigger is not None and trigger not in TRIGGERS:
+        raise bad_query("trigger", f"one of {', '.join(TRIGGERS)}")
+    since, until = moment(args, "since"), moment(args, "until")
+    if since is not None and until is not None and since >= until:
+        raise bad_query("until", "must be later than since")
+    who = caller.id
+    if "caller" in args:
+        if not sees_every_job(caller) and args["caller"] != caller.id:
+            raise bad_query(
+                "caller",
+                "only a key with the platform:jobs scope may ask for another caller's jobs",
+            )
+        who = args["caller"]
+    elif sees_every_job(caller):
+        who = None
+    return JobQuery(
+        limit=limit_of(args),
+        caller=who,
+        zone=zone,
+        script=script,
+        state=state,
+        trigger=trigger,
+        since=since,
+        until=until,
+        after=decode_cursor(args["cursor"]) if "cursor" in args else None,
+    )
+
+
+def bad_query(name: str, message: str) -> InvalidParameters:
+    """The 400 a declared parameter that does not fit gets, naming the parameter."""
+    kind = {"limit": "integer", "since": "date-time", "until": "date-time"}.get(name, "string")
+    return InvalidParameters([{"in": "query", "name": name, "message": message, "type": kind}])
+
+
+def script_filter(value: str) -> tuple[str, str]:
+    """`/api/report.py` (the record's `script`) -> ("api", "report.py")."""
+    zone, rest = zone_of(value if value.startswith("/") else "/" + value)
+    if not rest or zone == "platform":
+        raise bad_query("script", "a script's URL path, as a job's `script` shows it")
+    return zone, rest
+
+
+def moment(args: Any, name: str) -> float | None:
+    """An ISO 8601 time (`2026-12-06T05:00:00Z`, or a date); UTC when it names no zone."""
+    text = args.get(name)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise bad_query(name, "an ISO 8601 time, such as 2026-12-06T05:00:00Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def limit_of(args: Any) -> int:
+    text = args.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_query("limit", f"a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def encode_cursor(after: tuple[float, str]) -> str:
+    """Where the next page starts: the last job's (created_at, id), opaque to callers."""
+    raw = json.dumps([repr(after[0]), after[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    """A cursor this endpoint made, or a 400: anything else is not a position."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        created, job_id = json.loads(raw)
+        position = (float(created), job_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise bad_query("cursor", "not a cursor from this listing's `next`") from None
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise bad_query("cursor", "not a cursor from this listing's `next`")
+    if not math.isfinite(position[0]) or position[0] < 0:
+        raise bad_query("cursor", "not a cursor from this listing's `next`")
+    return position
 
 
 def cancel(rt: Runtime, job: Job) -> Response:
@@ -194,11 +378,21 @@ def describe(job: Job) -> dict[str, Any]:
         "state": job.state,
         "script": url_for_script(job.zone, job.script),
         "method": job.method,
+        "query": json.loads(job.query),
+        "caller": job.caller or None,
+        "trigger": job.trigger,
+        "attempt": job.attempt,
+        "attempts": job.attempts,
+        "retry_of": job.retry_of,  # the run this one retries
+        "retried_as": job.retried_as,  # the run that retries this one
+        "progress": None,
         "trace_id": job.trace_id,
         "created_at": iso_time(job.created_at),
         "started_at": iso_time(job.started_at),
         "finished_at": iso_time(job.finished_at),
         "expires_at": iso_time(job.expires_at),
+        "queued_ms": span_ms(job.created_at, job.started_at),
+        "duration_ms": span_ms(job.started_at, job.finished_at),
         "status_url": JOBS_PREFIX + job.id,
     }
     if job.cancel_requested and job.state == RUNNING:
@@ -217,5 +411,16 @@ def iso_time(moment: float | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
+def span_ms(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 3)
+
+
 def log_fields(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "trace_id": job.trace_id, "zone": job.zone, "script": job.script}
+    """What every log line about a job carries."""
+    return {
+        "job_id": job.id,
+        "trace_id": job.trace_id,
+        "zone": job.zone,
+        "script": job.script,
+        "caller": job.caller or ANONYMOUS_ID,
+    }

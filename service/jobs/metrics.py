@@ -66,6 +66,18 @@ class JobMetrics:
             "Time a job ran, from its start to its final state.",
             RUN_BUCKETS,
         )
+        self.retries = Counter(
+            "scriptgate_job_retries",
+            "Runs queued again after a failure (RETRIES), by zone and script.",
+            ["zone", "script"],
+            registry=registry,
+        )
+        self.final_failures = Counter(
+            "scriptgate_job_final_failures",
+            "Jobs that failed or timed out with no retry left, by zone and script.",
+            ["zone", "script"],
+            registry=registry,
+        )
         self.workers = Gauge(
             "scriptgate_job_workers",
             "Job worker processes alive, summed over live processes.",
@@ -103,6 +115,8 @@ class JobMetrics:
             self._known.add((zone, script))
             for each in STATES:
                 self.jobs.labels(zone, script, each)
+            self.retries.labels(zone, script)
+            self.final_failures.labels(zone, script)
         self.jobs.labels(zone, script, state).inc()
 
 

@@ -8,6 +8,7 @@ the queue cannot make a job worker run code of their choosing.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import threading
@@ -37,14 +38,24 @@ CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 10.0
 
 
+ETA = Message._fields.index("eta")
+
+
 class JsonSerializer(Serializer):  # type: ignore[misc]
-    """huey's messages as JSON: our tasks carry a job id and nothing else."""
+    """huey's messages as JSON: our tasks carry a job id and nothing else, and a retry
+    the time it may run (`eta`, a naive UTC datetime, as ISO 8601 text)."""
 
     def _serialize(self, data: Any) -> bytes:
-        return json.dumps(list(data)).encode("utf-8")
+        fields = list(data)
+        if isinstance(fields[ETA], datetime.datetime):
+            fields[ETA] = fields[ETA].isoformat()
+        return json.dumps(fields).encode("utf-8")
 
     def _deserialize(self, data: bytes) -> Any:
-        return Message(*json.loads(data))
+        fields = json.loads(data)
+        if isinstance(fields[ETA], str):
+            fields[ETA] = datetime.datetime.fromisoformat(fields[ETA])
+        return Message(*fields)
 
 
 class _SqliteStorage(SqliteStorage):  # type: ignore[misc]
@@ -106,7 +117,7 @@ class JobQueue:
             self._store = (
                 SqliteJobStore(storage)
                 if self.settings.job_broker_url is None
-                else RedisJobStore(storage.conn)
+                else RedisJobStore(storage.conn, self.settings.job_retention)
             )
             self._task = huey.task(name=TASK_NAME)(self._run)
             self._huey = huey
@@ -134,17 +145,32 @@ class JobQueue:
                     self._job_metrics = JobMetrics(self._metrics)
         return self._job_metrics
 
-    def submit(self, job: Job, request: bytes) -> None:
-        """Record the job, then queue its id; a failure leaves neither (StoreError)."""
+    def submit(self, job: Job, request: bytes, delay: float = 0.0) -> Job | None:
+        """Record the job, then queue its id (to run `delay` seconds from now: huey's
+        schedule, see release_due); a failure leaves neither (StoreError). Returns the
+        caller's earlier job instead when it holds the same idempotency key."""
         try:
-            self.store.create(job, request)
+            held = self.store.create(job, request, job.created_at)
         except Exception as exc:
             raise StoreError(str(exc)) from exc
+        if held is not None:
+            return held
         try:
-            self.huey.enqueue(self._task.s(job.id))
+            task = self._task.s(job.id, delay=delay) if delay > 0 else self._task.s(job.id)
+            self.huey.enqueue(task)
         except Exception as exc:
             self.store.delete(job.id)
             raise StoreError(str(exc)) from exc
+        return None
+
+    def release_due(self) -> int:
+        """Queue the delayed jobs (retries) whose time has come: what huey's own
+        Scheduler thread does, which job workers do not run. Several workers may ask at
+        once; a job id queued twice still runs once (the store's claim)."""
+        due = self.huey.read_schedule()
+        for task in due:
+            self.huey.enqueue(task)
+        return len(due)
 
     def serve(self, execute: Callable[[str], None]) -> None:
         """In a job worker: what to do with each job id taken off the queue."""

@@ -4,6 +4,12 @@ A job is one hash; two sorted sets index the queued jobs (by creation time: queu
 and age) and the running ones (by last heartbeat: lost workers). Each state change is
 one Lua script, so it is atomic against every other server. A finished job's hash gets
 a TTL of JOB_RETENTION: Redis removes it, no sweep needed.
+
+The run history (GET /_platform/jobs) reads two more sorted sets by creation time: every
+job, and each caller's jobs. The other filters are applied to the hashes read, at most
+SCAN_LIMIT per page: a rare filter over many runs answers a short page with a `next`
+cursor rather than read the whole history in one request. An index entry whose hash has
+expired is dropped when a listing meets it, and by the supervisor's sweep (the oldest).
 """
 
 from __future__ import annotations
@@ -11,11 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 from service.jobs import store
-from service.jobs.store import Ending, Job, QueueStats, Result
+from service.jobs.store import Ending, Job, JobQuery, Page, QueueStats, Result
 
 PREFIX = "scriptgate.job."
 QUEUED_SET = "scriptgate.jobs.queued"
 RUNNING_SET = "scriptgate.jobs.running"
+CREATED_SET = "scriptgate.jobs.created"
+CALLER_SET = "scriptgate.jobs.caller."  # + the caller's key id
+IDEMPOTENCY = "scriptgate.idempotency."  # + caller + "." + key hash: the job id
+# How long an Idempotency-Key is remembered beyond JOB_RETENTION: a job is expected to
+# have finished by then (its record lives JOB_RETENTION after it finishes).
+IDEMPOTENCY_MARGIN = 86400
+SCAN_LIMIT = 2000  # index entries read for one page, at most
+PRUNE_BATCH = 1000  # the oldest index entries checked by a sweep, per index
+_BATCH = 200
 
 # KEYS: job, queued set, running set. ARGV: id, now, worker.
 _CLAIM = """
@@ -37,6 +52,14 @@ redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('expire', KEYS[1], ARGV[6])
 return 1
 """
+# KEYS: idempotency key. ARGV: job id, ttl, job prefix. The job holding it, if it is
+# still recorded; else the key is this job's (nil).
+_HOLD = """
+local held = redis.call('get', KEYS[1])
+if held and held ~= ARGV[1] and redis.call('exists', ARGV[3] .. held) == 1 then return held end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 # KEYS: job. Asks a running job to stop; returns the state found.
 _ASK_STOP = """
 local state = redis.call('hget', KEYS[1], 'state')
@@ -50,23 +73,40 @@ def _text(value: Any) -> str:
 
 
 class RedisJobStore(store.JobStore):
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, retention: float = 0.0) -> None:
         self.conn = conn  # huey's redis.Redis client: same database, same pool
+        self.idempotency_ttl = int(retention) + IDEMPOTENCY_MARGIN
         self._claim = conn.register_script(_CLAIM)
         self._finish = conn.register_script(_FINISH)
         self._ask_stop = conn.register_script(_ASK_STOP)
+        self._hold = conn.register_script(_HOLD)
 
     def _keys(self, job_id: str) -> list[str]:
         return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
 
-    def create(self, job: Job, request: bytes) -> None:
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
         record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
         record["cancel_requested"] = "0"
         record["request"] = request
         pipe = self.conn.pipeline(transaction=True)
         pipe.hset(PREFIX + job.id, mapping=record)
         pipe.zadd(QUEUED_SET, {job.id: job.created_at})
+        pipe.zadd(CREATED_SET, {job.id: job.created_at})
+        pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
         pipe.execute()
+        if job.idempotency_key is None:
+            return None
+        # Recorded first, then the key taken: of two requests with one key, the second
+        # finds the first's job already there, and takes its own back.
+        name = f"{IDEMPOTENCY}{job.caller}.{job.idempotency_key}"
+        holder = self._hold(keys=[name], args=[job.id, self.idempotency_ttl, PREFIX])
+        if holder is None:
+            return None
+        held = self.get(holder.decode(), now)
+        self.delete(job.id)
+        if held is None:  # expired between the two reads: answer as if never held
+            raise store.StoreError("idempotency key changed hands; send again")
+        return held
 
     def get(self, job_id: str, now: float) -> Job | None:
         values = self.conn.hmget(PREFIX + job_id, store.COLUMNS)
@@ -113,9 +153,20 @@ class RedisJobStore(store.JobStore):
         return state.decode() if isinstance(state, bytes) else str(state)
 
     def delete(self, job_id: str) -> None:
+        caller, key = self.conn.hmget(PREFIX + job_id, ("caller", "idempotency_key"))
+        held = None
+        if caller is not None and key:
+            held = f"{IDEMPOTENCY}{caller.decode()}.{key.decode()}"
+            if self.conn.get(held) != job_id.encode():
+                held = None  # another job's: a loser of the race lets the winner keep it
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(PREFIX + job_id)
         pipe.zrem(QUEUED_SET, job_id)
+        pipe.zrem(CREATED_SET, job_id)
+        if caller is not None:
+            pipe.zrem(CALLER_SET + caller.decode(), job_id)
+        if held is not None:
+            pipe.delete(held)
         pipe.execute()
 
     def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
@@ -128,7 +179,20 @@ class RedisJobStore(store.JobStore):
         return sorted(found)
 
     def sweep(self, now: float) -> int:
-        return 0  # finished jobs carry a TTL
+        """Finished jobs carry a TTL; what is left is their history index entries,
+        the oldest of each index checked here (at most PRUNE_BATCH a sweep each)."""
+        indexes = [CREATED_SET, *self.conn.scan_iter(match=CALLER_SET + "*", count=500)]
+        for index in indexes:
+            oldest = self.conn.zrange(index, 0, PRUNE_BATCH - 1)
+            if not oldest:
+                continue
+            pipe = self.conn.pipeline(transaction=False)
+            for member in oldest:
+                pipe.exists(PREFIX + member.decode())
+            gone = [m for m, found in zip(oldest, pipe.execute(), strict=True) if not found]
+            if gone:
+                self.conn.zrem(index, *gone)
+        return 0  # no job removed: Redis expired them
 
     def stats(self) -> QueueStats:
         pipe = self.conn.pipeline(transaction=False)
@@ -137,3 +201,48 @@ class RedisJobStore(store.JobStore):
         pipe.zcard(RUNNING_SET)
         queued, oldest, running = pipe.execute()
         return QueueStats(int(queued), int(running), oldest[0][1] if oldest else None)
+
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        if self.conn.exists(PREFIX + job_id):  # never re-create an expired hash
+            self.conn.hset(PREFIX + job_id, "retried_as", retry_id)
+
+    def list_jobs(self, query: JobQuery, now: float) -> Page:
+        index = CREATED_SET if query.caller is None else CALLER_SET + query.caller
+        top = "+inf" if query.until is None else f"({query.until}"
+        if query.after is not None:
+            top = str(query.after[0])  # inclusive: ties on created_at are cut by id below
+        bottom = "-inf" if query.since is None else str(query.since)
+        jobs: list[Job] = []
+        scanned, skip = 0, 0
+        last: tuple[float, str] | None = None
+        while scanned < SCAN_LIMIT:
+            entries = self.conn.zrevrangebyscore(
+                index, top, bottom, start=skip, num=_BATCH, withscores=True
+            )
+            if not entries:
+                return Page(jobs, None)
+            pipe = self.conn.pipeline(transaction=False)
+            for member, _ in entries:
+                pipe.hmget(PREFIX + member.decode(), store.COLUMNS)
+            gone = []
+            for (member, score), values in zip(entries, pipe.execute(), strict=True):
+                scanned += 1
+                job_id = member.decode()
+                position = (score, job_id)
+                if query.after is not None and position >= query.after:
+                    continue
+                last = position
+                if values[0] is None:
+                    gone.append(member)
+                    continue
+                job = store.job_from(dict(zip(store.COLUMNS, values, strict=True)))
+                if job.visible(now) and query.matches(job):
+                    jobs.append(job)
+                    if len(jobs) == query.limit + 1:
+                        jobs.pop()
+                        return Page(jobs, (jobs[-1].created_at, jobs[-1].id))
+            if gone:
+                self.conn.zrem(index, *gone)
+                skip -= len(gone)
+            skip += len(entries)
+        return Page(jobs, last)

@@ -7,6 +7,8 @@ state change is one `UPDATE ... WHERE state = <expected>` or one exclusive trans
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 from service.jobs.store import (
@@ -16,7 +18,9 @@ from service.jobs.store import (
     RUNNING,
     Ending,
     Job,
+    JobQuery,
     JobStore,
+    Page,
     QueueStats,
     Result,
     job_from,
@@ -32,10 +36,42 @@ DDL = (
         trace_id text not null, traceparent text not null, created_at real not null,
         started_at real, finished_at real, expires_at real, error text,
         cancel_requested integer not null default 0, worker text, result_status integer,
-        result_headers text, heartbeat_at real, request blob, body blob)""",
+        result_headers text, heartbeat_at real, request blob, body blob,
+        caller text not null default '', trigger text not null default 'call',
+        attempt integer not null default 1, attempts integer not null default 1,
+        query text not null default '{{}}', retry_of text, retried_as text,
+        idempotency_key text, fingerprint text)""",
     f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
     f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
 )
+# Columns added since the table was first made: (name, declaration), added to an older
+# file on open (two processes may both try: the second finds it there). Jobs recorded
+# before have no caller (""): only `platform:jobs` sees them.
+ADDED = (
+    ("caller", "text not null default ''"),
+    ("trigger", "text not null default 'call'"),
+    ("attempt", "integer not null default 1"),
+    ("attempts", "integer not null default 1"),
+    ("query", "text not null default '{}'"),
+    ("retry_of", "text"),
+    ("retried_as", "text"),
+    ("idempotency_key", "text"),
+    ("fingerprint", "text"),
+)
+# The listing's orders: every filter a listing may start from, then (created_at, id),
+# so a page is one range of one index, read backwards (keyset, no OFFSET).
+LISTING_INDEXES = (
+    f"create index if not exists {TABLE}_created on {TABLE} (created_at, id)",
+    f"create index if not exists {TABLE}_caller on {TABLE} (caller, created_at, id)",
+    f"create index if not exists {TABLE}_caller_state on {TABLE} (caller, state, created_at, id)",
+    f"create index if not exists {TABLE}_script on {TABLE} (zone, script, created_at, id)",
+    f"create index if not exists {TABLE}_state_created on {TABLE} (state, created_at, id)",
+    f"create index if not exists {TABLE}_trigger on {TABLE} (trigger, created_at, id)",
+    f"create unique index if not exists {TABLE}_idempotency on {TABLE} "
+    "(caller, idempotency_key) where idempotency_key is not null",
+)
+# JobQuery field -> column, for the equality filters.
+_EQUALS = ("caller", "zone", "script", "state", "trigger")
 _SELECT = f"select {', '.join(COLUMNS)} from {TABLE}"
 _FINISH = (
     f"update {TABLE} set state = ?, finished_at = ?, expires_at = ?, error = ?, "
@@ -55,6 +91,16 @@ class SqliteJobStore(JobStore):
         with storage.db(commit=True) as cursor:
             for statement in DDL:
                 cursor.execute(statement)
+            cursor.execute(f"pragma table_info({TABLE})")
+            present = {row[1] for row in cursor.fetchall()}
+            for name, declaration in ADDED:
+                if name not in present:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        cursor.execute(f"alter table {TABLE} add column {name} {declaration}")
+            if "caller" not in present:  # `owner` held a keyed hash then: not an owner
+                cursor.execute(f"update {TABLE} set owner = ''")
+            for statement in LISTING_INDEXES:
+                cursor.execute(statement)
 
     def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self.storage.sql(sql, params, results=True)  # type: ignore[no-any-return]
@@ -64,11 +110,22 @@ class SqliteJobStore(JobStore):
             cursor.execute(sql, params)
             return cursor.rowcount  # type: ignore[no-any-return]
 
-    def create(self, job: Job, request: bytes) -> None:
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
         names = (*COLUMNS, "request")
         values = (*(getattr(job, name) for name in COLUMNS), request)
         marks = ", ".join("?" * len(names))
-        self._change(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+        with self.storage.db(commit=True) as cursor:  # exclusive: one of two same keys wins
+            if job.idempotency_key is not None:
+                where = "caller = ? and idempotency_key = ?"
+                cursor.execute(f"{_SELECT} where {where}", (job.caller, job.idempotency_key))
+                row = cursor.fetchone()
+                if row is not None:
+                    held = job_from(dict(zip(COLUMNS, row, strict=True)))
+                    if held.visible(now):
+                        return held
+                    cursor.execute(f"delete from {TABLE} where id = ?", (held.id,))  # expired
+            cursor.execute(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+        return None
 
     def get(self, job_id: str, now: float) -> Job | None:
         rows = self._rows(f"{_SELECT} where id = ?", (job_id,))
@@ -141,3 +198,30 @@ class SqliteJobStore(JobStore):
         found = {row[0]: row[1:] for row in self._rows(sql, (QUEUED, RUNNING))}
         queued, oldest = found.get(QUEUED, (0, None))
         return QueueStats(queued, found.get(RUNNING, (0, None))[0], oldest)
+
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        self._change(f"update {TABLE} set retried_as = ? where id = ?", (retry_id, job_id))
+
+    def list_jobs(self, query: JobQuery, now: float) -> Page:
+        where = ["(expires_at is null or expires_at > ?)"]
+        params: list[object] = [now]
+        for name in _EQUALS:
+            value = getattr(query, name)
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("created_at < ?")
+            params.append(query.until)
+        if query.after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(query.after)
+        sql = f"{_SELECT} where {' and '.join(where)} order by created_at desc, id desc limit ?"
+        rows = self._rows(sql, (*params, query.limit + 1))
+        jobs = [job_from(dict(zip(COLUMNS, row, strict=True))) for row in rows]
+        more = len(jobs) > query.limit
+        jobs = jobs[: query.limit]
+        return Page(jobs, (jobs[-1].created_at, jobs[-1].id) if more else None)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+CALL, RETRY, SCHEDULE = "call", "retry", "schedule"
+TRIGGERS = (CALL, RETRY, SCHEDULE)
 FINISHED = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED})
 
 
@@ -53,7 +55,8 @@ class Job:
     script: str  # zone-relative path, as in metrics and logs
     method: str
     path: str  # the URL path that was called
-    owner: str  # owner_token() of the caller's key: see http.py
+    owner: str  # the owner of the caller's key ("" without a key): the script's
+    # request.environ["scriptgate.caller_owner"]
     trace_id: str
     traceparent: str  # W3C context of the enqueueing span: the job's span is its child
     created_at: float
@@ -65,6 +68,15 @@ class Job:
     worker: str | None = None  # host:pid of the job worker that ran it
     result_status: int | None = None
     result_headers: str | None = None  # JSON list of [name, value]
+    caller: str = ""  # the key id that started it, "anonymous" without a key
+    trigger: str = CALL
+    attempt: int = 1  # this run's number, 1 for the first
+    attempts: int = 1  # how many runs it may have in all (1 + RETRIES)
+    query: str = "{}"  # JSON: the query as the request log line shows it (redacted)
+    retry_of: str | None = None  # the run this one retries
+    retried_as: str | None = None  # the run that retries this one
+    idempotency_key: str | None = None  # SHA-256 of the caller's Idempotency-Key header
+    fingerprint: str | None = None  # SHA-256 of method, path, query and body
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -77,8 +89,49 @@ class QueueStats:
     oldest_queued_at: float | None
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """One page of GET /_platform/jobs: newest first, from just after `after`
+    ((created_at, id) of the last job of the previous page), filters ANDed."""
+
+    limit: int
+    caller: str | None = None
+    zone: str | None = None
+    script: str | None = None  # zone-relative, with `zone`
+    state: str | None = None
+    trigger: str | None = None
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    after: tuple[float, str] | None = None
+
+    def matches(self, job: Job) -> bool:
+        """The filters, for a store that cannot ask its index for all of them."""
+        wanted = (
+            (self.caller, job.caller),
+            (self.zone, job.zone),
+            (self.script, job.script),
+            (self.state, job.state),
+            (self.trigger, job.trigger),
+        )
+        if any(want is not None and want != have for want, have in wanted):
+            return False
+        if self.since is not None and job.created_at < self.since:
+            return False
+        if self.until is not None and job.created_at >= self.until:
+            return False
+        return self.after is None or (job.created_at, job.id) < self.after
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    after: tuple[float, str] | None  # where the next page starts; None: no more
+
+
 COLUMNS = tuple(f.name for f in fields(Job))
 _KINDS = {f.name: str(f.type) for f in fields(Job)}
+# A record written before a field existed reads back with the field's default.
+_DEFAULTS = {f.name: f.default for f in fields(Job) if f.default is not MISSING}
 
 
 def job_from(record: Mapping[str, Any]) -> Job:
@@ -89,7 +142,9 @@ def job_from(record: Mapping[str, Any]) -> Job:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8")
         kind = _KINDS[name]
-        if raw is None or (raw == "" and "None" in kind):
+        if raw is None and name in _DEFAULTS:
+            values[name] = _DEFAULTS[name]
+        elif raw is None or (raw == "" and "None" in kind):
             values[name] = None
         elif kind.startswith("float"):
             values[name] = float(raw)
@@ -123,7 +178,9 @@ class StoreError(Exception):
 class JobStore:
     """What the job endpoints, the job workers and the supervisor ask of a store."""
 
-    def create(self, job: Job, request: bytes) -> None:
+    def create(self, job: Job, request: bytes, now: float) -> Job | None:
+        """Record a queued job. With an idempotency key that this caller's visible job
+        already holds, record nothing and return that job instead."""
         raise NotImplementedError
 
     def get(self, job_id: str, now: float) -> Job | None:
@@ -171,6 +228,15 @@ class JobStore:
         raise NotImplementedError
 
     def stats(self) -> QueueStats:
+        raise NotImplementedError
+
+    def mark_retried(self, job_id: str, retry_id: str) -> None:
+        """A finished run points to the run that retries it."""
+        raise NotImplementedError
+
+    def list_jobs(self, query: JobQuery, now: float) -> Page:
+        """Jobs matching `query`, newest first (created_at, then id, descending): keyset
+        pages, so a job created meanwhile never shifts or repeats a later page."""
         raise NotImplementedError
 
     def fail_lost(self, ending: Ending, worker: str | None, beat_before: float) -> list[Job]:

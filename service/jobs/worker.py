@@ -33,6 +33,7 @@ from typing import Any
 from service import multiproc, plane
 from service.config import Settings
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
+from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
@@ -41,6 +42,7 @@ from service.runners.limits import die_with_parent, name_process
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
 SWEEP_SECONDS = 30.0
+RELEASE_SECONDS = 0.5  # how often a worker queues the retries that are due
 LOST_AFTER_SECONDS = 60.0  # twelve missed heartbeats
 YOUNG_SECONDS = 10.0  # a worker that dies younger than this counts toward the backoff
 MAX_RESTART_DELAY = 30.0
@@ -153,8 +155,7 @@ class Supervisor:
         for job in lost:
             if self.metrics is not None:
                 self.metrics.entered(job.zone, job.script, FAILED)
-            extra = {"job_id": job.id, "trace_id": job.trace_id, "script": job.script}
-            self.log.error(f"job failed: {error}", extra=extra)
+            self.log.error(f"job failed: {error}", extra=log_fields(job))
 
     def sweep(self) -> None:
         assert self.queue is not None
@@ -214,9 +215,16 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     if workers is not None:
         workers.inc()
     loop = Worker(rt.jobs.huey, shutdown.event, POLL_MIN, POLL_MAX, POLL_BACKOFF)
+    next_release = 0.0
     try:
         while not shutdown.event.is_set():
             loop.loop()
+            if time.monotonic() >= next_release:  # retries whose delay is over
+                next_release = time.monotonic() + RELEASE_SECONDS
+                try:
+                    rt.jobs.release_due()
+                except Exception as exc:
+                    rt.log.warning("job schedule not read: %s", exc)
     finally:
         if workers is not None:
             workers.dec()

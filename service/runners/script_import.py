@@ -1,8 +1,9 @@
 """Importing one script inside its runner, and what the runner tells the worker about it.
 
 The one reader of a script's settings (METHODS, TIMEOUT, CONCURRENCY, ASYNC, JOB_TIMEOUT,
-MEMORY_LIMIT) and of its handler's declared parameters. The worker never imports a
-script: it gets this description, as JSON, from the runner that imported it.
+MEMORY_LIMIT, RETRIES, RETRY_DELAY) and of its handler's declared parameters. The worker
+never imports a script: it gets this description, as JSON, from the runner that imported
+it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def _concurrency(module: ModuleType) -> int | None:
     return raw
 
 
+MAX_RETRIES = 10
+
+
+def _retries(module: ModuleType) -> int:
+    raw = getattr(module, "RETRIES", 0)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_RETRIES:
+        raise ScriptLoadError(f"RETRIES must be a whole number from 0 to {MAX_RETRIES}")
+    return raw
+
+
 def _memory(module: ModuleType) -> int | None:
     raw = getattr(module, "MEMORY_LIMIT", None)
     if raw is None:
@@ -147,6 +158,8 @@ def import_script(path: str, root: str) -> Imported:
             "async": _flag(module, "ASYNC"),
             "job_timeout": _seconds(module, "JOB_TIMEOUT"),
             "memory_limit": _memory(module),
+            "retries": _retries(module),
+            "retry_delay": _seconds(module, "RETRY_DELAY"),
             "helpers": helpers,
             "params": None if params is None else params.to_json(),
         },

@@ -247,6 +247,8 @@ def test_killed_job_worker_fails_its_job_and_is_replaced(tmp_path):
         assert not list(metrics_dir.glob(f"*_{victim}.db"))
         text = server.get("/_platform/metrics").text
         assert 'scriptgate_jobs_total{script="stuck.py",state="failed",zone="api"} 1.0' in text
+        lost = [r for r in log_records(server) if r["message"].startswith("job failed:")]
+        assert [(r["job_id"], r["caller"]) for r in lost] == [(job_id, "api-key-1")]
 
 
 def test_200_jobs_submitted_at_once_all_finish_exactly_once(tmp_path, store_env):
@@ -310,9 +312,11 @@ def test_job_span_is_a_child_of_the_call_and_its_logs_carry_the_ids(tmp_path):
     assert (enqueue["kind"], enqueue["parent"]) == (4, server_span["span_id"])  # PRODUCER
     assert (run["kind"], run["parent"]) == (5, enqueue["span_id"])  # CONSUMER
     assert run["attributes"]["scriptgate.job_id"] == job_id
+    assert run["attributes"]["enduser.id"] == "api-key-1"  # the caller, as on the call's span
     assert any(s["name"] == "script.run" and s["parent"] == run["span_id"] for s in spans)
     assert {r["message"] for r in records} >= {"job queued", "job"}
     assert {r["trace_id"] for r in records} == {trace_id}
+    assert {r["caller"] for r in records} == {"api-key-1"}
 
 
 def test_an_edited_script_is_reimported_for_the_next_job(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.queue import JobQueue
-from service.jobs.store import FAILED, QUEUED, Ending, Job, Result
+from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result
 from tests.servers import redis_server
 
 RETENTION = 3600.0
@@ -44,7 +44,7 @@ SAMPLE = {
     "script": "report.py",
     "method": "POST",
     "path": "/api/report.py",
-    "owner": "owner-token",
+    "owner": "someone@example.com",
     "trace_id": "0af7651916cd43dd8448eb211c80319c",
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 }
@@ -58,7 +58,7 @@ def make_job(job_id: str, created_at: float | None = None) -> Job:
 def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
     store = queue.store
     job = make_job("a" * 32)
-    store.create(job, b'{"snapshot": 1}')
+    store.create(job, b'{"snapshot": 1}', time.time())
     assert store.get(job.id, time.time()) == job
     assert store.request_of(job.id) == b'{"snapshot": 1}'
     assert store.get("b" * 32, time.time()) is None
@@ -66,7 +66,7 @@ def test_a_job_reads_back_as_written(queue: JobQueue) -> None:
 
 def test_exactly_one_of_many_claims_wins(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("c" * 32), b"{}")
+    store.create(make_job("c" * 32), b"{}", time.time())
     with ThreadPoolExecutor(8) as pool:
         claims = list(pool.map(lambda n: store.claim("c" * 32, f"w:{n}", time.time()), range(16)))
     winners = [c for c in claims if c is not None]
@@ -76,7 +76,7 @@ def test_exactly_one_of_many_claims_wins(queue: JobQueue) -> None:
 
 def test_cancel_of_a_queued_job_wins_against_a_later_claim(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("d" * 32), b"{}")
+    store.create(make_job("d" * 32), b"{}", time.time())
     assert store.cancel("d" * 32, time.time(), RETENTION) == "cancelled"
     assert store.claim("d" * 32, "w:1", time.time()) is None
     job = store.get("d" * 32, time.time())
@@ -86,7 +86,7 @@ def test_cancel_of_a_queued_job_wins_against_a_later_claim(queue: JobQueue) -> N
 
 def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("e" * 32), b"{}")
+    store.create(make_job("e" * 32), b"{}", time.time())
     store.claim("e" * 32, "w:1", time.time())
     assert not store.asked_to_stop("e" * 32)
     assert store.cancel("e" * 32, time.time(), RETENTION) == "running"
@@ -98,7 +98,7 @@ def test_cancel_of_a_running_job_asks_it_to_stop(queue: JobQueue) -> None:
 
 def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("f" * 32), b"{}")
+    store.create(make_job("f" * 32), b"{}", time.time())
     store.claim("f" * 32, "w:1", time.time())
     result = Result(201, (("Content-Type", "application/octet-stream"), ("X-A", "b")), bytes(256))
     assert store.finish("f" * 32, Ending("succeeded", time.time(), RETENTION, None, result))
@@ -108,7 +108,7 @@ def test_a_result_keeps_status_headers_and_bytes(queue: JobQueue) -> None:
 
 def test_jobs_past_retention_are_gone(queue: JobQueue) -> None:
     store = queue.store
-    store.create(make_job("g" * 32), b"{}")
+    store.create(make_job("g" * 32), b"{}", time.time())
     store.claim("g" * 32, "w:1", time.time())
     store.finish("g" * 32, Ending("succeeded", time.time(), 1.0))
     assert store.get("g" * 32, time.time()) is not None
@@ -124,7 +124,7 @@ def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
     store = queue.store
     now = time.time()
     for job_id, worker in (("h" * 32, "host:1"), ("i" * 32, "host:2")):
-        store.create(make_job(job_id), b"{}")
+        store.create(make_job(job_id), b"{}", time.time())
         store.claim(job_id, worker, now)
     lost = store.fail_lost(Ending(FAILED, now, RETENTION, "the job worker died"), "host:1", 0.0)
     assert [job.id for job in lost] == ["h" * 32]
@@ -138,9 +138,9 @@ def test_lost_jobs_are_failed_once(queue: JobQueue) -> None:
 def test_stats_count_and_age_the_queue(queue: JobQueue) -> None:
     store = queue.store
     now = time.time()
-    store.create(make_job("j" * 32, now - 30), b"{}")
-    store.create(make_job("k" * 32, now - 10), b"{}")
-    store.create(make_job("l" * 32, now), b"{}")
+    store.create(make_job("j" * 32, now - 30), b"{}", time.time())
+    store.create(make_job("k" * 32, now - 10), b"{}", time.time())
+    store.create(make_job("l" * 32, now), b"{}", time.time())
     store.claim("l" * 32, "w:1", now)
     stats = store.stats()
     assert (stats.queued, stats.running) == (2, 1)
@@ -156,3 +156,81 @@ def test_submit_queues_the_id_for_huey(queue: JobQueue) -> None:
     queue.huey.execute(task)
     assert seen == [job.id]
     assert queue.huey.dequeue() is None
+
+
+def every_page(store, query: JobQuery, now: float) -> list[str]:
+    """Follow the pages to the end (bounded), returning the ids in order."""
+    ids: list[str] = []
+    for _ in range(100):
+        page = store.list_jobs(query, now)
+        ids += [job.id for job in page.jobs]
+        if page.after is None:
+            return ids
+        query = replace(query, after=page.after)
+    raise AssertionError("more than 100 pages")
+
+
+def test_listing_pages_newest_first_through_ties_and_skips_expired_jobs(queue) -> None:
+    store = queue.store
+    now = time.time()
+    same = now - 50  # three jobs created in the same instant: the id orders them
+    made = [("n" * 31 + c, same) for c in "abc"] + [("o" * 32, now - 40), ("p" * 32, now - 60)]
+    for job_id, created in made:
+        store.create(replace(make_job(job_id, created), caller="alpha"), b"{}", now)
+    store.create(replace(make_job("q" * 32, now - 45), caller="beta"), b"{}", now)
+    store.claim("p" * 32, "w:1", now)
+    store.finish("p" * 32, Ending(FAILED, now, 1.0, "boom"))  # kept for 1 s
+    newest_first = ["o" * 32, "n" * 31 + "c", "n" * 31 + "b", "n" * 31 + "a", "p" * 32]
+    assert every_page(store, JobQuery(limit=2, caller="alpha"), now) == newest_first
+    assert every_page(store, JobQuery(limit=1, caller="alpha"), now + 5) == newest_first[:4]
+    assert every_page(store, JobQuery(limit=50, state=FAILED), now) == ["p" * 32]
+    assert every_page(store, JobQuery(limit=50, caller="beta"), now) == ["q" * 32]
+    window = JobQuery(limit=50, since=same, until=now - 40)
+    assert every_page(store, window, now) == ["q" * 32, *newest_first[1:4]]
+    assert every_page(store, JobQuery(limit=50, zone="api", script="other.py"), now) == []
+
+
+def test_an_idempotency_key_holds_one_job_per_caller(queue) -> None:
+    store = queue.store
+    now = time.time()
+    first = replace(make_job("r" * 32), caller="alpha", idempotency_key="k1", fingerprint="f")
+    assert store.create(first, b"{}", now) is None
+    again = replace(first, id="s" * 32)
+    assert store.create(again, b"{}", now).id == first.id
+    assert store.get("s" * 32, now) is None  # nothing recorded for the second
+    other = replace(again, caller="beta")
+    assert store.create(other, b"{}", now) is None  # another caller's same key
+
+
+def test_of_many_requests_with_one_idempotency_key_one_job_is_recorded(queue) -> None:
+    store = queue.store
+    now = time.time()
+    first = replace(make_job("t" * 32), caller="alpha", idempotency_key="race", fingerprint="f")
+
+    def create(n: int) -> str:
+        job = replace(first, id=f"{n:032d}")
+        held = store.create(job, b"{}", now)
+        return job.id if held is None else held.id
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = set(pool.map(create, range(16)))
+    assert len(answers) == 1  # every request got the same job
+    listed = store.list_jobs(JobQuery(limit=50, caller="alpha"), now).jobs
+    assert [job.id for job in listed] == list(answers)  # and only it was recorded
+
+
+def test_the_sweep_leaves_no_history_entry_of_an_expired_job(queue) -> None:
+    store = queue.store
+    now = time.time()
+    store.create(replace(make_job("u" * 32, now - 10), caller="alpha"), b"{}", now)
+    store.create(replace(make_job("v" * 32, now - 5), caller="alpha"), b"{}", now)
+    store.claim("u" * 32, "w:1", now)
+    store.finish("u" * 32, Ending(FAILED, now, 1.0, "boom"))
+    if queue.settings.job_broker_url:  # what Redis does to the hash after its TTL
+        queue.huey.storage.conn.delete("scriptgate.job." + "u" * 32)
+    store.sweep(now + 2)
+    assert every_page(store, JobQuery(limit=50, caller="alpha"), now + 2) == ["v" * 32]
+    if queue.settings.job_broker_url:
+        conn = queue.huey.storage.conn
+        for index in ("scriptgate.jobs.created", "scriptgate.jobs.caller.alpha"):
+            assert [m.decode() for m in conn.zrange(index, 0, -1)] == ["v" * 32]

@@ -68,7 +68,9 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     shutil.copytree(REPO / "scripts", work / "scripts")
     skipped: set[str] = set()
     ran = 0
-    with gunicorn(work / "scripts", tmp_path, workers=2, env=DEMO_KEYS) as server:
+    # One job worker, as `make run` has job workers: the job recipes wait for their runs.
+    env = {**DEMO_KEYS, "JOB_WORKERS": "1"}
+    with gunicorn(work / "scripts", tmp_path, workers=2, env=env) as server:
         address = server.url.removeprefix("http://")
         for command in commands:
             reason = next((p for p in NOT_HERE if command.text.startswith(p)), None)

@@ -194,7 +194,7 @@ def _queue_a_stale_job(tmp: Path, scripts: Path) -> None:
     from tests.integration.test_jobs_store import make_job
 
     queue = JobQueue(Settings(scripts_dir=scripts, job_data_dir=tmp / "data"))
-    queue.store.create(make_job("stale-job-" + "0" * 22, time.time() - 3600), b"{}")
+    queue.store.create(make_job("stale-job-" + "0" * 22, time.time() - 3600), b"{}", time.time())
     queue.close()
 
 

@@ -76,14 +76,16 @@ VISIBILITY = [
 
 
 def zones_seen(doc: dict) -> set[str]:
-    return {op["tags"][0] for item in doc["paths"].values() for op in item.values()}
+    """The zones of the scripts listed (the platform's job endpoints are in every one)."""
+    scripts = (item for url, item in doc["paths"].items() if not url.startswith("/_platform/"))
+    return {op["tags"][0] for item in scripts for op in item.values()}
 
 
 @pytest.mark.parametrize(("headers", "zones"), VISIBILITY)
 def test_a_caller_sees_only_the_scripts_it_may_call(client, headers, zones) -> None:
     doc = document(client, headers)
     assert zones_seen(doc) == zones
-    assert {tag["name"] for tag in doc["tags"]} == zones
+    assert {tag["name"] for tag in doc["tags"]} == zones | {"jobs"}
     # The schemes are always there, so the docs page can offer to Authorize.
     assert set(doc["components"]["securitySchemes"]) == {"apiKey", "adminKey"}
 
@@ -182,3 +184,14 @@ def test_docs_page_and_its_assets_come_from_this_server(client) -> None:
     for path in ("/_platform/docs/swagger-ui-standalone-preset.js", "/_platform/docs/../health",
                  "/_platform/docs/index.html", "/_platform/docs/"):  # fmt: skip
         assert client.get(path).status_code == 404, path
+
+
+def test_every_document_describes_the_job_endpoints_and_the_job_record(client) -> None:
+    doc = document(client, {})
+    listing = doc["paths"]["/_platform/jobs"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {
+        "script", "state", "trigger", "since", "until", "caller", "limit", "cursor"
+    }  # fmt: skip
+    assert {"/_platform/jobs/{id}", "/_platform/jobs/{id}/result"} <= set(doc["paths"])
+    record = doc["components"]["schemas"]["Job"]["properties"]
+    assert {"caller", "trigger", "attempt", "attempts", "progress", "query"} <= set(record)
