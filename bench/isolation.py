@@ -534,8 +534,16 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    from bench.run import machine
+
+    host = machine()
     with tempfile.TemporaryDirectory(prefix="scriptgate-isolation-") as tmp:
         results = measure(SMOKE if args.smoke else FULL, Path(tmp), say, with_http=True)
+    results["machine"] = {**host, "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}
+    print(
+        f"{host['date']}  {host['cores']} cores  {host['cpu']}  Python {host['python']}  at "
+        f"{host['scriptgate_commit']}; load average {' '.join(host['loadavg_before'])} before"
+    )
     print(text(results))
     print(goals_table([g.judge({"isolation": results}) for g in goals()]))
     out = BENCH / "results" / ("isolation-smoke.json" if args.smoke else "isolation.json")
