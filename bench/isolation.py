@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import instructions
-from bench.procs import REPO, free_port, scriptgate_argv, wait_until
+from bench.procs import REPO, child_pids, free_port, scriptgate_argv, wait_until
 from bench.report import Goal
 from bench.servers import BENCH, Server, http_get, launch, stop, wait_ready
 
@@ -209,24 +209,15 @@ def serving(
 
 
 def _tree(pid: int) -> dict[int, int]:
-    """Every process below `pid`, with its depth (1: workers, 2: zygotes, 3: runners).
-    Each thread's children: a worker's zygote is the child of the thread that started it."""
+    """Every process below `pid`, with its depth (1: workers, 2: zygotes, 3: runners)."""
     depths: dict[int, int] = {}
     todo = [(pid, 0)]
     while todo:
         parent, depth = todo.pop()
-        for child in _children(parent):
+        for child in child_pids(parent):
             depths[child] = depth + 1
             todo.append((child, depth + 1))
     return depths
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found.update(int(c) for c in (task / "children").read_text().split())
-    return found
 
 
 def pss_mb(pid: int) -> float | None:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.inproc import environ
 from service.pipeline import runner_environ
 from service.runners import protocol, runner
+from service.runners.pool import _Bytes
 from service.runners.script_import import import_script
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -118,17 +119,6 @@ def main() -> int:
     left.close()
     right.close()
     return 0
-
-
-class _Bytes:
-    """Bytes read as if from a socket (for protocol.Reader)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def recv(self, size: int) -> bytes:
-        data, self.data = self.data[:size], self.data[size:]
-        return data
 
 
 if __name__ == "__main__":
