@@ -283,6 +283,9 @@ def side_text(side: dict) -> str:
     if routes:
         for key, label in (("plain", "/_platform/routes"), ("detail", "?detail=1")):
             r = routes[key]
+            if "error" in r:
+                lines.append(f"{label:<18} {routes['scripts']:>5} scripts: {r['error']}")
+                continue
             lines.append(
                 f"{label:<18} {routes['scripts']:>5} scripts: median {r['median_ms']:.1f} ms "
                 f"over {routes['calls']} calls (first call {r['first_ms']:.1f} ms, "
