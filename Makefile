@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
 DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium valgrind python3-venv
 
-.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-instructions soak clean cert
+.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-instructions bench-isolation soak clean cert
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -90,6 +90,11 @@ bench-smoke: install debs
 # `make bench` runs it too.
 bench-instructions: install debs
 	$(PY) bench/instructions.py
+
+# What isolation costs: runner processes against the threads of commit ba5cfd7 (in process,
+# callgrind, wrk, memory of 24 waiting scripts, cold calls); `make bench` runs it too.
+bench-isolation: install debs
+	$(PY) bench/isolation.py
 
 # Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
 bench-jobs: install debs

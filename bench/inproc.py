@@ -2,6 +2,7 @@
 
     python bench/inproc.py CONTENDER --workdir DIR --count N [--warmup W] [--marks]
     python bench/inproc.py CONTENDER --workdir DIR --serve   # rounds on demand
+    python bench/inproc.py scriptgate --tree DIR ...           # another tree's service package
 
 The parent (bench/instructions.py) sets the environment a contender reads (the OTLP
 sink's endpoint, the sampler, PROMETHEUS_MULTIPROC_DIR) before this process starts,
@@ -14,13 +15,19 @@ leak into the count.) `--serve` reads "N" lines on stdin and answers each with t
 and CPU seconds of N requests, so the parent can interleave the contenders' rounds.
 
 Every loop ends with the tracer provider's force_flush, so spans still queued in its
-batch processor are encoded and sent inside the loop that made them.
+batch processor are encoded and sent inside the loop that made them. A round's CPU time
+includes this process's descendants (a Scriptgate worker's zygote and runners, where the
+script runs), read from /proc, since process_time() counts this process alone. `--tree`
+imports `service` from another checkout (bench/isolation.py's "before" contender) with
+the same venv and the same script body; at the second mark, `--marks` writes the process
+tree to `tree.json` in the workdir, so the parent knows which callgrind files are runners.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
@@ -123,6 +130,42 @@ def serve(app: Callable, base: dict, count: int) -> None:
         answers.clear()
 
 
+def descendants(pid: int) -> dict[int, list[int]]:
+    """Each process below `pid` with its own children, from /proc (every thread's list)."""
+    tree: dict[int, list[int]] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        children: list[int] = []
+        try:
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children += [int(c) for c in f.read().split()]
+        except OSError:
+            pass  # gone meanwhile
+        tree[parent] = children
+        todo += children
+    return tree
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds() -> float:
+    """This process's CPU time plus its live descendants' (user + system)."""
+    total = time.process_time()
+    for pid in descendants(os.getpid()):
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("contender", choices=sorted(BUILDERS))
@@ -132,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--marks", action="store_true", help="getpgid() before and after the count")
     parser.add_argument("--serve", action="store_true", help="answer round requests on stdin")
     parser.add_argument("--without", action="append", default=[], choices=sorted(WITHOUT))
+    parser.add_argument("--tree", type=Path, default=REPO, help="where `service` is imported from")
     args = parser.parse_args(argv)
     os.chdir(args.workdir)
-    sys.path[:0] = [str(BENCH / "apps"), str(REPO)]
+    sys.path[:0] = [str(BENCH / "apps"), str(args.tree)]
     # The platform logs to stdout as under gunicorn; here that goes nowhere, and the
     # replies to the parent go through a descriptor of their own.
     reply = os.fdopen(os.dup(1), "w", buffering=1)
@@ -149,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         reply.write("ready\n")
         for line in sys.stdin:
             count = int(line)
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu = time.perf_counter(), tree_cpu_seconds()
             serve(app, base, count)
             flush()
-            reply.write(f"{time.perf_counter() - wall} {time.process_time() - cpu}\n")
+            reply.write(f"{time.perf_counter() - wall} {tree_cpu_seconds() - cpu}\n")
         return 0
     if args.marks:
         os.getpgid(0)  # callgrind: --dump-before=getpgid, the first dump
@@ -160,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     flush()
     if args.marks:
         os.getpgid(0)  # the second dump: the counted requests
+        tree = {str(k): v for k, v in descendants(os.getpid()).items()}
+        Path("tree.json").write_text(json.dumps({"worker": os.getpid(), "children": tree}))
     return 0
 
 

@@ -16,6 +16,17 @@ allowlist and believe the same proxy. Then Scriptgate with one feature left out 
 time says where its instructions go, and Scriptgate with spans exported but exemplars
 off what a sampled call's exemplars cost (goal: at most 2% more instructions).
 
+With runners (service/runners), a call's work is split: the worker's pipeline, then the
+script in a runner process forked from the worker's zygote. callgrind follows children
+(`--trace-children=yes`, one file per process), so the zygote and its runners are counted
+too: the worker's counted requests come from its marks, the runner's from the dumps it
+makes at each call's end (see `runner_per_call`). The zygote does nothing for a call to
+a warm runner; its wake-ups every 0.5 s are reported apart. A runner's limits need two
+allowances under valgrind: RLIMIT_AS covers valgrind's own mappings too (so
+SCRIPT_MEMORY_LIMIT is raised for the count), and valgrind refuses to lower the
+descriptor limit (RLIMIT_NOFILE) below the one it started with, so it is started with the
+runner's (1,024) plus the 12 descriptors valgrind keeps for itself.
+
 requests/s: interleaved rounds of each contender's loop (A1 B1 C1 ... A2 B2 ...), so a
 busy spell hits all alike; the median round, and the paired ratio per round.
 """
@@ -24,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +55,8 @@ from bench.procs import REPO, clean_env
 INPROC = REPO / "bench" / "inproc.py"
 VALGRIND = "/usr/bin/valgrind"
 START_TIMEOUT_S = 120
+RUNNER_OPEN_FILES = 1024  # service/runners/limits.py's OPEN_FILES
+VALGRIND_OWN_FILES = 12  # descriptors valgrind reserves above its client's limit
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class Contender:
     export: bool = False
     without: tuple[str, ...] = ()  # Scriptgate features left out
     tracing_off: bool = False  # OTEL_SDK_DISABLED=true: no-op spans
+    tree: str = ""  # where `service` comes from ("" = this checkout)
 
     @property
     def service(self) -> str:  # OTEL_SERVICE_NAME, so the sink counts each apart
@@ -126,35 +142,101 @@ def environment(contender: Contender, tmp: Path, sink: str) -> dict[str, str]:
 def argv(contender: Contender, tmp: Path, *extra: str) -> list[str]:
     without = [arg for feature in contender.without for arg in ("--without", feature)]
     work = str(tmp / contender.key)
-    return [sys.executable, str(INPROC), contender.app, "--workdir", work, *without, *extra]
+    tree = ["--tree", contender.tree] if contender.tree else []
+    return [sys.executable, str(INPROC), contender.app, "--workdir", work, *without, *tree, *extra]
 
 
-def instructions(contender: Contender, sizes: Sizes, tmp: Path, sink: str) -> float:
-    """Instructions per counted request: callgrind dumps at each getpgid(), the second
-    dump holding the counted requests of every thread."""
+@dataclass(frozen=True)
+class Counted:
+    """Instructions per counted request, by process."""
+
+    worker: float
+    runner: float  # 0 where the script runs in the worker
+    zygote_wake: float | None  # one idle wake-up of the zygote, where there is one
+
+    @property
+    def total(self) -> float:
+        return self.worker + self.runner
+
+
+def instructions(contender: Contender, sizes: Sizes, tmp: Path, sink: str) -> Counted:
+    """Instructions per counted request, the worker's and its runner's: callgrind dumps
+    at each getpgid() (the worker's marks; its second dump holds the counted requests of
+    every thread) and at each waitpid() (a runner's, once per call; a zygote's, at each
+    wake-up)."""
     out = tmp / f"{contender.key}.callgrind"
-    counted = str(sizes.counted)
+    out.mkdir(parents=True, exist_ok=True)
     command = [
         VALGRIND,
         "--tool=callgrind",
-        f"--callgrind-out-file={out}",
+        "--trace-children=yes",
+        f"--callgrind-out-file={out}/cg.%p",
         "--dump-before=getpgid",
-        *argv(contender, tmp, "--count", counted, "--warmup", str(sizes.warmup), "--marks"),
+        "--dump-before=waitpid",
+        *argv(contender, tmp, "--count", str(sizes.counted), "--warmup", str(sizes.warmup)),
+        "--marks",
     ]
+    env = environment(contender, tmp, sink)
+    env["SCRIPT_MEMORY_LIMIT"] = "64G"  # valgrind's own mappings are in a runner's RLIMIT_AS
     done = subprocess.run(
         command,
-        env=environment(contender, tmp, sink),
+        env=env,
         capture_output=True,
         text=True,
         timeout=1800,
+        preexec_fn=_valgrind_files_limit,
     )
-    dump = Path(f"{out}.2")
-    if done.returncode != 0 or not dump.exists():
+    if done.returncode != 0:
         raise RuntimeError(f"{contender.key} under callgrind: {done.stderr[-2000:]}")
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1]) / sizes.counted
-    raise RuntimeError(f"{dump} has no summary line")
+    tree = json.loads((tmp / contender.key / "tree.json").read_text())
+    dumps = _dumps(out)
+    worker = [n for n, trigger in dumps.get(tree["worker"], []) if "getpgid" in trigger]
+    if len(worker) < 2:
+        raise RuntimeError(f"{contender.key}: callgrind made {len(worker)} dumps at the marks")
+    zygotes = tree["children"][str(tree["worker"])]
+    runners = [r for z in zygotes for r in tree["children"].get(str(z), [])]
+    wakes = [n for z in zygotes for n, trigger in dumps.get(z, [])[1:] if "waitpid" in trigger]
+    return Counted(
+        worker=worker[1] / sizes.counted,
+        runner=sum(runner_per_call(dumps.get(r, []), sizes) for r in runners),
+        zygote_wake=statistics.median(wakes) if wakes else None,
+    )
+
+
+def runner_per_call(dumps: list[tuple[int, str]], sizes: Sizes) -> float:
+    """A runner's instructions per counted call. It calls waitpid() once per call, after
+    its answer (reaping a script's children), so its dump k holds the end of call k-1 and
+    all of call k until its answer; the first holds the fork, the import and call 1.
+    Dumps warmup+1 .. warmup+counted are the counted calls, whole. A runner that made any
+    other number of dumps breaks that assumption, and fails loudly."""
+    calls = [n for n, trigger in dumps if "waitpid" in trigger]
+    served = sizes.warmup + sizes.counted
+    if len(calls) != served:
+        raise RuntimeError(f"a runner made {len(calls)} dumps for {served} calls")
+    return sum(calls[sizes.warmup :]) / sizes.counted
+
+
+def _dumps(folder: Path) -> dict[int, list[tuple[int, str]]]:
+    """Per process, its dumps in order: (instructions, what triggered it)."""
+    found: dict[int, list[tuple[int, int, str]]] = {}
+    for path in folder.glob("cg.*"):
+        _, pid, *part = path.name.split(".")
+        summary, trigger = 0, ""
+        with open(path, errors="replace") as f:
+            for line in f:
+                if line.startswith("desc: Trigger:"):
+                    trigger = line
+                elif line.startswith(("summary:", "totals:")):
+                    summary = int(line.split()[1])
+                    break
+        order = int(part[0]) if part else 1 << 30  # the file without a number is the last
+        found.setdefault(int(pid), []).append((order, summary, trigger))
+    return {pid: [(n, t) for _, n, t in sorted(rows)] for pid, rows in found.items()}
+
+
+def _valgrind_files_limit() -> None:
+    limit = RUNNER_OPEN_FILES + VALGRIND_OWN_FILES
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 class Looper:
@@ -289,6 +371,7 @@ def measure(sizes: Sizes, tmp: Path) -> dict:
             "label": contender.label,
             "base": base,  # the assembly of the same mode, what the ratios compare with
             "k_instructions": _k(counts.get(contender.key)),
+            "k_in_runner": _k(counts.get(contender.key), "runner"),
             "requests_per_s": round(statistics.median(r["rps"] for r in timing["rounds"])),
             "cpu_us": round(statistics.median(r["cpu_us"] for r in timing["rounds"]), 1),
             "vs_assembly_rps": paired(rounds, contender.key, base),
@@ -304,8 +387,8 @@ def measure(sizes: Sizes, tmp: Path) -> dict:
     return results
 
 
-def _k(count: float | None) -> float | None:
-    return None if count is None else round(count / 1000, 1)
+def _k(count: Counted | None, part: str = "total") -> float | None:
+    return None if count is None else round(getattr(count, part) / 1000, 1)
 
 
 def main(argv_: list[str] | None = None) -> int:

@@ -81,8 +81,9 @@ def breakdown(inst: dict) -> list[tuple[str, float, float]]:
     """(what, k instructions, µs) for each part of Scriptgate's request.
 
     A feature's share is what leaving it out saves; the floor is bare Flask running the
-    same script body; the rest is the pipeline itself (routing to the script, the runner
-    thread, conversion). µs are instructions at Scriptgate's own measured rate.
+    same script body; the rest is the pipeline itself and the runner process around the
+    script (routing, the frames both ways, the runner's own request, conversion). µs are
+    instructions at Scriptgate's own measured rate.
     """
     rows, parts = inst["rows"], inst.get("breakdown") or {}
     total = rows["scriptgate"]["k_instructions"]
@@ -96,7 +97,7 @@ def breakdown(inst: dict) -> list[tuple[str, float, float]]:
             saved = total - part["k_instructions"]
             out.append((part["label"], saved, saved / per_us))
     rest = total - sum(k for _, k, _ in out)
-    out.append(("the pipeline: lookup, runner thread, conversion, glue", rest, rest / per_us))
+    out.append(("the pipeline and the runner: lookup, frames, conversion", rest, rest / per_us))
     out.append(("total", total, total / per_us))
     return out
 

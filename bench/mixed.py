@@ -35,7 +35,7 @@ from pathlib import Path
 from bench import hold, openloop, report
 from bench.loadgen import run_wrk
 from bench.openloop import FAST, HEALTH, SLOW, OpenLoop, Outcome, Pool, Target
-from bench.procs import child_pids, free_port, scriptgate_argv, wait_until
+from bench.procs import descendants, free_port, scriptgate_argv, wait_until
 from bench.servers import BENCH, Server, anon_pss_mb, http_get, launch, rss_mb, wait_ready
 
 PATHS = {FAST: "/api/hello.py", SLOW: "/api/slow.py", HEALTH: "/_platform/health"}
@@ -104,10 +104,10 @@ class DesignServer:
 
 
 def tree_memory(master: int) -> dict:
-    """RSS and anonymous PSS summed over a gunicorn master and its children (workers,
-    plane): the RSS sum counts pages the processes share once per process, the anonymous
-    PSS sum counts them once."""
-    pids = [master, *sorted(child_pids(master))]
+    """RSS and anonymous PSS summed over a gunicorn master and every process below it
+    (workers, plane, zygotes, runners): the RSS sum counts pages the processes share once
+    per process, the anonymous PSS sum counts them once."""
+    pids = [master, *sorted(descendants(master))]
     rss = [rss_mb(pid) for pid in pids]
     anon = [anon_pss_mb(pid) for pid in pids]
     return {

@@ -100,9 +100,25 @@ def daemon(
 
 
 def child_pids(pid: int) -> set[int]:
-    """The children of a process (a gunicorn master's are its workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    return {int(p) for p in children.read_text().split()} if children.exists() else set()
+    """The children of a process (a gunicorn master's are its workers), whichever of its
+    threads started them: a gthread worker's zygote is its request thread's child."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.update(int(p) for p in (task / "children").read_text().split())
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`: a worker's zygote and its runners, where scripts run."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        children = child_pids(todo.pop()) - found
+        found |= children
+        todo += children
+    return found
 
 
 PLANE_NAME = "sg-plane"  # service/plane.py names its process so

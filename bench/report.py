@@ -16,6 +16,7 @@ ORIGIN = "origin"
 SCRIPTGATE = "scriptgate"
 SCRIPTGATE_NO_METRICS = "scriptgate-metrics-off"
 SCRIPTGATE_SYNC = "scriptgate-sync"  # --worker-class sync: what the gthread default costs
+SCRIPTGATE_BEFORE = "scriptgate-before"  # commit ba5cfd7: scripts on threads (bench/isolation.py)
 APACHE = "scriptgate-apache"
 # The mixed workload's two designs (bench/mixed.py, bench/mixed_report.py).
 MIXED_SYNC = "sync"
@@ -248,8 +249,9 @@ def scrape_goal(scrape: dict) -> dict | None:
 
 TABLE_LEGEND = """\
 req/s, p50, p99: medians over the rounds; spread: (max - min) / median of req/s.
-CPU us/req: the workers' user+sys CPU time per request (steadier than req/s when other
-  processes share the machine); for the Apache row, the backend workers' only.
+CPU us/req: the workers' user+sys CPU time per request, with their zygotes' and runners'
+  (steadier than req/s when other processes share the machine); for the Apache row, the
+  backend's only.
 vs bare / vs asm: median over rounds of the req/s ratio within the same round.
 RSS MB: the largest worker after the load (the Apache row shows its backend's)."""
 
@@ -281,6 +283,9 @@ def side_text(side: dict) -> str:
     if routes:
         for key, label in (("plain", "/_platform/routes"), ("detail", "?detail=1")):
             r = routes[key]
+            if "error" in r:
+                lines.append(f"{label:<18} {routes['scripts']:>5} scripts: {r['error']}")
+                continue
             lines.append(
                 f"{label:<18} {routes['scripts']:>5} scripts: median {r['median_ms']:.1f} ms "
                 f"over {routes['calls']} calls (first call {r['first_ms']:.1f} ms, "

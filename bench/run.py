@@ -35,9 +35,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import apache, instructions, instructions_report, mixed, mixed_report, report, side
+from bench import (
+    apache,
+    instructions,
+    instructions_report,
+    isolation,
+    mixed,
+    mixed_report,
+    report,
+    side,
+)
 from bench.loadgen import WRK, run_wrk, wrk_version
-from bench.procs import REPO, free_port, scriptgate_argv
+from bench.procs import REPO, descendants, free_port, scriptgate_argv
 from bench.servers import (
     BENCH,
     Server,
@@ -154,6 +163,11 @@ CONTENDERS = (
     Contender(report.SCRIPTGATE, "Scriptgate, all features", _scriptgate(True)),
     Contender(report.SCRIPTGATE_NO_METRICS, "Scriptgate, METRICS=off", _scriptgate(False)),
     Contender(report.SCRIPTGATE_SYNC, "Scriptgate, --worker-class sync", _scriptgate(True, True)),
+    Contender(
+        report.SCRIPTGATE_BEFORE,
+        f"Scriptgate before runners ({isolation.BEFORE_COMMIT})",
+        isolation.before_contender(),
+    ),
 )
 APACHE_KEY, APACHE_LABEL = report.APACHE, "Scriptgate behind Apache"
 
@@ -167,9 +181,11 @@ def say(message: str) -> None:
 
 
 def worker_cpu_seconds(server: Server) -> float:
-    """utime + stime of every worker, from /proc/PID/stat."""
+    """utime + stime of every worker and what runs below it (zygotes and runners, where
+    scripts run), from /proc/PID/stat."""
     total = 0
-    for pid in server.worker_pids():
+    workers = server.worker_pids()
+    for pid in {*workers, *(d for w in workers for d in descendants(w))}:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             total += int(fields[11]) + int(fields[12])
@@ -413,6 +429,8 @@ def print_report(results: dict) -> None:
     print(mixed_report.text(results["mixed"]))
     print()
     print(instructions_report.text(results["instructions"]))
+    print()
+    print(isolation.text(results["isolation"]))
     scrape = results["scrape_cost"]
     print("\nscrape cost (bench/scrape_cost.py):")
     if "figures" in scrape:
@@ -440,6 +458,10 @@ def write_results(results: dict, smoke: bool) -> Path:
         mixed_report.markdown(results["mixed"]),
         "",
         instructions_report.markdown(results["instructions"]),
+        "",
+        "```",
+        isolation.text(results["isolation"]),
+        "```",
         "",
         report.goals_markdown(results["goals"]),
     ]
@@ -513,10 +535,14 @@ def main(argv: list[str] | None = None) -> int:
         say("instructions per request (callgrind) and in-process req/s")
         counted = instructions.SMOKE if args.smoke else instructions.FULL
         results["instructions"] = instructions.measure(counted, tmp / "instructions")
+        # What isolation costs: over HTTP it is the contenders' "before" row.
+        sizes = isolation.SMOKE if args.smoke else isolation.FULL
+        results["isolation"] = isolation.measure(sizes, tmp / "isolation", say, with_http=False)
     results["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     sizes = {"routes_scripts": mode.routes_scripts, "memory_scripts": mode.memory_scripts}
     results["derived"] = report.derived(results["contenders"])
     goals = report.goals(sizes) + mixed_report.goals() + instructions_report.goals()
+    goals += isolation.goals()
     results["goals"] = [goal.judge(results) for goal in goals]
     scrape_goal = report.scrape_goal(results["scrape_cost"])
     if scrape_goal:
