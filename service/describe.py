@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 SCAN_SECONDS = 10.0  # how often the scanner looks for new or changed scripts
+DESCRIBE_AT_ONCE = 4  # runners importing scripts at once for one listing
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def script_state(
             if known_only:
                 return ScriptState(zone, path, url, "unknown")
             script, runner = rt.scripts.load(real, rt.runners)
-            rt.runners.put_back(runner)
+            # Not kept warm: a listing of a thousand scripts must not leave a thousand
+            # runners behind; the first call of each starts its own.
+            rt.runners.kill(runner)
     except ScriptLoadError as exc:
         return ScriptState(zone, path, url, exc.state, error=rt.secrets.scrub(str(exc)))
     except (ScriptTimeout, BackedOff):
@@ -77,12 +81,17 @@ def all_states(
 ) -> list[ScriptState]:
     """The state of every listed script (of those `visible(zone, path)` allows), in
     listing order; scripts left out are not described."""
-    found = (
-        script_state(rt, zone, path, known_only=known_only)
+    listed = [
+        (zone, path)
         for zone in ZONES
         for path in list_scripts(rt.settings.scripts_dir, zone)
         if visible is None or visible(zone, path)
-    )
+    ]
+    if known_only:
+        found = [script_state(rt, zone, path, known_only=True) for zone, path in listed]
+    else:  # imports wait on their runners: a few at once (in listing order all the same)
+        with ThreadPoolExecutor(DESCRIBE_AT_ONCE, thread_name_prefix="scriptgate-describe") as pool:
+            found = list(pool.map(lambda item: script_state(rt, *item), listed))
     return [state for state in found if state is not None]
 
 
