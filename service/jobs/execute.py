@@ -203,11 +203,14 @@ class JobExecutor:
         finished = time.time()
         retention = rt.settings.job_retention
         ending = Ending(outcome.state, finished, retention, outcome.error, outcome.result)
-        if not store.finish(job.id, ending):
-            return  # declared lost meanwhile: whoever did so counted it
+        # The retry is queued (and recorded on this run) before this run is finished: a
+        # reader who sees it failed also sees which run retries it, never "failed, and
+        # no retry" for a moment.
         retry = None
         if outcome.retry_delay is not None and job.attempt < job.attempts and snapshot:
             retry = self.retry(job, snapshot, retry_delay(outcome.retry_delay, job.attempt))
+        if not store.finish(job.id, ending):
+            return  # declared lost meanwhile: whoever did so counted it
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)
             metrics.observe_run(job.zone, job.script, finished - started, job.traceparent)

@@ -239,7 +239,10 @@ class RunnerPool:
         what the script logs while it is imported."""
         hooks = hooks or Hooks()
         memory = memory or self.config.memory
-        pid, sock = self.zygote.spawn(path, memory)
+        try:
+            pid, sock = self.zygote.spawn(path, memory)
+        except (OSError, protocol.ProtocolError) as exc:  # its call's failure, not a bug's
+            raise RunnerFailed("crashed", f"no runner could be started: {exc}") from exc
         runner = Runner(pid, sock, key, memory)
         with self._killed_on_failure(runner, hooks, seconds):
             hello = self._read(runner, time.monotonic() + seconds, None, hooks)
