@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from flask import Request, Response, jsonify
 
 from service.callers import keys_view
+from service.console import ASSETS as CONSOLE_ASSETS
+from service.console import console_asset, console_page, console_scripts, platform_root
 from service.describe import all_states, describe_route
 from service.docs import ASSETS, docs_asset, docs_page
 from service.errors import NotFound
@@ -100,6 +102,10 @@ VIEWS = {
         PlatformView("docs", docs_page),
         PlatformView("jobs", job_list, scoped=False),
         *(PlatformView(f"docs/{name}", docs_asset) for name in ASSETS),
+        PlatformView("", platform_root),
+        PlatformView("console", console_page),
+        PlatformView("console/scripts", console_scripts, scoped=False),
+        *(PlatformView(f"console/{name}", console_asset) for name in CONSOLE_ASSETS),
     )
 }
 

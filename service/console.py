@@ -1,0 +1,169 @@
+"""GET /_platform/console: the page people who are not programmers use to run scripts and
+follow their runs, and the one JSON listing it needs that the platform did not have.
+
+The page (static/console.html, console.js, console.css) is plain JavaScript: forms from a
+JSON Schema, a table, a tree and a reader of Server-Sent Events come to a few hundred
+lines, less than any framework's own size, and nothing has to be built or fetched. It
+loads nothing from elsewhere and runs under a CSP that allows this origin only, with no
+inline script or style; it puts every text that came from a script (docstrings,
+parameter descriptions, output) in the page as text, never as HTML.
+
+Which scripts a key opens is the access decision's (`access.may_call`), asked here per
+script, never guessed in the browser; every call the page makes then goes through the
+pipeline like any other, so the listing is a convenience and never a permission.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from flask import Request, Response, jsonify, redirect, send_file
+from werkzeug.datastructures import Headers
+
+from service.access import ZONE_KEY_HEADERS, authorize, check_scope, job_viewer, may_call
+from service.describe import all_states
+from service.docs import STATIC
+from service.errors import AccessDenied, NotFound
+from service.jobs.http import sees_every_job
+from service.keys import Caller
+from service.resolve import PLATFORM_PREFIX, PLATFORM_ZONE
+
+if TYPE_CHECKING:
+    from service.record import RequestContext
+    from service.runtime import Runtime
+
+CONSOLE_PATH = f"{PLATFORM_PREFIX}/console"
+PAGE = "console.html"
+ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSET_MAX_AGE = 300  # short: a new release's page must not run last release's script
+# The page's budget: console.js + console.css, gzipped, as the browser transfers them.
+# tests/unit/test_console.py holds the files to it.
+BUDGET_GZIP_BYTES = 16 * 1024
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+# Platform views the page offers to a key that may open them (asked of `access`).
+ADMIN_VIEWS = ("keys", "routes")
+
+
+def console_page(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+    response = send_file(STATIC / PAGE, mimetype="text/html", max_age=0, conditional=True)
+    return harden(response)
+
+
+def console_asset(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+    """console.js or console.css, gzipped for a browser that takes it (every one does):
+    the budget is what crosses the network, and no proxy in front is assumed to compress."""
+    name = req.path.rpartition("/")[2]
+    if name not in ASSETS:  # only reached through a VIEWS row, kept as a second lock
+        raise NotFound(req.path)
+    plain, packed, etag = asset_bytes(name)
+    gzipped = "gzip" in req.headers.get("Accept-Encoding", "").lower()
+    response = Response(packed if gzipped else plain, mimetype=ASSETS[name])
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
+    response.set_etag(etag + ("-gz" if gzipped else ""))
+    response.cache_control.max_age = ASSET_MAX_AGE
+    response.cache_control.public = True
+    return harden(response.make_conditional(req))
+
+
+@functools.cache
+def asset_bytes(name: str) -> tuple[bytes, bytes, str]:
+    """(the file, gzipped, an ETag of its content): read once per process; a release
+    restarts the workers."""
+    plain = (STATIC / name).read_bytes()
+    packed = gzip.compress(plain, compresslevel=9, mtime=0)
+    return plain, packed, hashlib.sha256(plain).hexdigest()[:16]
+
+
+def platform_root(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+    """GET /_platform/: people who type the platform's address land on the console."""
+    return redirect(CONSOLE_PATH, 302)
+
+
+def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+    """GET /_platform/console/scripts: the scripts the presented key may call, with what
+    the page needs to build their forms, and which other views the key opens.
+
+    The key comes in X-API-Key or X-Admin-Key, as on the job endpoints; one that matches
+    no key is 401, so the page can say so at sign-in. Each zone is then asked whether
+    the same key, sent in that zone's own header, may call each script.
+    """
+    keyring = rt.callers.keyring()
+    ctx.caller = job_viewer(req.headers, keyring, strict=True)
+    rt.callers.admit(ctx.caller)  # expired: 401; a sign-in is a use of the key
+    secret = _presented(req)
+    as_zone = Headers([(header, secret) for header, _ in ZONE_KEY_HEADERS.values()])
+
+    def visible(zone: str, path: str) -> bool:
+        return may_call(zone, path, ctx.client_ip, as_zone, rt.settings, keyring)
+
+    scripts = [describe(state) for state in all_states(rt, visible) if state.script]
+    may = {view: _may_open(rt, ctx, view, secret) for view in ADMIN_VIEWS}
+    may["all_runs"] = sees_every_job(ctx.caller)
+    key = ctx.caller.key
+    response = jsonify(
+        caller={"id": ctx.caller.id, "owner": key.owner if key else None},
+        may=may,
+        scripts=scripts,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def describe(state: Any) -> dict[str, Any]:
+    """One script as the page lists it: where it is, what it says, what it takes."""
+    script = state.script
+    folder, _, name = state.path.rpartition("/")
+    entry: dict[str, Any] = {
+        "zone": state.zone,
+        "folder": folder,
+        "name": name,
+        "url": state.url,
+        "summary": script.summary,
+        "description": script.description,
+        "methods": sorted(script.methods - {"HEAD"}),
+        "async": script.run_async,
+        "params": script.params.to_json() if script.params else None,
+    }
+    return entry
+
+
+def _presented(req: Request) -> str:
+    """The one key the caller presented (job_viewer already checked there is one), or ''."""
+    for header, _ in ZONE_KEY_HEADERS.values():
+        value = req.headers.get(header)
+        if value is not None:
+            return value
+    return ""
+
+
+def _may_open(rt: Runtime, ctx: RequestContext, view: str, secret: str) -> bool:
+    """Would the pipeline let this key (as X-Admin-Key) GET /_platform/<view>?"""
+    headers = Headers([("X-Admin-Key", secret)] if secret else [])
+    try:
+        caller: Caller = authorize(
+            PLATFORM_ZONE,
+            f"{PLATFORM_PREFIX}/{view}",
+            ctx.client_ip,
+            headers,
+            rt.settings,
+            rt.callers.keyring(),
+        )
+        check_scope(caller, PLATFORM_ZONE, view, "GET")
+    except AccessDenied:
+        return False
+    return True
+
+
+def harden(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
