@@ -21,6 +21,9 @@
       else if (name in node && typeof value !== "string") node[name] = value;
       else node.setAttribute(name, value === true ? "" : value);
     }
+    return put(node, ...children);
+  }
+  function put(node, ...children) { // append, skipping the null and false of a condition
     for (const child of children.flat()) {
       if (child != null && child !== false) node.append(child instanceof Node ? child : String(child));
     }
@@ -223,7 +226,7 @@
     } else {
       const input = inputFor(schema, id, schema.default, hint + " " + error);
       input.dataset.param = param.name;
-      field.append(schema.type === "boolean" ? el("div", { class: "check" }, input, label) : label, schema.type === "boolean" ? null : input, notes, slot);
+      put(field, schema.type === "boolean" ? el("div", { class: "check" }, input, label) : label, schema.type === "boolean" ? null : input, notes, slot);
     }
     return field;
   }
@@ -263,7 +266,7 @@
       const mode = event.submitter ? event.submitter.dataset.mode : (jobFirst ? "job" : "now");
       runScript(script, form, output, mode);
     });
-    pane.append(el("h2", { text: script.url }), el("p", { class: "summary", text: script.summary }),
+    put(pane, el("h2", { text: script.url }), el("p", { class: "summary", text: script.summary }),
       script.description ? el("p", { class: "description", text: script.description }) : null,
       script.async ? el("p", { class: "hint", text: "This script always runs as a job: follow it on its run page." }) : null,
       form, output);
@@ -472,6 +475,7 @@
         .filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v), "data-name": k })]));
       setProgress(j.progress);
       cancel.hidden = FINISHED.includes(j.state);
+      progress.parentNode.hidden = FINISHED.includes(j.state) && !j.progress;
     };
     cancel.addEventListener("click", async () => {
       try { render(await json(url, { method: "DELETE" })); } catch (e) { message.textContent = e.message; }
@@ -480,6 +484,7 @@
     if (!FINISHED.includes(job.state)) await follow(url, live, render, (partial) => render(Object.assign({}, job, partial)), setProgress, addLog);
     if (live.stopped) return;
     await loadLogs(url, addLog);
+    if (!logs.children.length) logs.replaceWith(el("p", { class: "hint", text: "No log lines." }));
     if (job.result) {
       const response = await request(job.result.url);
       await showResponse(result, response, job.script.split("/").pop());

@@ -434,8 +434,7 @@ def test_an_admin_sees_broken_scripts_and_the_keys_with_last_use(
     keys.first.wait_for()
     by_id = {row.locator("td").first.inner_text(): row.inner_text() for row in keys.all()}
     assert set(by_id) >= {"api-key-1", "admin-key-1", "reports", "other"}
-    assert "never" not in by_id["api-key-1"].split("\t")[-1]  # used moments ago
-    assert by_id["other"].rstrip().endswith("never") or "never" in by_id["other"]
+    assert by_id["api-key-1"].split("\t")[-1].strip() not in ("", "never")  # used just now
     for secret in (API_KEY, ADMIN_KEY, REPORTS_KEY, OTHER_KEY):
         assert secret not in page.content()
     page.screenshot(path=str(tmp_path / "console-admin.png"))
