@@ -28,8 +28,9 @@ from flask import Request, Response, jsonify
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from service.access import ip_allowed, zone_keys
-from service.errors import (
+from service.access.guard import ip_allowed, zone_keys
+from service.access.keys import ANONYMOUS_ID, Caller
+from service.http.errors import (
     AccessDenied,
     BadHeader,
     IdempotencyConflict,
@@ -51,14 +52,13 @@ from service.jobs.store import (
     Job,
     JobQuery,
 )
-from service.keys import ANONYMOUS_ID, Caller
-from service.logs import redact_query
-from service.resolve import KEYED_ZONES, PLATFORM_PREFIX, url_for_script, zone_of
+from service.observability.logs import redact_query
+from service.scripts.resolve import KEYED_ZONES, PLATFORM_PREFIX, url_for_script, zone_of
 
 if TYPE_CHECKING:
-    from service.loader import LoadedScript
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
+    from service.scripts.loader import LoadedScript
 
 JOBS_PATH = f"{PLATFORM_PREFIX}/jobs"
 JOBS_PREFIX = JOBS_PATH + "/"

@@ -23,10 +23,10 @@ from typing import Any
 
 from werkzeug.datastructures import EnvironHeaders
 
+from service.access.keys import ANONYMOUS, Caller, Keyring
 from service.config import Network, Settings
-from service.errors import AccessDenied
-from service.keys import ANONYMOUS, Caller, Keyring
-from service.resolve import PLATFORM_ZONE, zone_of
+from service.http.errors import AccessDenied
+from service.scripts.resolve import PLATFORM_ZONE, zone_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_LOGGED_ADDRESS = 64

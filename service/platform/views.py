@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, jsonify
 
-from service.callers import keys_view
-from service.describe import all_states, describe_route
-from service.docs import ASSETS, docs_asset, docs_page
-from service.errors import NotFound
+from service.access.callers import keys_view
+from service.http.errors import NotFound
 from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, job_status
-from service.openapi import openapi_document
-from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
-from service.revision import current_revision, revision_of, served_root
+from service.platform.docs import ASSETS, docs_asset, docs_page
+from service.platform.openapi import openapi_document
+from service.scripts.describe import all_states, describe_route
+from service.scripts.resolve import PLATFORM_PREFIX, ZONES, list_scripts
+from service.scripts.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -118,5 +118,5 @@ def platform_view(path: str) -> PlatformView:
         matches = (v for p, s, v in PREFIX_VIEWS if path.startswith(p) and path.endswith(s))
         view = next(matches, None)
     if view is None:
-        raise NotFound(path)
+        raise NotFound()
     return view

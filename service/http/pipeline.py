@@ -25,15 +25,15 @@ from typing import Any
 from flask import Request, Response, request
 from opentelemetry import trace
 
-from service.access import authorize, check_scope
-from service.callers import (
+from service.access.callers import (
     ATTEMPT_ENVIRON_KEY,
     CALLER_ENVIRON_KEY,
     JOB_ID_ENVIRON_KEY,
     OWNER_ENVIRON_KEY,
     hand_over,
 )
-from service.errors import (
+from service.access.guard import authorize, check_scope
+from service.http.errors import (
     AccessDenied,
     CallerError,
     InvalidParameters,
@@ -45,17 +45,19 @@ from service.errors import (
     ScriptTimedOut,
     TooManyRequests,
     Unavailable,
+    refusal_of,
     render_error,
 )
 from service.jobs.http import start_job, wants_job
-from service.loader import BackedOff, LoadedScript, ScriptLoadError
-from service.metrics import ERROR_KINDS
-from service.platform import platform_view
-from service.record import RequestContext, record_failure, record_request
-from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
+from service.observability.metrics import ERROR_KINDS
+from service.observability.record import RequestContext, record_failure, record_request
+from service.observability.scriptlog import ScriptLines
+from service.platform.views import platform_view
 from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
 from service.runtime import Runtime, runtime
-from service.scriptlog import ScriptLines
+from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
+from service.scripts.problems import ScriptProblem
+from service.scripts.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
 
 
 def handle_request() -> Response:
@@ -68,7 +70,8 @@ def handle_request() -> Response:
         in_progress.inc()
     try:
         response = respond(rt, ctx, req)
-    except RequestError as exc:
+    except (RequestError, ScriptProblem) as problem:
+        exc = refusal_of(problem)
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
         elif isinstance(exc, TooManyRequests):
@@ -86,7 +89,7 @@ def handle_request() -> Response:
 
 def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if rt.platform_only and ctx.zone != PLATFORM_ZONE:  # the platform plane runs no script
-        raise NotFound(req.path)
+        raise NotFound()
     keyring = rt.callers.keyring()
     ctx.caller = authorize(ctx.zone, req.path, ctx.client_ip, req.headers, rt.settings, keyring)
     rt.callers.admit(ctx.caller)
