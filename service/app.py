@@ -19,7 +19,7 @@ from flask import Flask, Request
 from werkzeug.routing import MapAdapter
 
 from service.access.callers import Callers
-from service.access.guard import RealClient
+from service.access.clients import RealClient
 from service.config import Settings, script_environment
 from service.http.bulkhead import Bulkhead
 from service.http.errors import ScriptFailed, render_error

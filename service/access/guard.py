@@ -1,80 +1,23 @@
-"""Who is calling, and may they: client IP behind trusted proxies, allowlists, keys.
+"""Who is calling: the contract's checks in order (allowlists, then the zone's key, or
+the guard a platform view declares), once per request.
 
-Access is decided here and nowhere else: `RealClient` settles who the client is once,
-for every layer below it, `authorize` applies the contract's checks in order and says
-which key is calling, and `check_scope` keeps a key to its scopes.
-
-Threat model: any client can send any `X-Forwarded-For` and `X-Forwarded-Proto`. They
-are only believed when the TCP peer is a trusted proxy. `X-Forwarded-For` then only up to
-the right-most address that is not a trusted proxy itself: everything left of that was
-written by the client and may be forged. An address that does not parse is taken as the
-client, so it matches no allowlist and the request is refused (fail closed).
-`X-Forwarded-Proto` only as the nearest proxy wrote it (its right-most value), and only
-`http` or `https`: a script builds its links from that scheme, so a forged one could send
-its callers somewhere else.
+`clients.RealClient` settled the client's address before; what the caller may then do is
+`policy.allowed`'s to say.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from werkzeug.datastructures import EnvironHeaders
 
+from service.access.clients import ip_allowed
 from service.access.keys import ANONYMOUS, Caller, Keyring
-from service.config import Network, Settings
+from service.access.policy import CALL, READ_VIEW, Guard, Script, View, allowed, zone_keys
+from service.config import Settings
 from service.http.errors import AccessDenied
-from service.scripts.resolve import PLATFORM_ZONE, zone_of
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-MAX_LOGGED_ADDRESS = 64
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_address(text: str) -> IPAddress | None:
-    """Parse one address as proxies write it: bare, `[v6]`, `[v6]:port` or `v4:port`."""
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1 : text.find("]")] if "]" in text else ""
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    # ::ffff:10.0.0.1 is how a dual-stack socket reports an IPv4 peer.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def in_networks(address: IPAddress | None, networks: Sequence[Network]) -> bool:
-    return address is not None and any(address in network for network in networks)
-
-
-def client_ip(peer: str | None, forwarded_for: Sequence[str], proxies: Sequence[Network]) -> str:
-    """The address to log and to check against allowlists.
-
-    `forwarded_for` holds every `X-Forwarded-For` header value in order; several headers
-    count as one comma-joined list, as RFC 7230 says.
-    """
-    peer = peer or ""
-    if not proxies or not in_networks(parse_address(peer), proxies):
-        return peer
-    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
-    for hop in reversed(hops):
-        if not hop:
-            continue
-        if not in_networks(parse_address(hop), proxies):
-            return hop[:MAX_LOGGED_ADDRESS]
-    return peer  # only proxies all the way: the nearest one is the client
-
-
-def ip_allowed(address: str, allowlist: Sequence[Network]) -> bool:
-    """An empty allowlist admits everyone; otherwise the address must parse and match."""
-    return not allowlist or in_networks(parse_address(address), allowlist)
+from service.scripts.resolve import PLATFORM_ZONE
 
 
 def _header_bytes(value: str) -> bytes:
@@ -88,21 +31,21 @@ def _header_bytes(value: str) -> bytes:
 # zone -> (key header, denial reason)
 ZONE_KEY_HEADERS = {"api": ("X-API-Key", "api_key"), "admin": ("X-Admin-Key", "admin_key")}
 PLATFORM_KEY_HEADER = "X-Admin-Key"
-# Platform endpoints that PLATFORM_TRUSTED_IPS, or else a key with a platform scope,
-# guards; /_platform/keys always needs the key. Health stays open for probes.
-GUARDED_VIEWS = frozenset({"routes", "metrics", "keys"})
-KEY_ONLY_VIEWS = frozenset({"keys"})
-JOB_VIEWS = "jobs"  # /_platform/jobs and below: who sees which job is per job (jobs/http.py)
-# Where a job endpoint finds the caller's key, in order, and the zones the key may come
-# from: the key that started a job (X-API-Key or X-Admin-Key), or a platform key.
-JOB_KEY_HEADERS = (
+# Where a CALLER-guarded view finds the caller's key, in order, and the zones the key may
+# come from: the key that started a job (X-API-Key or X-Admin-Key), or a platform key.
+CALLER_KEY_HEADERS = (
     ("X-Admin-Key", ("platform", "admin"), "admin_key"),
     ("X-API-Key", ("api",), "api_key"),
 )
 
 
 def authorize(
-    zone: str, path: str, client: str, headers: Any, settings: Settings, keyring: Keyring
+    zone: str,
+    client: str,
+    headers: Any,
+    settings: Settings,
+    keyring: Keyring,
+    guard: Guard = Guard.OPEN,
 ) -> Caller:
     """The contract's checks, in its order; returns who is calling, or raises AccessDenied.
 
@@ -111,7 +54,8 @@ def authorize(
     3. the zone's key: one of the zone's keys (API_KEY, ADMIN_API_KEY, or a named key
        with a scope in the zone). A zone no key may call is closed unless its
        `*_AUTH=off` opens it on purpose. A key with no scope in the zone is refused
-       like a wrong one (401), so it learns nothing about the zone.
+       like a wrong one (401), so it learns nothing about the zone. On /_platform, the
+       `guard` its view declares (policy.Guard) says how the caller is found.
     Scopes and script lookup come after, so without the right key an unknown script
     looks exactly like a known one.
     """
@@ -120,11 +64,11 @@ def authorize(
     if zone == "admin" and not ip_allowed(client, settings.admin_trusted_ips):
         raise AccessDenied("ip")
     if zone == PLATFORM_ZONE:
-        return authorize_platform(zone_of(path)[1], client, headers, settings, keyring)
+        return authorize_platform(guard, client, headers, settings, keyring)
     if zone not in ZONE_KEY_HEADERS:
         return ANONYMOUS
     header, reason = ZONE_KEY_HEADERS[zone]
-    if not (settings.api_auth if zone == "api" else settings.admin_auth):
+    if not zone_keys(zone, settings)[1]:
         return ANONYMOUS
     return caller_by_key(zone, header_values(headers, header), keyring, reason, header)
 
@@ -142,32 +86,30 @@ def header_values(headers: Any, name: str) -> list[str]:
 
 
 def authorize_platform(
-    view: str, client: str, headers: Any, settings: Settings, keyring: Keyring
+    guard: Guard, client: str, headers: Any, settings: Settings, keyring: Keyring
 ) -> Caller:
-    """Routes and metrics: open, unless PLATFORM_TRUSTED_IPS is set and the client is
-    not in it; then a key with a platform scope (`X-Admin-Key`) lets it in. Keys: that
-    key, always. A guarded view asked for without any key is 403 `ip`."""
-    if view == JOB_VIEWS or view.startswith(JOB_VIEWS + "/"):
-        return job_viewer(headers, keyring, strict=view == JOB_VIEWS)
-    if view not in GUARDED_VIEWS:
+    """The caller of a platform view, as its guard says (policy.Guard). A TRUSTED view
+    asked for from outside PLATFORM_TRUSTED_IPS without any key is 403 `ip`."""
+    if guard in (Guard.CALLER, Guard.CALLER_KEY):
+        return caller_of_any_zone(headers, keyring, strict=guard is Guard.CALLER_KEY)
+    if guard is Guard.OPEN:
         return ANONYMOUS
     trusted = settings.platform_trusted_ips
-    if view not in KEY_ONLY_VIEWS and (not trusted or ip_allowed(client, trusted)):
+    if guard is Guard.TRUSTED and (not trusted or ip_allowed(client, trusted)):
         return ANONYMOUS
     presented = header_values(headers, PLATFORM_KEY_HEADER)
-    if not presented and view not in KEY_ONLY_VIEWS:
+    if not presented and guard is Guard.TRUSTED:
         raise AccessDenied("ip")
     return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
 
 
-def job_viewer(headers: Any, keyring: Keyring, *, strict: bool) -> Caller:
-    """The key a job endpoint is called with, from whichever zone's header carries it.
+def caller_of_any_zone(headers: Any, keyring: Keyring, *, strict: bool) -> Caller:
+    """The key sent in whichever zone's header carries one (CALLER_KEY_HEADERS).
 
-    Which jobs it then sees is `jobs.http.may_see`'s to say. A key that matches none
-    is refused (401) by the listing (`strict`); on /_platform/jobs/<id> it is no key at
-    all, so a wrong key gets the same 404 as another caller's job (ids cannot be probed).
+    `strict` (CALLER_KEY): a key is required and one that matches none is 401. Otherwise
+    a wrong key is no key at all, so it gets the same 404 as another caller's job.
     """
-    for header, zones, reason in JOB_KEY_HEADERS:
+    for header, zones, reason in CALLER_KEY_HEADERS:
         presented = header_values(headers, header)
         if not presented:
             continue
@@ -180,6 +122,9 @@ def job_viewer(headers: Any, keyring: Keyring, *, strict: bool) -> Caller:
         if strict:
             raise AccessDenied(reason, header)
         return ANONYMOUS
+    if strict:  # a listing of "mine" needs a "me"
+        header, _, reason = CALLER_KEY_HEADERS[-1]
+        raise AccessDenied(reason, header)
     return ANONYMOUS
 
 
@@ -199,13 +144,20 @@ def caller_by_key(
     return Caller(key.id, key)
 
 
-def check_scope(caller: Caller, zone: str, path: str, method: str) -> None:
-    """A key may call only the zone-relative paths (and methods) of its scopes.
+def check_call(caller: Caller, zone: str, path: str, method: str) -> None:
+    """403 `scope` unless the caller may call the zone-relative path (policy.allowed).
 
     Runs on the URL's validated path before any file is looked at, so a scoped key
     gets the same 403 for a script outside its scopes whether it exists or not.
     """
-    if caller.key is not None and not caller.key.allows(zone, path, method):
+    if not allowed(caller, CALL, Script(zone, path, method)):
+        raise AccessDenied("scope")
+
+
+def check_view(caller: Caller, name: str, guard: Guard, method: str) -> None:
+    """Past a TRUSTED or KEY guard, a key needs the view's platform scope (403 `scope`)."""
+    key_needs_scope = guard.scoped and caller.key is not None
+    if key_needs_scope and not allowed(caller, READ_VIEW, View(name, method)):
         raise AccessDenied("scope")
 
 
@@ -213,21 +165,12 @@ def may_call(
     zone: str, path: str, client: str, headers: Any, settings: Settings, keyring: Keyring
 ) -> bool:
     """Whether this caller could call the script at `path` (zone-relative) of `zone`: what
-    the API documentation and the docs page show them. The one place that filter lives."""
+    the API documentation and the docs page show them."""
     try:
-        caller = authorize(zone, f"/{zone}/{path}", client, headers, settings, keyring)
-        check_scope(caller, zone, path, "GET")
+        caller = authorize(zone, client, headers, settings, keyring)
     except AccessDenied:
         return False
-    return caller.key is None or not caller.key.expired()
-
-
-def zone_keys(zone: str, settings: Settings) -> tuple[tuple[bytes, ...], bool]:
-    """The environment's keys of a keyed zone ("api" or "admin"), and whether a key is
-    required there."""
-    if zone == "api":
-        return settings.api_keys, settings.api_auth
-    return settings.admin_keys, settings.admin_auth
+    return allowed(caller, CALL, Script(zone, path, "GET"))
 
 
 # zone -> (key variable, switch variable), for the warning about a closed zone
@@ -249,75 +192,3 @@ def closed_zone_warnings(settings: Settings) -> list[str]:
                 f"Set it, or {switch}=off to open /{zone} without a key."
             )
     return lines
-
-
-ORIGINAL_ENVIRON_KEY = "werkzeug.proxy_fix.orig"
-FORWARDED_SCHEMES = frozenset({"http", "https"})
-
-
-def forwarded_scheme(value: str) -> str | None:
-    """The scheme the nearest proxy wrote in `X-Forwarded-Proto`, if it is one we serve.
-
-    Proxies that append (`https, http`) put theirs last, as with `X-Forwarded-For`;
-    anything but http or https is ignored rather than handed to a script's URLs.
-    """
-    scheme = value.rpartition(",")[2].strip().lower()
-    return scheme if scheme in FORWARDED_SCHEMES else None
-
-
-class RealClient:
-    """WSGI middleware: after the trusted-proxy rule, `REMOTE_ADDR` is the client and
-    `wsgi.url_scheme` the scheme the client used.
-
-    Like werkzeug's ProxyFix (`x_for=1, x_proto=1`), it rewrites the environ once, so the
-    script's `request.remote_addr` and `request.scheme` / `url_root`, the span, the log
-    and the allowlists all agree, and keeps the originals under
-    `werkzeug.proxy_fix.orig`. ProxyFix itself trusts a fixed number of hops; the
-    contract trusts a set of proxy networks (`TRUSTED_PROXIES`) and takes the right-most
-    address not in it, which ProxyFix cannot express.
-    `X-Forwarded-For` is cut to the hops that were believed and `X-Forwarded-Proto` is
-    kept only when believed (neither from an untrusted peer), so `request.access_route`
-    and a script reading the header never see a forged value.
-    """
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], proxies: Sequence[Network]) -> None:
-        self.app = app
-        self.proxies = tuple(proxies)
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
-        proto = environ.get("HTTP_X_FORWARDED_PROTO")
-        if forwarded is None and proto is None and not self.proxies:
-            return self.app(environ, start_response)  # nothing to believe or to keep
-        peer = environ.get("REMOTE_ADDR", "")
-        environ[ORIGINAL_ENVIRON_KEY] = {
-            "REMOTE_ADDR": peer,
-            "HTTP_X_FORWARDED_FOR": forwarded,
-            "HTTP_X_FORWARDED_PROTO": proto,
-            "wsgi.url_scheme": environ.get("wsgi.url_scheme"),
-        }
-        if forwarded is not None:
-            client = client_ip(peer, (forwarded,) if forwarded else (), self.proxies)
-            environ["REMOTE_ADDR"] = client
-            if client == peer:
-                environ.pop("HTTP_X_FORWARDED_FOR", None)
-            else:
-                environ["HTTP_X_FORWARDED_FOR"] = believed_hops(forwarded, client)
-        if proto is not None:
-            from_proxy = in_networks(parse_address(peer), self.proxies)
-            scheme = forwarded_scheme(proto) if from_proxy else None
-            if scheme is None:
-                environ.pop("HTTP_X_FORWARDED_PROTO", None)
-            else:
-                environ["wsgi.url_scheme"] = scheme
-                environ["HTTP_X_FORWARDED_PROTO"] = scheme
-        return self.app(environ, start_response)
-
-
-def believed_hops(forwarded: str, client: str) -> str:
-    """`X-Forwarded-For` from the client's entry on: the part trusted proxies wrote."""
-    hops = [hop.strip() for hop in forwarded.split(",")]
-    for index in range(len(hops) - 1, -1, -1):
-        if hops[index][:MAX_LOGGED_ADDRESS] == client:
-            return ", ".join(hops[index:])
-    return client

@@ -1,7 +1,8 @@
 """The request pipeline: every request, platform endpoints included, in one place.
 
-    context   zone, client (already the real one: access.RealClient), server span
-    access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
+    context   zone, client (already the real one: access/clients.py), server span
+    access    API_TRUSTED_IPS, the zone's allowlist, the zone's key or the view's guard
+              (access/guard.py); what the caller may do: access/policy.py `allowed`
     caller    the key's expiry and rate limit, its last use             (callers.py)
     lookup    a platform view, or the script: scope, resolve, described by a runner
     checks    method, body size                                          (loader.py)
@@ -32,7 +33,8 @@ from service.access.callers import (
     OWNER_ENVIRON_KEY,
     hand_over,
 )
-from service.access.guard import authorize, check_scope
+from service.access.guard import authorize, check_call, check_view
+from service.access.policy import Guard
 from service.http.errors import (
     AccessDenied,
     CallerError,
@@ -91,17 +93,19 @@ def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if rt.platform_only and ctx.zone != PLATFORM_ZONE:  # the platform plane runs no script
         raise NotFound()
     keyring = rt.callers.keyring()
-    ctx.caller = authorize(ctx.zone, req.path, ctx.client_ip, req.headers, rt.settings, keyring)
+    view = platform_view(req.path) if ctx.zone == PLATFORM_ZONE else None
+    guard = view.guard if view is not None else Guard.OPEN  # an unknown view: 404 below
+    ctx.caller = authorize(ctx.zone, ctx.client_ip, req.headers, rt.settings, keyring, guard)
     rt.callers.admit(ctx.caller)
     if ctx.zone == PLATFORM_ZONE:
-        view = platform_view(req.path)
+        if view is None:
+            raise NotFound()
         ctx.script = view.name
-        if view.scoped:
-            check_scope(ctx.caller, ctx.zone, view.name, req.method)
+        check_view(ctx.caller, view.name, view.guard, req.method)
         check_method(req.method, view.methods)
         return view.func(rt, ctx, req)
     target = parse_target(req.path)
-    check_scope(ctx.caller, ctx.zone, target.rel_path, req.method)
+    check_call(ctx.caller, ctx.zone, target.rel_path, req.method)
     script = lookup(rt, ctx, target)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
 
-from service.access.guard import ZONE_KEY_HEADERS, may_call, zone_keys
+from service.access.guard import ZONE_KEY_HEADERS, may_call
+from service.access.policy import zone_keys
 from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
 from service.scripts.describe import ScriptState, all_states
 from service.scripts.loader import DEFAULT_METHODS

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.access.guard import caller_by_key, client_ip, ip_allowed
+from service.access.clients import client_ip, ip_allowed
+from service.access.guard import caller_by_key
 from service.access.keys import Keyring, env_keys, key_digest
 from service.config import parse_networks
 from service.http.errors import AccessDenied
