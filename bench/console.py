@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procs import gunicorn
-from service.console import BUDGET_GZIP_BYTES
+from service.platform.console import BUDGET_GZIP_BYTES
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

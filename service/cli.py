@@ -28,9 +28,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service import keys_cli
+from service.access import keys_cli
 from service.config import ConfigError, Settings
-from service.resolve import ZONES, list_scripts
+from service.scripts.resolve import ZONES, list_scripts
 
 EXIT_CONFIG = 2
 
@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 def keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from service import keys_cli
+    from service.access import keys_cli
 
     if args.keys_command == "new":
         return keys_cli.new(args)
@@ -103,7 +103,7 @@ def routes(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """Import every script the way a worker would; name each one that fails."""
     from service.app import create_app
-    from service.describe import describe_route
+    from service.scripts.describe import describe_route
 
     settings = settings_from(args)
     app = create_app(settings, log_file=None, log_stdout=False, metrics_enabled=False)

@@ -20,10 +20,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from service import multiproc, plane
-from service.access import closed_zone_warnings
+from service.access.guard import closed_zone_warnings
 from service.config import ConfigError, Settings
-from service.logs import open_append
+from service.observability import multiproc
+from service.observability.logs import open_append
+from service.platform import plane
 from service.runners import exposure
 from service.runners.limits import RunnerUser
 

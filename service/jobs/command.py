@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from service import multiproc, plane
 from service.config import ConfigError, Settings
+from service.observability import multiproc
+from service.platform import plane
 
 
 def run_jobs(settings: Settings) -> int:

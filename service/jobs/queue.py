@@ -27,7 +27,7 @@ from service.jobs.sqlite_store import SqliteJobStore
 from service.jobs.store import Job, JobStore, StoreError
 
 if TYPE_CHECKING:
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
 QUEUE_NAME = "scriptgate"
 TASK_NAME = "run_job"

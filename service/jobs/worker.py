@@ -30,14 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import multiproc, plane
 from service.config import Settings
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
 from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
-from service.logs import build_logger
+from service.observability import multiproc
+from service.observability.logs import build_logger
+from service.platform import plane
 from service.runners.limits import die_with_parent, name_process
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from service.importer import HelperFinder, SourceLoader
-from service.params import DeclarationError, Params, read_params
 from service.runners.limits import parse_size
+from service.scripts.importer import HelperFinder, SourceLoader
+from service.scripts.params import DeclarationError, Params, read_params
 
 DEFAULT_METHODS = ("GET", "HEAD", "POST")
 LIB_DIR = "_lib"

@@ -480,7 +480,7 @@ def test_the_page_is_strict_small_keyboard_usable_and_fits_a_phone(
     serious = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
     assert not serious, [(v["id"], v["help"], len(v["nodes"])) for v in serious]
 
-    from service.console import BUDGET_GZIP_BYTES
+    from service.platform.console import BUDGET_GZIP_BYTES
 
     # What crossed the network: the encoded (gzipped) bodies.
     sizes = {r.url.rpartition("/")[2]: r.sizes()["responseBodySize"] for r in assets}

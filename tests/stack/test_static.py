@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from bench import apache
-from service import logs
 from service.config import Settings
+from service.observability import logs
 from tests.servers import BIN, REPO
 from tests.stack import prom, queries
 

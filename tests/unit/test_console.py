@@ -7,8 +7,8 @@ from __future__ import annotations
 import gzip
 import re
 
-from service.console import ASSETS, BUDGET_GZIP_BYTES, CONTENT_SECURITY_POLICY
-from service.docs import STATIC
+from service.platform.console import ASSETS, BUDGET_GZIP_BYTES, CONTENT_SECURITY_POLICY
+from service.platform.docs import STATIC
 from tests.unit.conftest import ADMIN, API, write_scripts
 
 
@@ -71,14 +71,14 @@ def test_the_listing_is_what_each_key_may_call(client) -> None:
 
     api = listing(client, API)
     assert urls(api) == {"/hello.py", "/api/hello.py", "/api/reports/daily.py"}
-    assert api["may"] == {"keys": False, "routes": True, "all_runs": False}
+    assert api["may"] == {"keys": False, "routes": True, "all_runs": False, "schedules": False}
     daily = next(s for s in api["scripts"] if s["url"] == "/api/reports/daily.py")
     assert (daily["zone"], daily["folder"], daily["name"]) == ("api", "reports", "daily.py")
     assert daily["summary"] == "Daily report."
 
     admin = listing(client, ADMIN)
     assert urls(admin) == {"/hello.py", "/admin/stats.py"}
-    assert admin["may"] == {"keys": True, "routes": True, "all_runs": True}
+    assert admin["may"] == {"keys": True, "routes": True, "all_runs": True, "schedules": True}
 
 
 def test_a_wrong_key_is_refused_and_nothing_is_listed(client) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.keys import ApiKey, Keyring, Scope, env_keys, key_digest
-from service.keys_file import KeysFile, KeysFileError, read_keys_file
+from service.access.keys import ApiKey, Keyring, Scope, env_keys, key_digest
+from service.access.keys_file import KeysFile, KeysFileError, read_keys_file
 
 SECRET = "sg_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
 HASH = "sha256:" + hashlib.sha256(SECRET.encode()).hexdigest()

@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder, generate_latest
 
-from service import multiproc
-from service.collector import FastMultiProcessCollector
-from service.exemplars import Reader, Recorder, bucket_keys, counter_key
-from service.revision import current_revision
+from service.observability import multiproc
+from service.observability.collector import FastMultiProcessCollector
+from service.observability.exemplars import Reader, Recorder, bucket_keys, counter_key
+from service.scripts.revision import current_revision
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
 # and above the largest per-script TIMEOUT, so a timed-out call lands in a finite bucket.

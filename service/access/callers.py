@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
 
+from service.access.keys import ApiKey, Caller, Keyring, env_keys
+from service.access.keys_file import KeysFile
+from service.access.usage import Usage
 from service.config import Settings
-from service.errors import AccessDenied, TooManyRequests, Unavailable
-from service.keys import ApiKey, Caller, Keyring, env_keys
-from service.keys_file import KeysFile
-from service.usage import Usage
+from service.http.errors import AccessDenied, TooManyRequests, Unavailable
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 # What a script finds in request.environ.

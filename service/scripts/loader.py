@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import NotFound
-from service.params import Params
-from service.resolve import Target, zone_dir
 from service.runners.pool import Hooks, ImportFailed, Runner, RunnerPool, ScriptTimeout
 from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
 from service.runners.script_import import MISSING, ScriptLoadError
+from service.scripts.params import Params
+from service.scripts.problems import NoScript
+from service.scripts.resolve import Target, zone_dir
 
 DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
 # Listings (health, routes, the API document) retry a failed import of an unchanged file
@@ -172,7 +172,7 @@ class ScriptCache:
         for the call that asked). Raises ScriptLoadError, ScriptTimeout, BackedOff."""
         own = stamp(path)
         if own is None:  # deleted since it was found: as if it never existed
-            raise NotFound(path)
+            raise NoScript(path)
         failure = self._failures.get(path)
         if failure is not None and failure.stamp == own:
             wait = failure.at + failure.backoff() - time.monotonic()
@@ -185,7 +185,7 @@ class ScriptCache:
             )
         except ImportFailed as exc:
             if exc.state == MISSING:
-                raise NotFound(path) from None
+                raise NoScript(path) from None
             error = ScriptLoadError(str(exc), exc.state)
             error.remote_traceback = exc.remote_traceback  # type: ignore[attr-defined]
             self._fail(path, own, error, timeout=False)
@@ -217,7 +217,7 @@ class ScriptCache:
             )
         except ImportFailed as exc:
             if exc.state == MISSING:
-                raise NotFound(script.path) from None
+                raise NoScript(script.path) from None
             raise
         return runner
 

@@ -30,7 +30,7 @@ from flask import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from typing_extensions import is_typeddict
 
-from service.errors import InvalidParameters
+from service.scripts.problems import BadParameters
 
 QUERY, BODY = "query", "body"
 MAX_FIELD_ERRORS = 50
@@ -145,7 +145,7 @@ def _declared_hints(handler: Callable[..., Any], declared: list[inspect.Paramete
 
 
 def arguments(params: Params | None, req: Request) -> dict[str, Any]:
-    """The handler's keyword arguments for this request; raises InvalidParameters (400)."""
+    """The handler's keyword arguments for this request; raises BadParameters (a 400)."""
     if params is None:
         return {}
     data: dict[str, Any] = {}
@@ -167,7 +167,7 @@ def arguments(params: Params | None, req: Request) -> dict[str, Any]:
         errors = [e for e in exc.errors(include_url=False) if e["loc"][:1] != (unreadable,)]
         problems += [_field_error(params, e) for e in errors]
     if problems:
-        raise InvalidParameters(problems[:MAX_FIELD_ERRORS])
+        raise BadParameters(problems[:MAX_FIELD_ERRORS])
     return {p.name: getattr(model, p.name) for p in params.all}
 
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from flask import Request, Response
 from opentelemetry.trace import Span, Status, StatusCode
 
-from service.keys import ANONYMOUS, Caller
-from service.logs import format_failure, log_fields, redact_query
-from service.resolve import UNMATCHED, url_for_script
-from service.tracing import add_trace_headers, span_ids
+from service.access.keys import ANONYMOUS, Caller
+from service.observability.logs import format_failure, log_fields, redact_query
+from service.observability.tracing import add_trace_headers, span_ids
+from service.scripts.resolve import UNMATCHED, url_for_script
 
 if TYPE_CHECKING:
     from service.runtime import Runtime

@@ -1,7 +1,8 @@
 """The request pipeline: every request, platform endpoints included, in one place.
 
-    context   zone, client (already the real one: access.RealClient), server span
-    access    API_TRUSTED_IPS, the zone's allowlist, the zone's key     (access.py)
+    context   zone, client (already the real one: access/clients.py), server span
+    access    API_TRUSTED_IPS, the zone's allowlist, the zone's key or the view's guard
+              (access/guard.py); what the caller may do: access/policy.py `allowed`
     caller    the key's expiry and rate limit, its last use             (callers.py)
     lookup    a platform view, or the script: scope, resolve, described by a runner
     checks    method, body size                                          (loader.py)
@@ -25,15 +26,16 @@ from typing import Any
 from flask import Request, Response, request
 from opentelemetry import trace
 
-from service.access import authorize, check_scope
-from service.callers import (
+from service.access.callers import (
     ATTEMPT_ENVIRON_KEY,
     CALLER_ENVIRON_KEY,
     JOB_ID_ENVIRON_KEY,
     OWNER_ENVIRON_KEY,
     hand_over,
 )
-from service.errors import (
+from service.access.guard import authorize, check_call, check_view
+from service.access.policy import Guard
+from service.http.errors import (
     AccessDenied,
     CallerError,
     InvalidParameters,
@@ -45,17 +47,19 @@ from service.errors import (
     ScriptTimedOut,
     TooManyRequests,
     Unavailable,
+    refusal_of,
     render_error,
 )
 from service.jobs.http import start_job, wants_job
-from service.loader import BackedOff, LoadedScript, ScriptLoadError
-from service.metrics import ERROR_KINDS
-from service.platform import platform_view
-from service.record import RequestContext, record_failure, record_request
-from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
+from service.observability.metrics import ERROR_KINDS
+from service.observability.record import RequestContext, record_failure, record_request
+from service.observability.scriptlog import ScriptLines
+from service.platform.views import platform_view
 from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
 from service.runtime import Runtime, runtime
-from service.scriptlog import ScriptLines
+from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
+from service.scripts.problems import ScriptProblem
+from service.scripts.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
 
 
 def handle_request() -> Response:
@@ -68,7 +72,8 @@ def handle_request() -> Response:
         in_progress.inc()
     try:
         response = respond(rt, ctx, req)
-    except RequestError as exc:
+    except (RequestError, ScriptProblem) as problem:
+        exc = refusal_of(problem)
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
         elif isinstance(exc, TooManyRequests):
@@ -86,19 +91,21 @@ def handle_request() -> Response:
 
 def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     if rt.platform_only and ctx.zone != PLATFORM_ZONE:  # the platform plane runs no script
-        raise NotFound(req.path)
+        raise NotFound()
     keyring = rt.callers.keyring()
-    ctx.caller = authorize(ctx.zone, req.path, ctx.client_ip, req.headers, rt.settings, keyring)
+    view = platform_view(req.path) if ctx.zone == PLATFORM_ZONE else None
+    guard = view.guard if view is not None else Guard.OPEN  # an unknown view: 404 below
+    ctx.caller = authorize(ctx.zone, ctx.client_ip, req.headers, rt.settings, keyring, guard)
     rt.callers.admit(ctx.caller)
     if ctx.zone == PLATFORM_ZONE:
-        view = platform_view(req.path)
+        if view is None:
+            raise NotFound()
         ctx.script = view.name
-        if view.scoped:
-            check_scope(ctx.caller, ctx.zone, view.name, req.method)
+        check_view(ctx.caller, view.name, view.guard, req.method)
         check_method(req.method, view.methods)
         return view.func(rt, ctx, req)
     target = parse_target(req.path)
-    check_scope(ctx.caller, ctx.zone, target.rel_path, req.method)
+    check_call(ctx.caller, ctx.zone, target.rel_path, req.method)
     script = lookup(rt, ctx, target)
     check_method(req.method, script.methods)
     check_body(req, rt.settings.max_body_bytes)

@@ -33,7 +33,7 @@ from prometheus_client.mmap_dict import mmap_key
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
-from service.multiproc import EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX
+from service.observability.multiproc import EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX
 
 PREFIX, SUFFIX = EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX
 SLOTS = 16384  # series and buckets per process; 300 scripts use about 6,000

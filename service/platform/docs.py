@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, send_file
 
-from service.errors import NotFound
+from service.http.errors import NotFound
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -55,7 +55,7 @@ def docs_page(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
 def docs_asset(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     name = req.path.rpartition("/")[2]
     if name not in ASSETS:  # only reached through a VIEWS row, kept as a second lock
-        raise NotFound(req.path)
+        raise NotFound()
     folder = STATIC if name in OWN_ASSETS else swagger_ui_dir()
     response = send_file(folder / name, max_age=ASSET_MAX_AGE, conditional=True)
     return _harden(response)

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, jsonify
 
-from service.callers import keys_view
-from service.console import ASSETS as CONSOLE_ASSETS
-from service.console import console_asset, console_page, console_scripts, platform_root
-from service.describe import all_states, describe_route
-from service.docs import ASSETS, docs_asset, docs_page
-from service.errors import NotFound
+from service.access.callers import keys_view
+from service.access.policy import Guard
 from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, job_status
-from service.openapi import openapi_document
-from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
-from service.revision import current_revision, revision_of, served_root
+from service.platform.console import ASSETS as CONSOLE_ASSETS
+from service.platform.console import console_asset, console_page, console_scripts, platform_root
+from service.platform.docs import ASSETS, docs_asset, docs_page
+from service.platform.openapi import openapi_document
+from service.scripts.describe import all_states, describe_route
+from service.scripts.resolve import PLATFORM_PREFIX, ZONES, list_scripts
+from service.scripts.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -35,13 +35,13 @@ REVISION_HEADER = "X-Scripts-Revision"
 
 @dataclass(frozen=True)
 class PlatformView:
-    """A platform endpoint. `scoped`: a key calling it needs a platform scope for it;
-    the job views instead decide per job, from the caller (jobs.http.may_see)."""
+    """A platform endpoint and its guard (access.policy.Guard), declared together: a
+    guard has no default, so no view is open because someone forgot a list."""
 
     name: str
     func: Callable[[Runtime, RequestContext, Request], Response]
+    guard: Guard
     methods: frozenset[str] = READ_METHODS
-    scoped: bool = True
 
 
 def health(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
@@ -94,18 +94,18 @@ def metrics(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
 VIEWS = {
     f"{PLATFORM_PREFIX}/{view.name}": view
     for view in (
-        PlatformView("health", health),
-        PlatformView("routes", routes),
-        PlatformView("metrics", metrics),
-        PlatformView("keys", keys_view),
-        PlatformView("openapi.json", openapi_document),
-        PlatformView("docs", docs_page),
-        PlatformView("jobs", job_list, scoped=False),
-        *(PlatformView(f"docs/{name}", docs_asset) for name in ASSETS),
-        PlatformView("", platform_root),
-        PlatformView("console", console_page),
-        PlatformView("console/scripts", console_scripts, scoped=False),
-        *(PlatformView(f"console/{name}", console_asset) for name in CONSOLE_ASSETS),
+        PlatformView("health", health, Guard.OPEN),  # probes
+        PlatformView("routes", routes, Guard.TRUSTED),
+        PlatformView("metrics", metrics, Guard.TRUSTED),
+        PlatformView("keys", keys_view, Guard.KEY),
+        PlatformView("openapi.json", openapi_document, Guard.OPEN),  # filtered per caller
+        PlatformView("docs", docs_page, Guard.OPEN),
+        PlatformView("jobs", job_list, Guard.CALLER_KEY),
+        *(PlatformView(f"docs/{name}", docs_asset, Guard.OPEN) for name in ASSETS),
+        PlatformView("", platform_root, Guard.OPEN),  # leads to the console
+        PlatformView("console", console_page, Guard.OPEN),
+        *(PlatformView(f"console/{name}", console_asset, Guard.OPEN) for name in CONSOLE_ASSETS),
+        PlatformView("console/scripts", console_scripts, Guard.CALLER),  # filtered per caller
     )
 }
 
@@ -113,16 +113,15 @@ VIEWS = {
 # Views under a path prefix, first match wins: (prefix, suffix, view). The view reads
 # the rest of the path (a job id) itself.
 PREFIX_VIEWS = (
-    (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, scoped=False)),
-    (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"}, False)),
+    (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, Guard.CALLER)),
+    (JOBS_PREFIX, "", PlatformView("jobs", job_status, Guard.CALLER, READ_METHODS | {"DELETE"})),
 )
 
 
-def platform_view(path: str) -> PlatformView:
+def platform_view(path: str) -> PlatformView | None:
+    """The view serving this /_platform path, or None (a 404, after the allowlists)."""
     view = VIEWS.get(path)
     if view is None:
         matches = (v for p, s, v in PREFIX_VIEWS if path.startswith(p) and path.endswith(s))
         view = next(matches, None)
-    if view is None:
-        raise NotFound(path)
     return view

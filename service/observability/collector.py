@@ -20,7 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
-from service.multiproc import read_values
+from service.observability.multiproc import read_values
 
 _MAX_MODES = ("max", "livemax")
 _MIN_MODES = ("min", "livemin")
@@ -85,7 +85,7 @@ class FastMultiProcessCollector:
 
     def collect_with_exemplars(self, exemplars: Mapping[str, Exemplar]) -> Iterator[Metric]:
         """The families, each bucket and counter sample with the exemplar of its raw key
-        (service/exemplars.py keeps them under the same keys as the values)."""
+        (service/observability/exemplars.py keeps them under the same keys as the values)."""
         merged, fallback = self._merge()
         for metric_name, (typ, help_text, rows) in self._families(merged).items():
             family = Metric(metric_name, help_text, typ)

@@ -6,10 +6,13 @@ none carries a stack trace, a file path or a secret. Stages raise; the pipeline 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import Response, current_app
+
+from service.scripts.problems import BadParameters, ScriptProblem
 
 
 class RequestError(Exception):
@@ -37,10 +40,6 @@ class NotFound(RequestError):
     """Unknown, private or escaping path; the answer never says which, or what path."""
 
     status, error = 404, "not found"
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__()
-        self.detail = detail  # for a debugger, never for the client
 
 
 class AccessDenied(RequestError):
@@ -180,3 +179,22 @@ def render_error(exc: RequestError, trace_id: str) -> Response:
     for name, value in exc.headers.items():
         response.headers[name] = value
     return response
+
+
+def refusal_of(exc: RequestError | ScriptProblem) -> RequestError:
+    """A script problem (scripts.problems, raised where scripts are found and checked,
+    which knows no HTTP) as its answer: 400 with the fields, or a plain 404."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, BadParameters):
+        return InvalidParameters(exc.fields)
+    return NotFound()
+
+
+@contextlib.contextmanager
+def script_refusals() -> Iterator[None]:
+    """Within: a script problem is raised as its answer (refusal_of)."""
+    try:
+        yield
+    except ScriptProblem as exc:
+        raise refusal_of(exc) from exc

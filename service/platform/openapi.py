@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
 
-from service.access import ZONE_KEY_HEADERS, may_call, zone_keys
-from service.describe import ScriptState, all_states
+from service.access.guard import ZONE_KEY_HEADERS, may_call
+from service.access.policy import zone_keys
 from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
-from service.loader import DEFAULT_METHODS
-from service.params import Params
-from service.resolve import ZONES
+from service.scripts.describe import ScriptState, all_states
+from service.scripts.loader import DEFAULT_METHODS
+from service.scripts.params import Params
+from service.scripts.resolve import ZONES
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 OPENAPI_VERSION = "3.1.0"

@@ -15,8 +15,8 @@ Recipe (what `scriptgate serve` does, in this order; see server.py):
 2. `worker_exited(pid, directory)` from gunicorn's child_exit hook.
 3. `MetricsDir.cleanup()` from gunicorn's on_exit hook removes a private directory.
 
-Each process's exemplars (service/exemplars.py) are one `exemplars_<pid>.bin` file beside
-the values; a dead worker's is removed with its live gauges.
+Each process's exemplars (observability/exemplars.py) are one `exemplars_<pid>.bin` file
+beside the values; a dead worker's is removed with its live gauges.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 READ_LOCK = ".scrape.lock"
 SERVER_LOCK = ".server.lock"
 ARCHIVE = "archive"
-EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX = "exemplars_", ".bin"  # service/exemplars.py's files
+EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX = (
+    "exemplars_",
+    ".bin",
+)  # service/observability/exemplars.py's files
 _LIVE_GAUGE_MODES = ("liveall", "livesum", "livemax", "livemin", "livemostrecent")
 
 
@@ -129,7 +132,7 @@ def worker_exited(pid: int, directory: Path) -> None:
                 finally:
                     archive.close()
             os.remove(path)
-        # Its exemplars go with it, like its live gauges (service/exemplars.py).
+        # Its exemplars go with it, like its live gauges (service/observability/exemplars.py).
         for path in _exemplar_files(directory, str(pid)):
             os.remove(path)
 

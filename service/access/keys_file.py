@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from service.keys import SCOPE_ZONES, ApiKey, Keyring, Scope, key_digest
+from service.access.keys import SCOPE_ZONES, ApiKey, Keyring, Scope, key_digest
 
 DIGEST_PREFIX = "sha256:"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")

@@ -8,9 +8,10 @@ loads nothing from elsewhere and runs under a CSP that allows this origin only, 
 inline script or style; it puts every text that came from a script (docstrings,
 parameter descriptions, output) in the page as text, never as HTML.
 
-Which scripts a key opens is the access decision's (`access.may_call`), asked here per
-script, never guessed in the browser; every call the page makes then goes through the
-pipeline like any other, so the listing is a convenience and never a permission.
+Which scripts a key opens is the access decision's (`access.guard.may_call`, over
+`policy.allowed`), asked here per script, never guessed in the browser; every call the
+page makes then goes through the pipeline like any other, so the listing is a
+convenience and never a permission.
 """
 
 from __future__ import annotations
@@ -20,19 +21,26 @@ import gzip
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from flask import Request, Response, jsonify, redirect, send_file
+from flask import Request, Response, jsonify, redirect
 from werkzeug.datastructures import Headers
 
-from service.access import ZONE_KEY_HEADERS, authorize, check_scope, job_viewer, may_call
-from service.describe import all_states
-from service.docs import STATIC
-from service.errors import AccessDenied, NotFound
-from service.jobs.http import sees_every_job
-from service.keys import Caller
-from service.resolve import PLATFORM_PREFIX, PLATFORM_ZONE
+from service.access.guard import (
+    CALLER_KEY_HEADERS,
+    PLATFORM_KEY_HEADER,
+    ZONE_KEY_HEADERS,
+    authorize,
+    check_view,
+    header_values,
+    may_call,
+)
+from service.access.policy import SEE_ALL_RUNS, STEER_SCHEDULES, allowed
+from service.http.errors import AccessDenied, NotFound
+from service.platform.docs import STATIC
+from service.scripts.describe import ScriptState, all_states
+from service.scripts.resolve import PLATFORM_PREFIX, PLATFORM_ZONE
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
     from service.runtime import Runtime
 
 CONSOLE_PATH = f"{PLATFORM_PREFIX}/console"
@@ -51,8 +59,11 @@ ADMIN_VIEWS = ("keys", "routes")
 
 
 def console_page(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
-    response = send_file(STATIC / PAGE, mimetype="text/html", max_age=0, conditional=True)
-    return harden(response)
+    plain, _, etag = asset_bytes(PAGE)
+    response = Response(plain, mimetype="text/html")
+    response.set_etag(etag)
+    response.cache_control.no_cache = True  # the page names its assets: always revalidated
+    return harden(response.make_conditional(req))
 
 
 def console_asset(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
@@ -60,7 +71,7 @@ def console_asset(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     the budget is what crosses the network, and no proxy in front is assumed to compress."""
     name = req.path.rpartition("/")[2]
     if name not in ASSETS:  # only reached through a VIEWS row, kept as a second lock
-        raise NotFound(req.path)
+        raise NotFound()
     plain, packed, etag = asset_bytes(name)
     gzipped = "gzip" in req.headers.get("Accept-Encoding", "").lower()
     response = Response(packed if gzipped else plain, mimetype=ASSETS[name])
@@ -88,25 +99,27 @@ def platform_root(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
 
 
 def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
-    """GET /_platform/console/scripts: the scripts the presented key may call, with what
+    """GET /_platform/console/scripts: the scripts the caller's key may call, with what
     the page needs to build their forms, and which other views the key opens.
 
-    The key comes in X-API-Key or X-Admin-Key, as on the job endpoints; one that matches
-    no key is 401, so the page can say so at sign-in. Each zone is then asked whether
-    the same key, sent in that zone's own header, may call each script.
+    The key comes in X-API-Key or X-Admin-Key, as on the job endpoints (Guard.CALLER);
+    here a key that matches none is 401 rather than no key, so the page can say so at
+    sign-in. Each zone is then asked whether the same key, sent in that zone's own
+    header, may call each script.
     """
+    secret, header, reason = _presented(req)
+    if secret is not None and ctx.caller.key is None:
+        raise AccessDenied(reason, header)
     keyring = rt.callers.keyring()
-    ctx.caller = job_viewer(req.headers, keyring, strict=True)
-    rt.callers.admit(ctx.caller)  # expired: 401; a sign-in is a use of the key
-    secret = _presented(req)
-    as_zone = Headers([(header, secret) for header, _ in ZONE_KEY_HEADERS.values()])
+    as_zone = Headers([(h, secret) for h, _ in ZONE_KEY_HEADERS.values()] if secret else [])
 
     def visible(zone: str, path: str) -> bool:
         return may_call(zone, path, ctx.client_ip, as_zone, rt.settings, keyring)
 
     scripts = [describe(state) for state in all_states(rt, visible) if state.script]
-    may = {view: _may_open(rt, ctx, view, secret) for view in ADMIN_VIEWS}
-    may["all_runs"] = sees_every_job(ctx.caller)
+    may = {view: _may_read(rt, ctx, view, secret) for view in ADMIN_VIEWS}
+    may["all_runs"] = allowed(ctx.caller, SEE_ALL_RUNS)
+    may["schedules"] = allowed(ctx.caller, STEER_SCHEDULES)
     key = ctx.caller.key
     response = jsonify(
         caller={"id": ctx.caller.id, "owner": key.owner if key else None},
@@ -117,11 +130,12 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     return response
 
 
-def describe(state: Any) -> dict[str, Any]:
+def describe(state: ScriptState) -> dict[str, Any]:
     """One script as the page lists it: where it is, what it says, what it takes."""
     script = state.script
+    assert script is not None, "only scripts that load are listed"
     folder, _, name = state.path.rpartition("/")
-    entry: dict[str, Any] = {
+    return {
         "zone": state.zone,
         "folder": folder,
         "name": name,
@@ -132,31 +146,30 @@ def describe(state: Any) -> dict[str, Any]:
         "async": script.run_async,
         "params": script.params.to_json() if script.params else None,
     }
-    return entry
 
 
-def _presented(req: Request) -> str:
-    """The one key the caller presented (job_viewer already checked there is one), or ''."""
-    for header, _ in ZONE_KEY_HEADERS.values():
-        value = req.headers.get(header)
-        if value is not None:
-            return value
-    return ""
+def _presented(req: Request) -> tuple[str | None, str, str]:
+    """(the key, its header, the 401 reason) of the first key header sent, in the order
+    the pipeline reads them (CALLER_KEY_HEADERS); the key is None when none was."""
+    for header, _, reason in CALLER_KEY_HEADERS:
+        values = header_values(req.headers, header)
+        if values:
+            return values[0], header, reason
+    return None, "", ""
 
 
-def _may_open(rt: Runtime, ctx: RequestContext, view: str, secret: str) -> bool:
-    """Would the pipeline let this key (as X-Admin-Key) GET /_platform/<view>?"""
-    headers = Headers([("X-Admin-Key", secret)] if secret else [])
+def _may_read(rt: Runtime, ctx: RequestContext, name: str, secret: str | None) -> bool:
+    """Would the pipeline let this key (as X-Admin-Key) GET /_platform/<name>? Its guard
+    is read from the views table, so the answer follows it."""
+    from service.platform.views import platform_view  # the table imports this module
+
+    view = platform_view(f"{PLATFORM_PREFIX}/{name}")
+    assert view is not None, name
+    headers = Headers([(PLATFORM_KEY_HEADER, secret)] if secret else [])
     try:
-        caller: Caller = authorize(
-            PLATFORM_ZONE,
-            f"{PLATFORM_PREFIX}/{view}",
-            ctx.client_ip,
-            headers,
-            rt.settings,
-            rt.callers.keyring(),
-        )
-        check_scope(caller, PLATFORM_ZONE, view, "GET")
+        keyring = rt.callers.keyring()
+        caller = authorize(PLATFORM_ZONE, ctx.client_ip, headers, rt.settings, keyring, view.guard)
+        check_view(caller, view.name, view.guard, "GET")
     except AccessDenied:
         return False
     return True

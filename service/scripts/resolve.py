@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import NotFound
-from service.revision import served_root
+from service.scripts.problems import NoScript
+from service.scripts.revision import served_root
 
 KEYED_ZONES = ("api", "admin")  # a first URL segment that selects its own zone
 ZONES = ("root", *KEYED_ZONES)
@@ -51,20 +51,20 @@ def is_public_name(name: str) -> bool:
 
 
 def parse_target(url_path: str) -> Target:
-    """Validate a URL path's shape; raises NotFound for anything not servable."""
+    """Validate a URL path's shape; raises NoScript for anything not servable."""
     zone, rest = zone_of(url_path)
     segments = rest.split("/")
     if zone == PLATFORM_ZONE or not rest or len(segments) > MAX_SEGMENTS:
-        raise NotFound(url_path)
+        raise NoScript(url_path)
     for segment in segments:
         if not is_public_name(segment) or len(segment) > MAX_SEGMENT_LENGTH:
-            raise NotFound(url_path)
+            raise NoScript(url_path)
     name = segments[-1]
     if not name.endswith(SCRIPT_SUFFIX) or name == SCRIPT_SUFFIX:
-        raise NotFound(url_path)
+        raise NoScript(url_path)
     # /API/x.py must not reach scripts/api/x.py on a case-insensitive filesystem.
     if zone == "root" and segments[0].lower() in _RESERVED_ROOT_NAMES:
-        raise NotFound(url_path)
+        raise NoScript(url_path)
     return Target(zone, rest)
 
 
@@ -85,7 +85,7 @@ def zone_dir(scripts_dir: Path, zone: str) -> Path:
 
 
 def locate(scripts_dir: Path, target: Target) -> str:
-    """Return the real path of the target's file, or raise NotFound.
+    """Return the real path of the target's file, or raise NoScript.
 
     `scripts_dir` must be absolute (Settings does that). It is resolved here, once per
     lookup, so a git-sync link swapped since startup leads to the new revision, and the
@@ -94,16 +94,16 @@ def locate(scripts_dir: Path, target: Target) -> str:
     base = str(zone_dir(Path(served_root(scripts_dir)), target.zone))
     real = os.path.realpath(os.path.join(base, target.rel_path))
     if not real.startswith(base + os.sep):
-        raise NotFound(target.rel_path)
+        raise NoScript(target.rel_path)
     inside = real[len(base) + 1 :].split(os.sep)
     # A symlink may point elsewhere inside the zone, but never at a private file or,
     # from the root zone, into api/ or admin/.
     if not all(is_public_name(part) for part in inside):
-        raise NotFound(target.rel_path)
+        raise NoScript(target.rel_path)
     if target.zone == "root" and inside[0].lower() in _RESERVED_ROOT_NAMES:
-        raise NotFound(target.rel_path)
+        raise NoScript(target.rel_path)
     if not real.endswith(SCRIPT_SUFFIX) or not os.path.isfile(real):
-        raise NotFound(target.rel_path)
+        raise NoScript(target.rel_path)
     return real
 
 
@@ -146,6 +146,6 @@ def _walk(
             if via_link:
                 try:
                     locate(scripts_dir, Target(zone, rel_name))
-                except NotFound:
+                except NoScript:
                     continue
             found.append(rel_name)

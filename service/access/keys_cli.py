@@ -16,8 +16,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from service.keys import key_digest
-from service.keys_file import KeysFileError, parse_entry, read_keys_file
+from service.access.keys import key_digest
+from service.access.keys_file import KeysFileError, parse_entry, read_keys_file
 
 SECRET_PREFIX = "sg_"  # noqa: S105 (a prefix, not a secret): lets secret scanners (and people) recognise a Scriptgate key
 SECRET_BYTES = 32  # 256 random bits: why a plain SHA-256 is enough (keys.py)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from service.tracing import span_ids
+from service.observability.tracing import span_ids
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.observability.record import RequestContext
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 PRINT_LOGGER = "print"

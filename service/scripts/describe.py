@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.errors import NotFound
-from service.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
-from service.resolve import ZONES, list_scripts, locate, parse_target, url_for_script
 from service.runners.pool import RunnerFailed, ScriptTimeout
+from service.scripts.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
+from service.scripts.problems import NoScript
+from service.scripts.resolve import ZONES, list_scripts, locate, parse_target, url_for_script
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -68,7 +68,7 @@ def script_state(
         return ScriptState(zone, path, url, state, error="import timed out")
     except RunnerFailed:
         return ScriptState(zone, path, url, "import_error", error="its runner died")
-    except NotFound:
+    except NoScript:
         return None
     return ScriptState(zone, path, url, "ok", script)
 
