@@ -29,6 +29,7 @@ from service.access.guard import (
     PLATFORM_KEY_HEADER,
     ZONE_KEY_HEADERS,
     authorize,
+    caller_of_any_zone,
     check_view,
     header_values,
     may_call,
@@ -102,15 +103,16 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """GET /_platform/console/scripts: the scripts the caller's key may call, with what
     the page needs to build their forms, and which other views the key opens.
 
-    The key comes in X-API-Key or X-Admin-Key, as on the job endpoints (Guard.CALLER);
-    here a key that matches none is 401 rather than no key, so the page can say so at
-    sign-in. Each zone is then asked whether the same key, sent in that zone's own
-    header, may call each script.
+    Open, like the API document: without a key, the root zone's scripts. A key comes in
+    X-API-Key or X-Admin-Key, as on the job endpoints; one that matches none is 401 (not
+    "no key"), so the page can say so at sign-in, and it is admitted like any call
+    (expiry, rate limit, last use). Each zone is then asked whether the same key, sent
+    in that zone's own header, may call each script.
     """
-    secret, header, reason = _presented(req)
-    if secret is not None and ctx.caller.key is None:
-        raise AccessDenied(reason, header)
     keyring = rt.callers.keyring()
+    secret = _presented(req)
+    ctx.caller = caller_of_any_zone(req.headers, keyring, strict=secret is not None)
+    rt.callers.admit(ctx.caller)
     as_zone = Headers([(h, secret) for h, _ in ZONE_KEY_HEADERS.values()] if secret else [])
 
     def visible(zone: str, path: str) -> bool:
@@ -148,14 +150,14 @@ def describe(state: ScriptState) -> dict[str, Any]:
     }
 
 
-def _presented(req: Request) -> tuple[str | None, str, str]:
-    """(the key, its header, the 401 reason) of the first key header sent, in the order
-    the pipeline reads them (CALLER_KEY_HEADERS); the key is None when none was."""
-    for header, _, reason in CALLER_KEY_HEADERS:
+def _presented(req: Request) -> str | None:
+    """The key of the first key header sent, in the order the job endpoints read them
+    (CALLER_KEY_HEADERS), or None."""
+    for header, _, _ in CALLER_KEY_HEADERS:
         values = header_values(req.headers, header)
         if values:
-            return values[0], header, reason
-    return None, "", ""
+            return values[0]
+    return None
 
 
 def _may_read(rt: Runtime, ctx: RequestContext, name: str, secret: str | None) -> bool:

@@ -105,7 +105,7 @@ VIEWS = {
         PlatformView("", platform_root, Guard.OPEN),  # leads to the console
         PlatformView("console", console_page, Guard.OPEN),
         *(PlatformView(f"console/{name}", console_asset, Guard.OPEN) for name in CONSOLE_ASSETS),
-        PlatformView("console/scripts", console_scripts, Guard.CALLER),  # filtered per caller
+        PlatformView("console/scripts", console_scripts, Guard.OPEN),  # filtered per caller
     )
 }
 
