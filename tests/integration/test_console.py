@@ -262,50 +262,67 @@ def test_sign_in_find_a_report_fix_a_bad_value_and_download_its_table(
     tags = field(page, "tags").locator("input")
     assert tags.count() == 2
 
-    # A bad value: the server's 400, shown next to its field; nothing ran.
+    # A bad value: the server's 400, shown next to its field; nothing is queued.
     field(page, "day").locator("input").fill("2026-12-01")
     top.fill("99")
     tags.nth(0).fill("q4")
     tags.nth(1).fill("draft")
-    press(page, "Run now")
+    press(page, "Run as a job")
     error = field(page, "top").locator(".error")
-    error.wait_for()
-    assert "less than or equal to 10" in error.inner_text()
+    expect(error).to_contain_text("less than or equal to 10")
+    assert page.evaluate("document.activeElement.id") == "p-top"
     assert "HTTP 400" in page.locator(".output .status").inner_text()
+    assert runs_of(server, API_KEY, "/api/sales.py") == []
 
+    # A good one, as a job: its run page, its result as a table, sorted, downloaded.
     top.fill("2")
     field(page, "detailed").locator("input").check()
-    press(page, "Run now")
-    page.wait_for_selector(".output table")
-    assert error.inner_text() == ""
-    status = page.locator(".output .status").inner_text()
-    trace_id = re.search(r"trace id ([0-9a-f]{32})", status)
-    assert "HTTP 200" in status and trace_id, status
-    headers = page.locator(".output th").all_inner_texts()
-    assert headers == ["day", "product", "units", "revenue", "unit_price", "tags"]
-    units = page.locator(".output td:nth-child(3)")
+    press(page, "Run as a job")
+    page.wait_for_url(re.compile(r"#/runs/[A-Za-z0-9_-]{32}$"))
+    job_id = page.url.rpartition("/")[2]
+    expect(page.locator('.record dd[data-name="State"]')).to_have_text("succeeded")
+    result = page.locator("#run-result")
+    headers = result.locator("th")
+    expect(headers).to_have_text(["day", "product", "units", "revenue", "unit_price", "tags"])
+    units = result.locator("td:nth-child(3)")
     assert units.all_inner_texts() == ["30", "12"]
-    page.click(".output th:nth-child(3) button")
+    result.locator("th:nth-child(3) button").click()
     assert units.all_inner_texts() == ["12", "30"]  # sorted as numbers, ascending
-    page.screenshot(path=str(tmp_path / "console-report.png"))
+    page.screenshot(path=str(tmp_path / "console-report.png"), full_page=True)
 
     with page.expect_download() as download:
-        page.click("text=Download CSV")
+        result.get_by_role("link", name="Download CSV").click()
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.name == "sales.csv"
     rows = list(csv.DictReader(saved.open(newline="")))
-    assert [(r["product"], r["units"], r["tags"]) for r in rows] == [
-        ("widgets", "30", "q4 draft"),
-        ("gadgets", "12", "q4 draft"),
+    assert [(r["product"], r["units"], r["unit_price"], r["tags"]) for r in rows] == [
+        ("gadgets", "12", "25", "q4 draft"),  # as sorted on the page
+        ("widgets", "30", "4.02", "q4 draft"),
     ]
 
     # The call was a real one, on the record under the trace id the page showed.
-    record = request_record(trace_id[1], server)
-    assert (record["script"], record["status"]) == ("sales.py", 200)
+    trace_id = page.locator('.record dd[data-name="Trace id"]').inner_text()
+    record = request_record(trace_id, server)
+    assert (record["script"], record["status"]) == ("sales.py", 202)
+    assert record["query"]["day"] == "2026-12-01" and record["query"]["top"] == "2"
+
+    # And in the history, from which it opens again.
+    page.click("#nav >> text=Runs")
+    page.fill("#f-script", "/api/sales.py")
+    press(page, "Show runs")
+    page.click(f'#runs-table a[href="#/runs/{job_id}"]')
+    expect(page.locator('.record dd[data-name="Trace id"]')).to_have_text(trace_id)
+
     assert API_KEY not in (server.log_file.read_text() + " ".join(browser.requested))
     assert all(url.startswith(server.url + "/") for url in browser.requested)
     assert not browser.problems, browser.problems
+
+
+def runs_of(server: Gunicorn, key: str, script: str) -> list[dict]:
+    answer = server.get("/_platform/jobs", headers={"X-API-Key": key}, params={"script": script})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["jobs"]
 
 
 def test_a_scoped_key_sees_only_the_scripts_it_may_call(server: Gunicorn, browser: Browser) -> None:

@@ -6,6 +6,7 @@
   const KEY = "scriptgate.key", HEADER = "scriptgate.header";
   const FINISHED = ["succeeded", "failed", "timed_out", "cancelled"];
   const ZONE_HEADERS = { api: "X-API-Key", admin: "X-Admin-Key" };
+  const OPERATOR_VIEWS = ["/_platform/keys", "/_platform/routes", "/_platform/schedules"];
   const POLL_MS = 1000, MAX_POLLS = 3600, MAX_LOG_LINES = 2000, MAX_TREE_NODES = 5000;
   const state = { scripts: [], byUrl: new Map(), may: {}, caller: null, runsNext: null, runsAsked: 0 };
   const $ = (id) => document.getElementById(id);
@@ -46,8 +47,11 @@
     if (!key) return {};
     const zone = url.split("/")[1];
     if (zone === "_platform") {
-      const admin = url.startsWith("/_platform/keys") || url.startsWith("/_platform/routes");
-      return { [admin ? "X-Admin-Key" : session.header()]: key };
+      // Views for operators take a platform key, in X-Admin-Key; the job views take the
+      // key in the header it signed in with.
+      if (!OPERATOR_VIEWS.some((view) => url.startsWith(view))) return { [session.header()]: key };
+      const platformKey = session.header() === "X-Admin-Key" || state.may.keys || state.may.schedules;
+      return platformKey ? { "X-Admin-Key": key } : {};
     }
     return ZONE_HEADERS[zone] ? { [ZONE_HEADERS[zone]]: key } : {};
   }
@@ -360,7 +364,8 @@
   function table(rows, name) {
     const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
     const body = el("tbody");
-    const fill = (ordered) => body.replaceChildren(...ordered.map((r) => el("tr", {}, columns.map((c) => el("td", { text: cellText(r[c]) })))));
+    let shown = rows;
+    const fill = (ordered) => { shown = ordered; body.replaceChildren(...ordered.map((r) => el("tr", {}, columns.map((c) => el("td", { text: cellText(r[c]) }))))); };
     const heads = columns.map((c) => {
       const th = el("th", { scope: "col", "aria-sort": "none" });
       th.append(el("button", { type: "button", class: "sort", onclick: () => {
@@ -372,11 +377,15 @@
       return th;
     });
     fill(rows);
-    const csv = [columns, ...rows.map((r) => columns.map((c) => cellText(r[c])))].map((line) => line.map(csvCell).join(",")).join("\r\n");
-    const blob = new Blob([csv + "\r\n"], { type: "text/csv" });
     const file = name.replace(/\.py$/, "") + ".csv";
+    const download = (event) => { // the rows in the order shown, made when asked for
+      const lines = [columns, ...shown.map((r) => columns.map((c) => cellText(r[c])))];
+      const csv = lines.map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
+      URL.revokeObjectURL(event.currentTarget.href);
+      event.currentTarget.href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+    };
     return el("div", { class: "result-table" },
-      el("p", {}, rows.length + " rows · ", el("a", { href: URL.createObjectURL(blob), download: file, class: "download" }, "Download CSV")),
+      el("p", {}, rows.length + " rows · ", el("a", { href: "#", download: file, class: "download", onclick: download }, "Download CSV")),
       el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, heads)), body)));
   }
 
@@ -455,8 +464,8 @@
       record, el("div", { class: "progress" }, progress, message), cancel,
       el("h2", { text: "Log" }), logs, el("h2", { text: "Result" }), result);
     const seen = new Set();
-    const addLog = (line) => {
-      const key = JSON.stringify(line);
+    const addLog = (line) => { // from the events and from /logs: the same line once
+      const key = line && line.id != null ? "#" + line.id : JSON.stringify(line);
       if (seen.has(key) || logs.children.length >= MAX_LOG_LINES) return;
       seen.add(key);
       const text = typeof line === "string" ? line : [line.time || line.timestamp || "", line.level || "", line.message || ""].join(" ").trim();
@@ -517,7 +526,7 @@
         let data = null;
         try { data = JSON.parse(event.data); } catch (e) { data = event.data; }
         if (event.type === "progress") setProgress(data);
-        else if (event.type === "log") addLog(data);
+        else if (event.type === "log") addLog(Object.assign({ id: event.id != null ? Number(event.id) : null }, data));
         else if (event.type === "state") update(data && typeof data === "object" ? data : { state: data });
       });
       if (finished) return refresh(url, render);
@@ -582,15 +591,17 @@
     const rows = schedules.map((s) => {
       const last = s.last_run || null;
       const path = "/_platform/schedules/" + encodeURIComponent(s.zone) + "/" + String(s.script).replace(/^\/(api\/|admin\/)?/, "").split("/").map(encodeURIComponent).join("/");
-      const button = el("button", { type: "button", class: "secondary", "data-script": s.script }, s.paused ? "Resume" : "Pause");
-      button.addEventListener("click", async () => {
-        try { await json(path + (s.paused ? "/resume" : "/pause"), { method: "POST" }); showSchedules(); }
+      const button = state.may.schedules ? el("button", { type: "button", class: "secondary", "aria-label": (s.paused ? "Resume " : "Pause ") + s.script }, s.paused ? "Resume" : "Pause") : null;
+      if (button) button.addEventListener("click", async () => {
+        try { await json(path + (s.paused ? "/resume" : "/pause"), { method: "POST" }); await showSchedules(); }
         catch (e) { $("schedules-error").textContent = e.message; }
       });
       return el("tr", { "data-script": s.script },
         el("td", { text: s.script }), el("td", { text: s.schedule + (s.timezone ? " (" + s.timezone + ")" : "") }),
         el("td", { text: s.paused ? "paused" : when(s.next_run) }),
-        el("td", {}, last && last.job_id ? el("a", { href: "#/runs/" + last.job_id, text: last.state + " · " + when(last.scheduled_time) }) : "never"),
+        el("td", {}, !last ? "never" : last.job_id
+          ? el("a", { href: "#/runs/" + last.job_id, text: (last.state || last.outcome) + " · " + when(last.scheduled_at || last.scheduled_time) })
+          : (last.outcome || "") + " · " + when(last.scheduled_at || last.scheduled_time)),
         el("td", { class: "schedule-state", text: s.paused ? "paused" : "active" }), el("td", {}, button));
     });
     target.append(el("div", { class: "scroll" }, el("table", {},
