@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify, redirect
@@ -37,8 +38,9 @@ from service.access.guard import (
 from service.access.policy import SEE_ALL_RUNS, STEER_SCHEDULES, allowed
 from service.http.errors import AccessDenied, NotFound
 from service.platform.docs import STATIC
-from service.scripts.describe import ScriptState, all_states
-from service.scripts.resolve import PLATFORM_PREFIX, PLATFORM_ZONE
+from service.scripts.describe import ScriptState, all_states, script_state
+from service.scripts.problems import NoScript
+from service.scripts.resolve import PLATFORM_PREFIX, PLATFORM_ZONE, parse_target
 
 if TYPE_CHECKING:
     from service.observability.record import RequestContext
@@ -55,6 +57,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# A listed script is one that loads, or one not yet described (it may turn out not to).
+LISTED_STATES = frozenset({"ok", "unknown"})
 # Platform views the page offers to a key that may open them (asked of `access`).
 ADMIN_VIEWS = ("keys", "routes")
 
@@ -118,7 +122,13 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     def visible(zone: str, path: str) -> bool:
         return may_call(zone, path, ctx.client_ip, as_zone, rt.settings, keyring)
 
-    scripts = [describe(state) for state in all_states(rt, visible) if state.script]
+    if "url" in req.args:
+        return _one_script(rt, req.args["url"], visible)
+    # Sign-in never waits for an import: what this worker knows is listed with its form,
+    # the rest by name (`pending`, described when opened) while the scanner learns them.
+    rt.scanner.poke(rt)
+    states = all_states(rt, visible, known_only=True)
+    scripts = [describe(state) for state in states if state.state in LISTED_STATES]
     may = {view: _may_read(rt, ctx, view, secret) for view in ADMIN_VIEWS}
     may["all_runs"] = allowed(ctx.caller, SEE_ALL_RUNS)
     may["schedules"] = allowed(ctx.caller, STEER_SCHEDULES)
@@ -132,16 +142,33 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     return response
 
 
+def _one_script(rt: Runtime, url: str, visible: Callable[[str, str], bool]) -> Response:
+    """?url=/api/report.py: that script described (by a runner if need be), if the key
+    may call it and it loads; else 404 alike, so nothing is learnt about the rest."""
+    try:
+        target = parse_target(url)
+    except NoScript:
+        raise NotFound() from None
+    if not visible(target.zone, target.rel_path):
+        raise NotFound()
+    state = script_state(rt, target.zone, target.rel_path)
+    if state is None or state.script is None:
+        raise NotFound()
+    response = jsonify(scripts=[describe(state)])
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def describe(state: ScriptState) -> dict[str, Any]:
-    """One script as the page lists it: where it is, what it says, what it takes."""
-    script = state.script
-    assert script is not None, "only scripts that load are listed"
+    """One script as the page lists it: where it is, what it says, what it takes; only
+    where it is (`pending`) while no runner has described it to this worker yet."""
     folder, _, name = state.path.rpartition("/")
+    where = {"zone": state.zone, "folder": folder, "name": name, "url": state.url}
+    script = state.script
+    if script is None:
+        return {**where, "pending": True}
     return {
-        "zone": state.zone,
-        "folder": folder,
-        "name": name,
-        "url": state.url,
+        **where,
         "summary": script.summary,
         "description": script.description,
         "methods": sorted(script.methods - {"HEAD"}),

@@ -7,8 +7,8 @@
   const FINISHED = ["succeeded", "failed", "timed_out", "cancelled"];
   const ZONE_HEADERS = { api: "X-API-Key", admin: "X-Admin-Key" };
   const OPERATOR_VIEWS = ["/_platform/keys", "/_platform/routes", "/_platform/schedules"];
-  const POLL_MS = 1000, MAX_POLLS = 3600, MAX_LOG_LINES = 2000, MAX_TREE_NODES = 5000;
-  const state = { scripts: [], byUrl: new Map(), may: {}, caller: null, runsNext: null, runsAsked: 0 };
+  const POLL_MS = 1000, MAX_POLLS = 3600, RELIST_MS = 2000, MAX_RELISTS = 150, MAX_LOG_LINES = 2000, MAX_TREE_NODES = 5000;
+  const state = { scripts: [], byUrl: new Map(), may: {}, caller: null, runsNext: null, runsAsked: 0, relist: null, relists: 0 };
   const $ = (id) => document.getElementById(id);
   let leaveView = null; // stops the live updates of the view being left
 
@@ -76,6 +76,7 @@
 
   // ---- sign in ----
   async function signIn(key) {
+    state.relists = 0;
     // The server says which header the key belongs to: the API key's, else the admin's.
     for (const header of key ? ["X-API-Key", "X-Admin-Key"] : [""]) {
       const headers = header ? { [header]: key } : {};
@@ -106,6 +107,12 @@
     renderScriptList();
     const urls = clear($("script-urls"));
     for (const s of state.scripts) urls.append(el("option", { value: s.url }));
+    // Scripts the server has not described yet are listed by name; ask again shortly,
+    // a bounded number of times, until each has its summary.
+    clearTimeout(state.relist);
+    if (state.scripts.some((s) => s.pending) && state.relists++ < MAX_RELISTS) {
+      state.relist = setTimeout(() => loadScripts().catch(() => {}), RELIST_MS);
+    }
   }
 
   $("signin-form").addEventListener("submit", async (event) => {
@@ -124,6 +131,7 @@
     try { await signIn(""); route(); } catch (e) { $("signin-error").textContent = e.message; }
   });
   $("sign-out").addEventListener("click", () => {
+    clearTimeout(state.relist);
     session.clear();
     state.scripts = [];
     $("nav").hidden = $("sign-out").hidden = true;
@@ -134,6 +142,8 @@
 
   // ---- the script list: by zone and folder, searchable ----
   function renderScriptList() {
+    const focused = document.activeElement && $("script-list").contains(document.activeElement)
+      ? document.activeElement.getAttribute("href") : null;
     const list = clear($("script-list"));
     const groups = new Map();
     for (const s of state.scripts) {
@@ -144,7 +154,7 @@
     const fragment = document.createDocumentFragment();
     for (const [group, scripts] of groups) {
       const items = scripts.map((s) =>
-        el("li", { "data-search": (s.url + " " + s.summary).toLowerCase() },
+        el("li", { "data-search": (s.url + " " + (s.summary || "")).toLowerCase() },
           el("a", { href: "#/scripts" + s.url }, s.name),
           s.summary ? el("span", { class: "summary", text: s.summary }) : null,
           s.async ? el("span", { class: "tag", text: "job" }) : null));
@@ -152,6 +162,7 @@
     }
     list.append(fragment);
     filterScripts();
+    if (focused) { const again = list.querySelector('a[href="' + CSS.escape(focused) + '"]'); if (again) again.focus(); }
     performance.mark("scripts-rendered");
   }
 
@@ -246,11 +257,19 @@
       el("p", { class: "error", id: error, role: "alert" }));
   }
 
-  function showScript(url) {
-    const script = state.byUrl.get(url);
+  async function showScript(url) {
+    let script = state.byUrl.get(url);
     const pane = clear($("script-pane"));
+    if (script && script.pending) {
+      pane.append(el("p", { class: "hint", text: "Reading " + url + "…" }));
+      try {
+        script = (await json("/_platform/console/scripts?url=" + encodeURIComponent(url))).scripts[0];
+        state.byUrl.set(url, script);
+      } catch (e) { script = null; }
+      clear(pane);
+    }
     if (!script) {
-      pane.append(el("p", { class: "error", text: "No script " + url + " for this key." }));
+      pane.append(el("p", { class: "error", text: url + " is not available to this key, or does not load right now." }));
       return;
     }
     const params = script.params || { query: [], body: null, schema: { properties: {} } };
@@ -329,9 +348,10 @@
   }
 
   // ---- showing an answer: table, tree, text or a download ----
-  async function showResponse(output, response, name) {
+  async function showResponse(output, response, name, ownTrace = true) {
     clear(output);
-    const trace = response.headers.get("X-Trace-Id");
+    // A job's result shows the job's trace id in its record, not that of this fetch.
+    const trace = ownTrace && response.headers.get("X-Trace-Id");
     output.append(el("p", { class: "status " + (response.ok ? "ok" : "bad") },
       "HTTP " + response.status, trace ? el("span", { class: "trace" }, " · trace id ", el("code", { text: trace })) : null));
     const type = (response.headers.get("Content-Type") || "").toLowerCase();
@@ -496,7 +516,7 @@
     if (!logs.children.length) logs.replaceWith(el("p", { class: "hint", text: "No log lines." }));
     if (job.result) {
       const response = await request(job.result.url);
-      await showResponse(result, response, job.script.split("/").pop());
+      await showResponse(result, response, job.script.split("/").pop(), false);
     } else {
       result.append(el("p", { class: "hint", text: "No result (" + job.state + ")." }));
     }
@@ -660,7 +680,7 @@
     else if (section === "admin") { $("view-admin").hidden = false; await showAdmin(); }
     else {
       $("view-scripts").hidden = false;
-      if (rest.length) { showScript("/" + rest.map(decodeURIComponent).join("/")); $("script-pane").focus(); }
+      if (rest.length) { await showScript("/" + rest.map(decodeURIComponent).join("/")); $("script-pane").focus(); }
     }
   }
   window.addEventListener("hashchange", route);
