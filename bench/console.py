@@ -87,7 +87,10 @@ def one_run(page, url: str, axe) -> dict:
     page.evaluate("k => sessionStorage.setItem('scriptgate.key', k)", API_KEY)
     page.evaluate("sessionStorage.setItem('scriptgate.header', 'X-API-Key')")
     page.reload()
-    page.wait_for_function("performance.getEntriesByName('scripts-rendered').length")
+    # Polled from here: wait_for_function would evaluate a string in the page, which
+    # its CSP (no 'unsafe-eval') refuses.
+    rendered = "performance.getEntriesByName('scripts-rendered').length"
+    wait_until(lambda: page.evaluate(rendered), timeout=60, interval=0.02, what="the list")
     timing = page.evaluate(
         """() => {
           const done = performance.getEntriesByName('scripts-rendered')[0].startTime;

@@ -478,7 +478,7 @@ def test_the_page_is_strict_small_keyboard_usable_and_fits_a_phone(
     response = page.goto(server.url + "/_platform/console")
     assert response.headers["content-security-policy"] == CSP
     # Keyboard only: the key field has the focus; Enter signs in; Tab reaches a script.
-    page.wait_for_function("document.activeElement && document.activeElement.id === 'key'")
+    expect(page.locator("#key")).to_be_focused()
     page.keyboard.type(API_KEY)
     page.keyboard.press("Enter")
     page.wait_for_selector("#nav:not([hidden])")

@@ -8,7 +8,7 @@
   const ZONE_HEADERS = { api: "X-API-Key", admin: "X-Admin-Key" };
   const OPERATOR_VIEWS = ["/_platform/keys", "/_platform/routes", "/_platform/schedules"];
   const POLL_MS = 1000, MAX_POLLS = 3600, RELIST_MS = 2000, MAX_RELISTS = 150, MAX_LOG_LINES = 2000, MAX_TREE_NODES = 5000;
-  const state = { scripts: [], byUrl: new Map(), may: {}, caller: null, runsNext: null, runsAsked: 0, relist: null, relists: 0 };
+  const state = { scripts: [], may: {}, caller: null, runsNext: null, runsAsked: 0, relist: null, relists: 0, scriptAsked: 0 };
   const $ = (id) => document.getElementById(id);
   let leaveView = null; // stops the live updates of the view being left
 
@@ -97,7 +97,6 @@
 
   function loaded(listing) {
     state.scripts = listing.scripts;
-    state.byUrl = new Map(listing.scripts.map((s) => [s.url, s]));
     state.may = listing.may;
     state.caller = listing.caller;
     $("who").textContent = listing.caller.owner || listing.caller.id;
@@ -258,16 +257,14 @@
   }
 
   async function showScript(url) {
-    let script = state.byUrl.get(url);
+    // The listing carries no forms: the one opened is asked for, as it is now.
     const pane = clear($("script-pane"));
-    if (script && script.pending) {
-      pane.append(el("p", { class: "hint", text: "Reading " + url + "…" }));
-      try {
-        script = (await json("/_platform/console/scripts?url=" + encodeURIComponent(url))).scripts[0];
-        state.byUrl.set(url, script);
-      } catch (e) { script = null; }
-      clear(pane);
-    }
+    pane.append(el("p", { class: "hint", text: "Reading " + url + "…" }));
+    let script = null;
+    const asked = ++state.scriptAsked; // a slower answer for a script left since is dropped
+    try { script = (await json("/_platform/console/scripts?url=" + encodeURIComponent(url))).scripts[0]; } catch (e) { script = null; }
+    if (asked !== state.scriptAsked) return;
+    clear(pane);
     if (!script) {
       pane.append(el("p", { class: "error", text: url + " is not available to this key, or does not load right now." }));
       return;
