@@ -215,7 +215,13 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     workers = rt.jobs.metrics.workers if rt.jobs.metrics is not None else None
     if workers is not None:
         workers.inc()
-    loop = Worker(rt.jobs.huey, shutdown.event, POLL_MIN, POLL_MAX, POLL_BACKOFF)
+    loop = Worker(
+        huey=rt.jobs.huey,
+        stop_flag=shutdown.event,
+        default_delay=POLL_MIN,
+        max_delay=POLL_MAX,
+        backoff=POLL_BACKOFF,
+    )
     next_release = 0.0
     try:
         while not shutdown.event.is_set():

@@ -24,6 +24,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from service.observability import multiproc
 from service.observability.collector import FastMultiProcessCollector
 from service.observability.exemplars import Reader, Recorder, bucket_keys, counter_key
+from service.refusals import CALLER_REFUSALS, REJECTED, reasons
 from service.scripts.revision import current_revision
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
@@ -104,7 +105,7 @@ class Metrics:
         self.rejected = counter(
             "scriptgate_requests_rejected",
             "zone script reason",
-            "Requests refused at once by a limit, by reason (concurrency, rate_limit).",
+            f"Requests refused at once by a limit, by reason ({', '.join(reasons(REJECTED))}).",
         )
         # Per key: `caller` is a configured key id or "anonymous", so it stays bounded.
         self.caller_requests = counter(
@@ -115,7 +116,7 @@ class Metrics:
         self.caller_refusals = counter(
             "scriptgate_caller_refusals",
             "zone caller reason",
-            "Calls of a known key refused by its own limits: scope, expired, rate_limit.",
+            f"Calls of a known key refused by its own limits: {', '.join(CALLER_REFUSALS)}.",
         )
         self.in_progress = gauge(
             "scriptgate_requests_in_progress",

@@ -15,6 +15,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from service.access.keys import ANONYMOUS, Caller
 from service.observability.logs import format_failure, log_fields, redact_query
 from service.observability.tracing import add_trace_headers, span_ids
+from service.refusals import CALLER_REFUSALS
 from service.scripts.resolve import UNMATCHED, url_for_script
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 # Any other method name is counted as "other", so made-up methods cannot add series.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Refusals that concern one key, counted per caller for the refusal-burst alert.
-CALLER_REFUSALS = frozenset({"scope", "expired", "rate_limit"})
 
 
 class RequestContext:
