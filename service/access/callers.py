@@ -19,6 +19,7 @@ from service.access.keys_file import KeysFile
 from service.access.usage import Usage
 from service.config import Settings
 from service.http.errors import AccessDenied, TooManyRequests, Unavailable
+from service.small import iso_z
 
 if TYPE_CHECKING:
     from service.observability.record import RequestContext
@@ -120,6 +121,4 @@ def _moment(timestamp: float | None) -> dt.datetime | None:
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_z(moment, "seconds")

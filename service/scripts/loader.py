@@ -27,6 +27,7 @@ from service.runners.script_import import MISSING, ScriptLoadError
 from service.scripts.params import Params
 from service.scripts.problems import NoScript
 from service.scripts.resolve import Target, zone_dir
+from service.small import file_stamp
 
 DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
 # Listings (health, routes, the API document) retry a failed import of an unchanged file
@@ -79,11 +80,8 @@ class LoadedScript:
 
 
 def stamp(path: str) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
+    found = file_stamp(path)
+    return None if found is None else (path, *found)
 
 
 def unchanged(stamps: Iterable[Stamp]) -> bool:
