@@ -22,7 +22,7 @@ from service.http.errors import AccessDenied, TooManyRequests, Unavailable
 from service.small import iso_z
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 # What a script finds in request.environ.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from service.access.keys import SCOPE_ZONES, ApiKey, Keyring, Scope, key_digest
-from service.small import FileStamp, file_stamp, parse_iso
+from service.small import FileStamp, file_stamp, method_names, parse_iso
 
 DIGEST_PREFIX = "sha256:"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -136,10 +136,7 @@ def _parse_methods(where: str, raw: Any) -> frozenset[str] | None:
         return None
     if not isinstance(raw, list) or not raw or not all(isinstance(m, str) for m in raw):
         raise KeysFileError(f'{where}: `methods` must be a list like ["GET", "POST"]')
-    methods = {m.strip().upper() for m in raw}
-    if "GET" in methods:
-        methods.add("HEAD")  # HEAD is GET without the body, as for scripts
-    return frozenset(methods)
+    return method_names(raw)
 
 
 def _parse_expiry(where: str, raw: Any) -> dt.datetime | None:

@@ -35,6 +35,7 @@ from service.access.callers import (
 )
 from service.access.guard import authorize, check_call, check_view
 from service.access.policy import Guard
+from service.http.context import RequestContext
 from service.http.errors import (
     AccessDenied,
     CallerError,
@@ -52,7 +53,7 @@ from service.http.errors import (
 )
 from service.jobs.http import start_job, wants_job
 from service.observability.metrics import ERROR_KINDS
-from service.observability.record import RequestContext, record_failure, record_request
+from service.observability.record import record_failure, record_request
 from service.observability.scriptlog import ScriptLines
 from service.platform.views import platform_view
 from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout

@@ -56,7 +56,7 @@ from service.scripts.resolve import PLATFORM_PREFIX, url_for_script, zone_of
 from service.small import iso_z, parse_iso
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
     from service.scripts.loader import LoadedScript
 

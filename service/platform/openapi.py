@@ -26,7 +26,7 @@ from service.scripts.params import Params
 from service.scripts.resolve import ZONES
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 OPENAPI_VERSION = "3.1.0"
