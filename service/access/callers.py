@@ -31,6 +31,10 @@ OWNER_ENVIRON_KEY = "scriptgate.caller_owner"
 # And in a job: its id and which run this is (1, then 2... for its retries).
 JOB_ID_ENVIRON_KEY = "scriptgate.job_id"
 ATTEMPT_ENVIRON_KEY = "scriptgate.job_attempt"
+# What a runner is handed of these (the environ's other dotted keys are server objects).
+SCRIPT_ENVIRON_KEYS = frozenset(
+    {CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY, JOB_ID_ENVIRON_KEY, ATTEMPT_ENVIRON_KEY}
+)
 # The platform's key headers never reach a script: it learns the caller's id instead.
 KEY_HEADERS_ENVIRON = ("HTTP_X_API_KEY", "HTTP_X_ADMIN_KEY")
 
