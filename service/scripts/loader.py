@@ -276,9 +276,11 @@ class ScriptCache:
 
     def backed_off(self) -> list[str]:
         """Real paths of the unchanged scripts whose import timed out and is backed off."""
-        now = time.monotonic()
-        return sorted(
-            path
-            for path, f in list(self._failures.items())
-            if f.timeouts and now < f.at + f.backoff() and f.stamp == stamp(path)
-        )
+        return sorted(path for path in list(self._failures) if self.is_backed_off(path))
+
+    def is_backed_off(self, path: str) -> bool:
+        """Whether this script's import timed out and it is backed off, unchanged since."""
+        failure = self._failures.get(path)
+        if failure is None or not failure.timeouts:
+            return False
+        return time.monotonic() < failure.at + failure.backoff() and failure.stamp == stamp(path)
