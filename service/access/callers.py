@@ -19,9 +19,10 @@ from service.access.keys_file import KeysFile
 from service.access.usage import Usage
 from service.config import Settings
 from service.http.errors import AccessDenied, TooManyRequests, Unavailable
+from service.small import iso_z
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 # What a script finds in request.environ.
@@ -30,6 +31,10 @@ OWNER_ENVIRON_KEY = "scriptgate.caller_owner"
 # And in a job: its id and which run this is (1, then 2... for its retries).
 JOB_ID_ENVIRON_KEY = "scriptgate.job_id"
 ATTEMPT_ENVIRON_KEY = "scriptgate.job_attempt"
+# What a runner is handed of these (the environ's other dotted keys are server objects).
+SCRIPT_ENVIRON_KEYS = frozenset(
+    {CALLER_ENVIRON_KEY, OWNER_ENVIRON_KEY, JOB_ID_ENVIRON_KEY, ATTEMPT_ENVIRON_KEY}
+)
 # The platform's key headers never reach a script: it learns the caller's id instead.
 KEY_HEADERS_ENVIRON = ("HTTP_X_API_KEY", "HTTP_X_ADMIN_KEY")
 
@@ -120,6 +125,4 @@ def _moment(timestamp: float | None) -> dt.datetime | None:
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_z(moment, "seconds")

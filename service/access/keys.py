@@ -92,7 +92,6 @@ class Keyring:
         self._by_zone = {
             zone: tuple(k for k in self.keys if zone in k.zones) for zone in SCOPE_ZONES
         }
-        self.ids = frozenset(k.id for k in self.keys)
 
     def has_zone(self, zone: str) -> bool:
         """A zone no key may call is closed (fail closed)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from service.access.keys import key_digest
 from service.access.keys_file import KeysFileError, parse_entry, read_keys_file
+from service.small import iso_z
 
 SECRET_PREFIX = "sg_"  # noqa: S105 (a prefix, not a secret): lets secret scanners (and people) recognise a Scriptgate key
 SECRET_BYTES = 32  # 256 random bits: why a plain SHA-256 is enough (keys.py)
@@ -48,7 +49,7 @@ def entry_text(
     if methods:
         lines.append(f"methods = {json.dumps([m.upper() for m in methods])}")
     if expires is not None:
-        stamp = expires.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        stamp = iso_z(expires, "auto")
         lines.append(f"expires = {json.dumps(stamp)}")
     if rate_limit:
         lines.append(f"rate_limit = {json.dumps(rate_limit)}")

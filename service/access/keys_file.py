@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from service.access.keys import SCOPE_ZONES, ApiKey, Keyring, Scope, key_digest
+from service.small import FileStamp, file_stamp, method_names, parse_iso
 
 DIGEST_PREFIX = "sha256:"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -136,10 +136,7 @@ def _parse_methods(where: str, raw: Any) -> frozenset[str] | None:
         return None
     if not isinstance(raw, list) or not raw or not all(isinstance(m, str) for m in raw):
         raise KeysFileError(f'{where}: `methods` must be a list like ["GET", "POST"]')
-    methods = {m.strip().upper() for m in raw}
-    if "GET" in methods:
-        methods.add("HEAD")  # HEAD is GET without the body, as for scripts
-    return frozenset(methods)
+    return method_names(raw)
 
 
 def _parse_expiry(where: str, raw: Any) -> dt.datetime | None:
@@ -149,7 +146,7 @@ def _parse_expiry(where: str, raw: Any) -> dt.datetime | None:
     value = raw
     if isinstance(raw, str):
         try:
-            value = dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+            value = parse_iso(raw)
         except ValueError:
             raise KeysFileError(f"{where}: `expires` {raw!r} is not an ISO 8601 date") from None
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -177,17 +174,6 @@ def _parse_rate_limit(where: str, raw: Any) -> str | None:
     return raw.strip()
 
 
-Stamp = tuple[int, int, int]  # mtime_ns, size, inode
-
-
-def _stamp(path: Path) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 class KeysFile:
     """The keyring every request sees: one stat of the keys file, re-read on change.
 
@@ -202,23 +188,23 @@ class KeysFile:
         self.fixed = fixed
         self.log = log
         self._lock = threading.Lock()
-        self._stamp: Stamp | None = None
+        self._stamp: FileStamp | None = None
         self._ring = Keyring(fixed)
         # Startup already refused a bad file (config.py). A worker started later (a
         # recycled one) must not fail to boot on a file broken since: it logs and serves
         # the environment's keys alone until the file is fixed (fail closed).
         if path is not None:
-            self._reload(path, _stamp(path))
+            self._reload(path, file_stamp(path))
 
     def keyring(self) -> Keyring:
-        if self.path is not None and _stamp(self.path) != self._stamp:
+        if self.path is not None and file_stamp(self.path) != self._stamp:
             with self._lock:
-                current = _stamp(self.path)
+                current = file_stamp(self.path)
                 if current != self._stamp:
                     self._reload(self.path, current)
         return self._ring
 
-    def _reload(self, path: Path, current: Stamp | None) -> None:
+    def _reload(self, path: Path, current: FileStamp | None) -> None:
         """Swap in the new keys, then record the stamp: other threads of this worker
         check the stamp without the lock, so it must not announce keys not yet in place."""
         try:

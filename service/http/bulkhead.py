@@ -20,16 +20,19 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from service.small import PerProcess
+
+_Slots = tuple[dict[tuple[str, int], int], set[tuple[str, int]]]  # descriptors, held
+
 
 class Bulkhead:
     """Slots under `directory`, shared by every process that uses the same directory."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._fds: dict[tuple[str, int], int] = {}
-        self._held: set[tuple[str, int]] = set()
+        # Per process: a forked child's descriptors and slots are not its parent's.
+        self._slots: PerProcess[_Slots] = PerProcess(lambda: ({}, set()))
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     def take(self, name: str, limit: int) -> Callable[[], None] | None:
         """Hold one of `limit` slots of `name`; the function that frees it, or None when
@@ -41,32 +44,30 @@ class Bulkhead:
 
     def _take(self, name: str, limit: int) -> tuple[str, int] | None:
         key = hashlib.sha1(name.encode("utf-8"), usedforsecurity=False).hexdigest()[:20]
+        fds, held = self._slots.get()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's descriptors are not ours
-                self._fds.clear()
-                self._held.clear()
-                self._pid = os.getpid()
             for index in range(limit):
                 slot = (key, index)
-                if slot in self._held:
+                if slot in held:
                     continue
-                fd = self._fds.get(slot)
+                fd = fds.get(slot)
                 if fd is None:
                     self.directory.mkdir(parents=True, exist_ok=True)
                     path = self.directory / f"{key}.{index}"
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                    self._fds[slot] = fd
+                    fds[slot] = fd
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue
-                self._held.add(slot)
+                held.add(slot)
                 return slot
         return None
 
     def _release(self, slot: tuple[str, int]) -> None:
+        fds, held = self._slots.get()
         with self._lock:
-            self._held.discard(slot)
-            fd = self._fds.get(slot)
+            held.discard(slot)
+            fd = fds.get(slot)
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)

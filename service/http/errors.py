@@ -1,5 +1,8 @@
 """The one family of errors a request can end in, and the one function that renders them.
 
+Statuses, texts and reasons are declared once, in service/refusals.py; a reason an error
+is raised with must be declared there.
+
 Every error a client sees is built by `render_error`, so each carries the trace id and
 none carries a stack trace, a file path or a secret. Stages raise; the pipeline renders.
 """
@@ -12,6 +15,7 @@ from typing import Any
 
 from flask import Response, current_app
 
+from service.refusals import BY_REASON
 from service.scripts.problems import BadParameters, ScriptProblem
 
 
@@ -43,25 +47,17 @@ class NotFound(RequestError):
 
 
 class AccessDenied(RequestError):
-    """Refused before any script is looked up; `reason` is the contract's reason code.
+    """Refused before any script is looked up; `reason` is the contract's reason code,
+    its status as refusals.REFUSALS declares it (401 or 403).
 
     A 401 names the header the key goes in (`WWW-Authenticate` and the body's `header`),
     so a first curl without it says what to add.
     """
 
-    STATUS = {
-        "ip": 403,
-        "zone_disabled": 403,
-        "api_key": 401,
-        "admin_key": 401,
-        "expired": 401,  # a named key past its `expires`
-        "scope": 403,  # a valid key, outside its scopes or methods
-    }
-
     def __init__(self, reason: str, key_header: str | None = None) -> None:
         super().__init__(reason)
-        self.status = self.STATUS[reason]
-        self.error = "unauthorized" if self.status == 401 else "forbidden"
+        declared = BY_REASON[reason]
+        self.status, self.error = declared.status, declared.error
         if self.status == 401 and key_header:
             self.headers["WWW-Authenticate"] = f'ApiKey header="{key_header}"'
             self.details["header"] = key_header
@@ -98,6 +94,7 @@ class TooManyRequests(RequestError):
 
     def __init__(self, reason: str, retry_after: int = 1) -> None:
         super().__init__(reason, headers={"Retry-After": str(retry_after)})
+        assert BY_REASON[reason].status == self.status, reason
 
 
 class Unavailable(RequestError):
@@ -106,11 +103,19 @@ class Unavailable(RequestError):
 
     status, error = 503, "service unavailable"
 
+    def __init__(self, reason: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason, headers=headers)
+        assert BY_REASON[reason].status == self.status, reason
+
 
 class ScriptFailed(RequestError):
     """A script raised, failed to import or had no handler (logged with its stack)."""
 
     status, error = 500, "internal error"
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        assert reason is None or BY_REASON[reason].status == self.status, reason
 
 
 class ScriptTimedOut(RequestError):

@@ -26,15 +26,10 @@ from typing import Any
 from flask import Request, Response, request
 from opentelemetry import trace
 
-from service.access.callers import (
-    ATTEMPT_ENVIRON_KEY,
-    CALLER_ENVIRON_KEY,
-    JOB_ID_ENVIRON_KEY,
-    OWNER_ENVIRON_KEY,
-    hand_over,
-)
+from service.access.callers import SCRIPT_ENVIRON_KEYS, hand_over
 from service.access.guard import authorize, check_call, check_view
 from service.access.policy import Guard
+from service.http.context import RequestContext
 from service.http.errors import (
     AccessDenied,
     CallerError,
@@ -52,7 +47,7 @@ from service.http.errors import (
 )
 from service.jobs.http import start_job, wants_job
 from service.observability.metrics import ERROR_KINDS
-from service.observability.record import RequestContext, record_failure, record_request
+from service.observability.record import record_failure, record_request
 from service.observability.scriptlog import ScriptLines
 from service.platform.views import platform_view
 from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
@@ -311,15 +306,7 @@ def answer_of(
     raise ScriptFailed("memory" if failure.kind == "memory" else None) from failure
 
 
-_ENVIRON_KEEP = frozenset(
-    {
-        "wsgi.url_scheme",
-        CALLER_ENVIRON_KEY,
-        OWNER_ENVIRON_KEY,
-        JOB_ID_ENVIRON_KEY,
-        ATTEMPT_ENVIRON_KEY,
-    }
-)
+_ENVIRON_KEEP = SCRIPT_ENVIRON_KEYS | {"wsgi.url_scheme"}
 
 
 def runner_environ(environ: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from service.access.callers import (
     OWNER_ENVIRON_KEY,
 )
 from service.access.keys import ANONYMOUS_ID, Caller
+from service.http.context import RequestContext
 from service.http.errors import (
     CallerError,
     InvalidParameters,
@@ -55,7 +56,6 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
-from service.observability.record import RequestContext
 from service.runners.pool import ScriptStopped
 from service.scripts.resolve import parse_target, url_for_script
 

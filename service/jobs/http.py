@@ -21,7 +21,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
@@ -53,9 +53,10 @@ from service.jobs.store import (
 )
 from service.observability.logs import redact_query
 from service.scripts.resolve import PLATFORM_PREFIX, url_for_script, zone_of
+from service.small import iso_z, parse_iso
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
     from service.scripts.loader import LoadedScript
 
@@ -289,7 +290,7 @@ def moment(args: Any, name: str) -> float | None:
     if text is None:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        parsed = parse_iso(text)
     except ValueError:
         raise bad_query(name, "an ISO 8601 time, such as 2026-12-06T05:00:00Z") from None
     if parsed.tzinfo is None:
@@ -382,10 +383,7 @@ def describe(job: Job) -> dict[str, Any]:
 
 
 def iso_time(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    text = datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    return iso_z(moment)
 
 
 def span_ms(start: float | None, end: float | None) -> float | None:

@@ -105,6 +105,11 @@ class FastMultiProcessCollector:
             _, name, labels, _, _, _ = self._parse(key)
             yield Sample(name, labels, value)
 
+    def _rendered_families(self) -> dict[str, Family] | None:
+        """The merged families, or None when a file needs the generic encoder."""
+        merged, fallback = self._merge()
+        return None if fallback else self._families(merged)
+
     def render_text(self) -> bytes | None:
         """Text format 0.0.4 straight from the merged values, or None to use the generic
         encoder (files this renderer does not handle).
@@ -112,11 +117,11 @@ class FastMultiProcessCollector:
         Each series' `name{labels} ` prefix is rendered once and kept, so a scrape is a
         merge plus string joins.
         """
-        merged, fallback = self._merge()
-        if fallback:
+        families = self._rendered_families()
+        if families is None:
             return None
         out = []
-        for metric_name, (typ, help_text, rows) in self._families(merged).items():
+        for metric_name, (typ, help_text, rows) in families.items():
             name = metric_name + "_total" if typ == "counter" else metric_name
             out.append(f"# HELP {name} {_escape_help(help_text)}\n# TYPE {name} {typ}\n")
             out.extend(
@@ -135,11 +140,11 @@ class FastMultiProcessCollector:
         row and formats each label again on every scrape (4 to 7 times slower at 30
         scripts, docs/performance.md).
         """
-        merged, fallback = self._merge()
-        if fallback:
+        families = self._rendered_families()
+        if families is None:
             return None
         out = []
-        for metric_name, (typ, help_text, rows) in self._families(merged).items():
+        for metric_name, (typ, help_text, rows) in families.items():
             out.append(f"# HELP {metric_name} {_escape_label(help_text)}\n")
             out.append(f"# TYPE {metric_name} {typ}\n")
             for key, le, suffix, value in rows:

@@ -34,6 +34,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from service.observability.multiproc import EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX
+from service.small import PerProcess
 
 PREFIX, SUFFIX = EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX
 SLOTS = 16384  # series and buckets per process; 300 scripts use about 6,000
@@ -143,17 +144,10 @@ class Recorder:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._file: ExemplarFile | None = None
-        self._lock = threading.Lock()
+        self._file = PerProcess(lambda: ExemplarFile(directory))
 
     def _open(self) -> ExemplarFile:
-        file = self._file
-        if file is not None and file.pid == os.getpid():
-            return file
-        with self._lock:
-            if self._file is None or self._file.pid != os.getpid():
-                self._file = ExemplarFile(self.directory)
-            return self._file
+        return self._file.get()
 
     def counter(self, key: str, trace_id: str) -> None:
         self._open().put(key, trace_id, 1.0)

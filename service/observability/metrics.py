@@ -24,6 +24,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from service.observability import multiproc
 from service.observability.collector import FastMultiProcessCollector
 from service.observability.exemplars import Reader, Recorder, bucket_keys, counter_key
+from service.refusals import CALLER_REFUSALS, REJECTED, reasons
 from service.scripts.revision import current_revision
 
 # HTTP latencies from 5 ms up; the top buckets sit above SCRIPT_TIMEOUT (30 s by default)
@@ -52,7 +53,90 @@ ERROR_LABELS = ("zone", "script", "kind")
 HISTOGRAM_LABELS = ("zone", "script")  # every histogram here: requests' and jobs'
 
 
+# The metrics of a request, each described once: attribute -> (name, labels, help).
+COUNTERS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "requests": (
+        "scriptgate_requests",
+        REQUEST_LABELS,
+        "Requests answered, by zone, script, method and HTTP status.",
+    ),
+    "script_errors": (
+        "scriptgate_script_errors",
+        ERROR_LABELS,
+        "Script failures by kind: exception, import, timeout, memory, crashed (runner died).",
+    ),
+    "backoffs": (
+        "scriptgate_script_backoffs",
+        ("zone", "script"),
+        "Scripts backed off after their import timed out (calls get 503 for a while).",
+    ),
+    "auth_denied": (
+        "scriptgate_auth_denied",
+        ("zone", "reason"),
+        "Requests refused before any script ran, by reason.",
+    ),
+    "rejected": (
+        "scriptgate_requests_rejected",
+        ("zone", "script", "reason"),
+        f"Requests refused at once by a limit, by reason ({', '.join(reasons(REJECTED))}).",
+    ),
+    # Per key: `caller` is a configured key id or "anonymous", so it stays bounded.
+    "caller_requests": (
+        "scriptgate_caller_requests",
+        ("zone", "script", "caller"),
+        "Requests by the key that made them (a configured key id, or anonymous).",
+    ),
+    "caller_refusals": (
+        "scriptgate_caller_refusals",
+        ("zone", "caller", "reason"),
+        f"Calls of a known key refused by its own limits: {', '.join(CALLER_REFUSALS)}.",
+    ),
+}
+# attribute -> (name, labels, multiprocess mode, help). live*: a dead worker's value
+# vanishes with it (it is no longer in flight).
+GAUGES: dict[str, tuple[str, tuple[str, ...], str, str]] = {
+    "in_progress": (
+        "scriptgate_requests_in_progress",
+        ("zone",),
+        "livesum",
+        "Requests being handled now, summed over live workers.",
+    ),
+    "script_in_progress": (
+        "scriptgate_script_requests_in_progress",
+        ("zone", "script"),
+        "livesum",
+        "Calls of a script running now, summed over live workers.",
+    ),
+    # max, not livemax: a setting outlives the worker that read it (a recycled one); a
+    # lowered limit shows the old one until the server restarts.
+    "concurrency_limit": (
+        "scriptgate_script_concurrency_limit",
+        ("zone", "script"),
+        "max",
+        "A script's CONCURRENCY (calls at once across the server); absent: no limit.",
+    ),
+    "build_info": (
+        "scriptgate_build_info",
+        ("version",),
+        "livemax",
+        "Always 1; the version label says which Scriptgate runs.",
+    ),
+}
+
+
 class Metrics:
+    requests: Counter
+    script_errors: Counter
+    backoffs: Counter
+    auth_denied: Counter
+    rejected: Counter
+    caller_requests: Counter
+    caller_refusals: Counter
+    in_progress: Gauge
+    script_in_progress: Gauge
+    concurrency_limit: Gauge
+    build_info: Gauge
+
     def __init__(
         self,
         version: str,
@@ -65,19 +149,11 @@ class Metrics:
         # Where this process's exemplars go under gunicorn (None: prometheus_client's).
         self.recorder = Recorder(multiproc_dir) if exemplars and multiproc_dir else None
         own = CollectorRegistry()
-
-        def counter(name: str, labels: str, doc: str) -> Counter:
-            return Counter(name, doc, labels.split(), registry=own)
-
-        def gauge(name: str, labels: str, mode: str, doc: str) -> Gauge:
-            # live*: a dead worker's value vanishes with it (it is no longer in flight).
-            return Gauge(name, doc, labels.split(), registry=own, multiprocess_mode=mode)
-
-        self.requests = counter(
-            "scriptgate_requests",
-            " ".join(REQUEST_LABELS),
-            "Requests answered, by zone, script, method and HTTP status.",
-        )
+        for attribute, (name, labels, doc) in COUNTERS.items():
+            setattr(self, attribute, Counter(name, doc, labels, registry=own))
+        for attribute, (name, labels, mode, doc) in GAUGES.items():
+            gauge = Gauge(name, doc, labels, registry=own, multiprocess_mode=mode)
+            setattr(self, attribute, gauge)
         self.duration_bounds = (*buckets_for(max_timeout), INF)
         self.duration = Histogram(
             "scriptgate_request_duration_seconds",
@@ -85,63 +161,6 @@ class Metrics:
             HISTOGRAM_LABELS,
             buckets=self.duration_bounds,
             registry=own,
-        )
-        self.script_errors = counter(
-            "scriptgate_script_errors",
-            " ".join(ERROR_LABELS),
-            "Script failures by kind: exception, import, timeout, memory, crashed (runner died).",
-        )
-        self.backoffs = counter(
-            "scriptgate_script_backoffs",
-            "zone script",
-            "Scripts backed off after their import timed out (calls get 503 for a while).",
-        )
-        self.auth_denied = counter(
-            "scriptgate_auth_denied",
-            "zone reason",
-            "Requests refused before any script ran, by reason.",
-        )
-        self.rejected = counter(
-            "scriptgate_requests_rejected",
-            "zone script reason",
-            "Requests refused at once by a limit, by reason (concurrency, rate_limit).",
-        )
-        # Per key: `caller` is a configured key id or "anonymous", so it stays bounded.
-        self.caller_requests = counter(
-            "scriptgate_caller_requests",
-            "zone script caller",
-            "Requests by the key that made them (a configured key id, or anonymous).",
-        )
-        self.caller_refusals = counter(
-            "scriptgate_caller_refusals",
-            "zone caller reason",
-            "Calls of a known key refused by its own limits: scope, expired, rate_limit.",
-        )
-        self.in_progress = gauge(
-            "scriptgate_requests_in_progress",
-            "zone",
-            "livesum",
-            "Requests being handled now, summed over live workers.",
-        )
-        self.script_in_progress = gauge(
-            "scriptgate_script_requests_in_progress",
-            "zone script",
-            "livesum",
-            "Calls of a script running now, summed over live workers.",
-        )
-        self.concurrency_limit = gauge(
-            "scriptgate_script_concurrency_limit",
-            "zone script",
-            # max, not livemax: a setting outlives the worker that read it (a recycled
-            # one); a lowered limit shows the old one until the server restarts.
-            "max",
-            "A script's CONCURRENCY (calls at once across the server); absent: no limit.",
-        )
-        self.build_info = gauge(
-            "scriptgate_build_info",
-            "version",
-            "livemax",
-            "Always 1; the version label says which Scriptgate runs.",
         )
         self.build_info.labels(version).set(1)
         self._request_children: dict[tuple[str, str, str, int], _RequestSeries] = {}

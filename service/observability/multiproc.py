@@ -39,7 +39,6 @@ EXEMPLARS_PREFIX, EXEMPLARS_SUFFIX = (
     "exemplars_",
     ".bin",
 )  # service/observability/exemplars.py's files
-_LIVE_GAUGE_MODES = ("liveall", "livesum", "livemax", "livemin", "livemostrecent")
 
 
 class DirectoryInUse(RuntimeError):

@@ -10,48 +10,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
-from service.access.keys import ANONYMOUS, Caller
 from service.observability.logs import format_failure, log_fields, redact_query
 from service.observability.tracing import add_trace_headers, span_ids
+from service.refusals import CALLER_REFUSALS
 from service.scripts.resolve import UNMATCHED, url_for_script
 
 if TYPE_CHECKING:
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 # Any other method name is counted as "other", so made-up methods cannot add series.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Refusals that concern one key, counted per caller for the refusal-burst alert.
-CALLER_REFUSALS = frozenset({"scope", "expired", "rate_limit"})
-
-
-class RequestContext:
-    """What the pipeline learns about one request, handed from stage to stage."""
-
-    __slots__ = (
-        "caller",
-        "client_ip",
-        "denied_reason",
-        "rejected_reason",
-        "script",
-        "server_span",
-        "span_id",
-        "started",
-        "trace_id",
-        "zone",
-    )
-
-    def __init__(self, zone: str, client_ip: str, server_span: Span) -> None:
-        self.started = time.perf_counter()
-        self.zone = zone
-        self.script = UNMATCHED
-        self.client_ip = client_ip
-        self.server_span = server_span
-        self.trace_id, self.span_id = span_ids(server_span)
-        self.denied_reason: str | None = None  # an AccessDenied reason
-        self.rejected_reason: str | None = None  # a TooManyRequests reason
-        self.caller: Caller = ANONYMOUS  # the key that made the call (access.authorize)
 
 
 def record_request(rt: Runtime, ctx: RequestContext, req: Request, response: Response) -> None:

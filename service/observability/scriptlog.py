@@ -23,7 +23,7 @@ from opentelemetry import trace
 from service.observability.tracing import span_ids
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 PRINT_LOGGER = "print"

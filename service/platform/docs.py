@@ -19,7 +19,7 @@ from flask import Request, Response, send_file
 from service.http.errors import NotFound
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -2,9 +2,10 @@
 
 Each script is a path; its summary and description come from its docstring, its query
 parameters and JSON body from its handler's declarations (params.py), its security
-scheme from its zone, and every error it can answer with from the contract, all as the
-one JSON error body. A caller sees only the zones it may call (access.may_call): without
-a key, the root zone; with X-API-Key or X-Admin-Key, that zone too.
+scheme from its zone, and every refusal it can get as service/refusals.py declares it
+(each with an example body), all as the one JSON error body; 202 for a call run as a job.
+A caller sees only the scripts it may call (access.guard.may_call): without a key, the
+root zone; with X-API-Key or X-Admin-Key, that zone too.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from flask import Request, Response, jsonify
 from service.access.guard import ZONE_KEY_HEADERS, may_call
 from service.access.policy import zone_keys
 from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
+from service.refusals import of_status
 from service.scripts.describe import ScriptState, all_states
 from service.scripts.loader import DEFAULT_METHODS
 from service.scripts.params import Params
 from service.scripts.resolve import ZONES
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 OPENAPI_VERSION = "3.1.0"
@@ -44,8 +46,8 @@ ERROR_SCHEMA = {
     "description": "Every error Scriptgate answers: JSON, with the request's trace id.",
     "required": ["error", "trace_id"],
     "properties": {
-        "error": {"type": "string", "examples": ["unauthorized"]},
-        "reason": {"type": "string", "examples": ["api_key"]},
+        "error": {"type": "string"},
+        "reason": {"type": "string", "description": "why, for a status with several causes"},
         "header": {"type": "string", "description": "the header a 401 expects the key in"},
         "trace_id": _TRACE_ID,
     },
@@ -72,16 +74,51 @@ FIELD_ERRORS_SCHEMA = {
         "trace_id": _TRACE_ID,
     },
 }
-# status -> (component name, description, schema)
-ERRORS = {
-    "400": ("InvalidParameters", "A parameter is missing or does not fit.", "FieldErrors"),
-    "401": ("Unauthorized", "The zone's key header is missing or wrong.", "Error"),
-    "403": ("Forbidden", "The caller's address is not allowed.", "Error"),
-    "413": ("PayloadTooLarge", "The body is over MAX_BODY_BYTES.", "Error"),
-    "429": ("TooManyRequests", "The script's CONCURRENCY is reached; retry.", "Error"),
-    "500": ("ScriptFailed", "The script raised or does not load; the log has why.", "Error"),
-    "504": ("Timeout", "The script ran past its TIMEOUT.", "Error"),
+# status -> the component its answers are documented under (refusals.REFUSALS says what)
+RESPONSE_NAMES = {
+    400: "InvalidParameters",
+    401: "Unauthorized",
+    403: "Forbidden",
+    413: "PayloadTooLarge",
+    429: "TooManyRequests",
+    500: "ScriptFailed",
+    503: "Unavailable",
+    504: "Timeout",
 }
+_EXAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def error_response(status: int) -> dict[str, Any]:
+    """The document's answer for a status: each declared refusal's line, and an example
+    body of each, as the server writes it."""
+    declared = [r for r in of_status(status) if r.scripts]
+    lines = [f"`{r.reason}`: {r.doc}" if r.reason else r.doc for r in declared]
+    examples = {}
+    for refusal in declared:
+        body: dict[str, Any] = {"error": refusal.error}
+        if refusal.reason:
+            body["reason"] = refusal.reason
+        if status == 400:
+            body["fields"] = [
+                {
+                    "in": "query",
+                    "name": "day",
+                    "message": "Input should be a valid date",
+                    "type": "date_from_datetime_parsing",
+                }
+            ]
+        body["trace_id"] = _EXAMPLE_TRACE_ID
+        examples[refusal.reason or RESPONSE_NAMES[status]] = {"value": body}
+    schema = "FieldErrors" if status == 400 else "Error"
+    return {
+        "description": " ".join(lines),
+        "headers": {"X-Trace-Id": {"$ref": "#/components/headers/X-Trace-Id"}},
+        "content": {
+            "application/json": {"schema": {"$ref": _SCHEMAS_REF + schema}, "examples": examples}
+        },
+    }
+
+
 TRACE_HEADER = {
     "description": "The request's trace id: find its log lines and its trace with it.",
     "schema": _TRACE_ID,
@@ -99,18 +136,17 @@ def openapi_document(rt: Runtime, ctx: RequestContext, req: Request) -> Response
 
 
 def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> dict[str, Any]:
-    """The document for the scripts this caller may call, broken ones included (marked
-    as such)."""
+    """The document for the scripts this caller may call. A broken script is left out:
+    a caller cannot call it; `scriptgate check` and /_platform/routes?detail=1 say why."""
     schemas: dict[str, Any] = {
         "Error": ERROR_SCHEMA,
         "FieldErrors": FIELD_ERRORS_SCHEMA,
         **JOB_SCHEMAS,
     }
-    states = all_states(rt, visible)
+    states = [state for state in all_states(rt, visible) if state.script is not None]
     zones = tuple(zone for zone in ZONES if any(state.zone == zone for state in states))
     paths = {state.url: path_item(rt, state, schemas) for state in states}
     paths.update(JOB_PATHS)  # every caller may follow the jobs it starts
-    header = {"$ref": "#/components/headers/X-Trace-Id"}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -123,14 +159,7 @@ def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> d
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": {
-                name: {
-                    "description": text,
-                    "headers": {"X-Trace-Id": header},
-                    "content": {"application/json": {"schema": {"$ref": _SCHEMAS_REF + schema}}},
-                }
-                for name, text, schema in ERRORS.values()
-            },
+            "responses": {name: error_response(status) for status, name in RESPONSE_NAMES.items()},
             "headers": {"X-Trace-Id": TRACE_HEADER},
             "securitySchemes": {
                 SCHEMES[zone]: {"type": "apiKey", "in": "header", "name": header_name}
@@ -141,37 +170,37 @@ def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> d
 
 
 def path_item(rt: Runtime, state: ScriptState, schemas: dict[str, Any]) -> dict[str, Any]:
+    """One operation per method the script answers; a script left at the default methods
+    is one operation, GET, or POST when it declares a body (it answers both)."""
     script = state.script
-    methods = sorted((script.methods if script else DEFAULT_METHODS) - {"HEAD"})
+    assert script is not None  # broken scripts are not documented (routes?detail=1 are)
+    methods = sorted(script.methods - {"HEAD"})
+    if script.methods == DEFAULT_METHODS:
+        methods = ["POST" if script.params and script.params.body is not None else "GET"]
     keyed = state.zone in SCHEMES and zone_keys(state.zone, rt.settings)[1]
     prefix = re.sub(r"[^A-Za-z0-9]+", "_", f"{state.zone}_{state.path}")
-    shared = _hoist(script.params, prefix + ".", schemas) if script and script.params else {}
+    shared = _hoist(script.params, prefix + ".", schemas) if script.params else {}
     item: dict[str, Any] = {}
     for method in methods:
         operation: dict[str, Any] = {"tags": [state.zone], "operationId": f"{method}_{prefix}"}
-        statuses = ["500"]
-        if script is None:
-            operation["summary"] = f"{state.path} (broken: {state.state})"
-            operation["description"] = (
-                f"This script does not load ({state.state}); `scriptgate check` or "
-                "/_platform/routes?detail=1 says why."
-            )
-            operation["x-scriptgate-state"] = state.state
-        else:
-            operation["summary"] = script.summary or state.path
-            if script.description:
-                operation["description"] = script.description
-            operation.update(_declared(shared, method))
-            statuses += ["504"]
-            statuses += ["400"] if script.params else []
-            statuses += ["429"] if script.concurrency else []
-            statuses += ["413"] if method not in NO_BODY_METHODS else []
+        operation["summary"] = script.summary or state.path
+        description = script.description or ""
+        if script.methods == DEFAULT_METHODS:
+            other = "GET" if method == "POST" else "POST"
+            description = f"{description}\n\nAlso answers {other}.".strip()
+        if description:
+            operation["description"] = description
+        operation.update(_declared(shared, method))
+        statuses = [500, 503, 504]
+        statuses += [400] if script.params else []
+        statuses += [429] if script.concurrency or keyed else []
+        statuses += [413] if method not in NO_BODY_METHODS else []
         if keyed:
             operation["security"] = [{SCHEMES[state.zone]: []}]
-            statuses.append("401")
+            statuses += [401, 403]
         if rt.settings.api_trusted_ips or (state.zone == "admin" and rt.settings.admin_trusted_ips):
-            statuses.append("403")
-        operation["responses"] = _responses(statuses)
+            statuses.append(403)
+        operation["responses"] = _responses(sorted(set(statuses)), script.run_async)
         item[method.lower()] = operation
     return item
 
@@ -184,16 +213,29 @@ def _declared(shared: dict[str, Any], method: str) -> dict[str, Any]:
     return declared
 
 
-def _responses(statuses: list[str]) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {
+def _responses(statuses: list[int], run_async: bool) -> dict[str, Any]:
+    """The script's own answer (200), or its job (202: always for ASYNC, and for any call
+    sent with `Prefer: respond-async`), then the declared refusals it can get."""
+    trace = {"X-Trace-Id": {"$ref": "#/components/headers/X-Trace-Id"}}
+    responses: dict[str, Any] = {}
+    if not run_async:
+        responses["200"] = {
             "description": "What the script returns: JSON for a dict or list, text for a "
             "str, a file for bytes or send_file (204 for None).",
-            "headers": {"X-Trace-Id": {"$ref": "#/components/headers/X-Trace-Id"}},
+            "headers": trace,
         }
+    responses["202"] = {
+        "description": (
+            "ASYNC: every call runs as a job. "
+            if run_async
+            else "Sent with `Prefer: respond-async`: the call runs as a job. "
+        )
+        + "Follow it at `Location` (/_platform/jobs/{id}); its result at .../result.",
+        "headers": {**trace, "Location": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": {"$ref": _SCHEMAS_REF + "Job"}}},
     }
-    for status in sorted(statuses):
-        responses[status] = {"$ref": "#/components/responses/" + ERRORS[status][0]}
+    for status in statuses:
+        responses[str(status)] = {"$ref": "#/components/responses/" + RESPONSE_NAMES[status]}
     return responses
 
 

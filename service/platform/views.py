@@ -26,7 +26,7 @@ from service.scripts.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 from service.scripts.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})

@@ -64,7 +64,7 @@ def script_state(
     except ScriptLoadError as exc:
         return ScriptState(zone, path, url, exc.state, error=rt.secrets.scrub(str(exc)))
     except (ScriptTimeout, BackedOff):
-        state = "backed_off" if real in rt.scripts.backed_off() else "import_error"
+        state = "backed_off" if rt.scripts.is_backed_off(real) else "import_error"
         return ScriptState(zone, path, url, state, error="import timed out")
     except RunnerFailed:
         return ScriptState(zone, path, url, "import_error", error="its runner died")

@@ -27,6 +27,7 @@ from service.runners.script_import import MISSING, ScriptLoadError
 from service.scripts.params import Params
 from service.scripts.problems import NoScript
 from service.scripts.resolve import Target, zone_dir
+from service.small import file_stamp
 
 DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
 # Listings (health, routes, the API document) retry a failed import of an unchanged file
@@ -79,11 +80,8 @@ class LoadedScript:
 
 
 def stamp(path: str) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
+    found = file_stamp(path)
+    return None if found is None else (path, *found)
 
 
 def unchanged(stamps: Iterable[Stamp]) -> bool:
@@ -278,9 +276,11 @@ class ScriptCache:
 
     def backed_off(self) -> list[str]:
         """Real paths of the unchanged scripts whose import timed out and is backed off."""
-        now = time.monotonic()
-        return sorted(
-            path
-            for path, f in list(self._failures.items())
-            if f.timeouts and now < f.at + f.backoff() and f.stamp == stamp(path)
-        )
+        return sorted(path for path in list(self._failures) if self.is_backed_off(path))
+
+    def is_backed_off(self, path: str) -> bool:
+        """Whether this script's import timed out and it is backed off, unchanged since."""
+        failure = self._failures.get(path)
+        if failure is None or not failure.timeouts:
+            return False
+        return time.monotonic() < failure.at + failure.backoff() and failure.stamp == stamp(path)

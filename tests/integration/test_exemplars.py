@@ -26,7 +26,8 @@ from service.observability import multiproc
 from service.observability.collector import FastMultiProcessCollector
 from service.observability.exemplars import Reader
 from service.observability.multiproc import read_values
-from tests.integration.prom import API, API_KEY, GATHER_SCRIPT, PID_SCRIPT, PROMTOOL, write_scripts
+from tests.integration.prom import API, API_KEY, GATHER_SCRIPT, PID_SCRIPT, write_scripts
+from tests.prom import PROMTOOL
 from tests.servers import Gunicorn, gunicorn, wait_until
 
 WORKERS = 3

@@ -1,14 +1,17 @@
-"""Real Prometheus and Alertmanager for tests, configured from the shipped files.
+"""Real Prometheus and Alertmanager for every test that needs them, configured from the
+shipped files.
 
 The generated prometheus.yml is the shipped one with only the scrape targets, the
 Alertmanager address, the rule file paths and the intervals (1 s instead of 15 s)
 replaced; the rule files are used as shipped, and so are the feature flags that
-docker-compose.yml gives Prometheus.
+docker-compose.yml gives Prometheus. Targets come from a file (file service discovery),
+so a test may start Prometheus before the server it will scrape and point it there later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import yaml
 from tests.servers import REPO, free_port, stop_process, wait_until
 
 PROMETHEUS = Path("/usr/bin/prometheus")
+PROMTOOL = Path("/usr/bin/promtool")
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 PROM_DIR = REPO / "observability" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
@@ -32,6 +36,20 @@ FAST = "1s"
 @dataclass(frozen=True)
 class Prometheus:
     url: str
+    targets: Path  # the file service discovery reads
+
+    def scrape_port(self, port: int) -> None:
+        """Point the job at 127.0.0.1:`port` (picked up within Prometheus's 5 s tick)."""
+        self.scrape_targets([f"127.0.0.1:{port}"])
+
+    def scrape(self, server: Any) -> None:
+        """Point the job at a server's main port (tests.servers.Gunicorn)."""
+        self.scrape_port(server.port)
+
+    def scrape_targets(self, targets: list[str]) -> None:
+        staged = self.targets.with_suffix(".tmp")
+        staged.write_text(json.dumps([{"targets": targets}]))
+        staged.replace(self.targets)  # atomic, so Prometheus never reads half a file
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query; the result vector (or a scalar wrapped in a list)."""
@@ -68,14 +86,15 @@ class Prometheus:
 
 
 def generated_config(
-    targets: list[str], rule_files: list[Path], alertmanager: str | None
+    targets_file: Path, rule_files: list[Path], alertmanager: str | None
 ) -> dict[str, Any]:
     """The shipped prometheus.yml with targets, rules, Alertmanager and intervals replaced."""
     config = yaml.safe_load(PROM_CONFIG.read_text())
     config["global"].update(scrape_interval=FAST, evaluation_interval=FAST, scrape_timeout=FAST)
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == "scriptgate"]
     assert len(jobs) == 1, "prometheus.yml needs exactly one job named scriptgate"
-    jobs[0]["static_configs"] = [{"targets": targets}]
+    jobs[0]["file_sd_configs"] = [{"files": [str(targets_file)]}]
+    jobs[0].pop("static_configs", None)
     jobs[0].pop("dns_sd_configs", None)  # compose service names do not resolve here
     config["rule_files"] = [str(path) for path in rule_files]
     if alertmanager is None:
@@ -122,13 +141,16 @@ def _daemon(argv: list[str], tmp: Path, name: str, ready_url: str) -> Iterator[N
 
 @contextlib.contextmanager
 def prometheus(
-    tmp: Path, targets: list[str], alertmanager: str | None = None
+    tmp: Path, targets: list[str] | None = None, alertmanager: str | None = None
 ) -> Iterator[Prometheus]:
-    """Prometheus on a free 127.0.0.1 port scraping `targets` every second."""
+    """Prometheus on a free 127.0.0.1 port scraping `targets` every second (or none until
+    `scrape_port`); always stopped."""
     port = free_port()
+    targets_file = tmp / "prometheus-targets.json"
+    targets_file.write_text(json.dumps([{"targets": targets}] if targets else []))
     config_file = tmp / "prometheus.yml"
     config_file.write_text(
-        yaml.safe_dump(generated_config(targets, shipped_rule_files(), alertmanager))
+        yaml.safe_dump(generated_config(targets_file, shipped_rule_files(), alertmanager))
     )
     argv = [
         str(PROMETHEUS),
@@ -139,7 +161,7 @@ def prometheus(
     ]
     url = f"http://127.0.0.1:{port}"
     with _daemon(argv, tmp, "prometheus", f"{url}/-/ready"):
-        yield Prometheus(url)
+        yield Prometheus(url, targets_file)
 
 
 @contextlib.contextmanager
