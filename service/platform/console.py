@@ -103,7 +103,9 @@ def platform_root(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     return redirect(CONSOLE_PATH, 302)
 
 
-def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
+def console_scripts(
+    rt: Runtime, ctx: RequestContext, req: Request, *, view_at: Callable[[str], Any]
+) -> Response:
     """GET /_platform/console/scripts: the scripts the caller's key may call, with what
     the page needs to build their forms, and which other views the key opens.
 
@@ -111,7 +113,9 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     X-API-Key or X-Admin-Key, as on the job endpoints; one that matches none is 401 (not
     "no key"), so the page can say so at sign-in, and it is admitted like any call
     (expiry, rate limit, last use). Each zone is then asked whether the same key, sent
-    in that zone's own header, may call each script.
+    in that zone's own header, may call each script. `view_at` finds a platform view
+    by path: platform.views hands in its own table (functools.partial), so the guards of
+    the views the page offers are read there, not restated here.
     """
     keyring = rt.callers.keyring()
     secret = _presented(req)
@@ -129,7 +133,10 @@ def console_scripts(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     rt.scanner.poke(rt)
     states = all_states(rt, visible, known_only=True)
     scripts = [describe(state) for state in states if state.state in LISTED_STATES]
-    may = {view: _may_read(rt, ctx, view, secret) for view in ADMIN_VIEWS}
+    may = {
+        name: _may_read(rt, ctx, view_at(f"{PLATFORM_PREFIX}/{name}"), secret)
+        for name in ADMIN_VIEWS
+    }
     may["all_runs"] = allowed(ctx.caller, SEE_ALL_RUNS)
     may["schedules"] = allowed(ctx.caller, STEER_SCHEDULES)
     key = ctx.caller.key
@@ -190,13 +197,9 @@ def _presented(req: Request) -> str | None:
     return None
 
 
-def _may_read(rt: Runtime, ctx: RequestContext, name: str, secret: str | None) -> bool:
-    """Would the pipeline let this key (as X-Admin-Key) GET /_platform/<name>? Its guard
-    is read from the views table, so the answer follows it."""
-    from service.platform.views import platform_view  # the table imports this module
-
-    view = platform_view(f"{PLATFORM_PREFIX}/{name}")
-    assert view is not None, name
+def _may_read(rt: Runtime, ctx: RequestContext, view: Any, secret: str | None) -> bool:
+    """Would the pipeline let this key (as X-Admin-Key) GET this platform view, guarded
+    as it declares?"""
     headers = Headers([(PLATFORM_KEY_HEADER, secret)] if secret else [])
     try:
         keyring = rt.callers.keyring()

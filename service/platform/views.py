@@ -7,6 +7,7 @@ script (access, method check, record) and a script can never shadow one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,11 @@ VIEWS = {
         PlatformView("", platform_root, Guard.OPEN),  # leads to the console
         PlatformView("console", console_page, Guard.OPEN),
         *(PlatformView(f"console/{name}", console_asset, Guard.OPEN) for name in CONSOLE_ASSETS),
-        PlatformView("console/scripts", console_scripts, Guard.OPEN),  # filtered per caller
+        PlatformView(  # filtered per caller; it reads the guards of this table
+            "console/scripts",
+            functools.partial(console_scripts, view_at=lambda path: platform_view(path)),
+            Guard.OPEN,
+        ),
     )
 }
 
