@@ -433,6 +433,24 @@ def test_script_text_and_output_are_never_markup(
     assert not browser.problems, browser.problems
 
 
+def test_a_file_is_a_download_and_text_is_text(server: Gunicorn, browser: Browser) -> None:
+    page = browser.page()
+    sign_in(page, server, API_KEY, "/_platform/console#/scripts/api/export.py")
+    field(page, "day").locator("input").fill("2026-11-26")
+    press(page, "Run now")
+    link = page.get_by_role("link", name="Download calls-2026-11-26.csv")
+    with page.expect_download() as download:
+        link.click()
+    saved = Path(download.value.path())
+    assert saved.read_text().splitlines() == ["day,script,calls", "2026-11-26,greet.py,42"]
+    assert download.value.suggested_filename == "calls-2026-11-26.csv"
+
+    page.goto(server.url + "/_platform/console#/scripts/report.py")
+    press(page, "Run now")
+    expect(page.locator(".output pre.text")).to_have_text("report ok\n")
+    assert not browser.problems, browser.problems
+
+
 def test_an_admin_sees_broken_scripts_and_the_keys_with_last_use(
     server: Gunicorn, browser: Browser, tmp_path: Path
 ) -> None:
