@@ -433,7 +433,9 @@ def test_script_text_and_output_are_never_markup(
     assert not browser.problems, browser.problems
 
 
-def test_a_file_is_a_download_and_text_is_text(server: Gunicorn, browser: Browser) -> None:
+def test_a_file_is_a_download_text_is_text_and_a_body_is_json(
+    server: Gunicorn, browser: Browser
+) -> None:
     page = browser.page()
     sign_in(page, server, API_KEY, "/_platform/console#/scripts/api/export.py")
     field(page, "day").locator("input").fill("2026-11-26")
@@ -448,6 +450,23 @@ def test_a_file_is_a_download_and_text_is_text(server: Gunicorn, browser: Browse
     page.goto(server.url + "/_platform/console#/scripts/report.py")
     press(page, "Run now")
     expect(page.locator(".output pre.text")).to_have_text("report ok\n")
+
+    # A JSON body: checked as JSON here, then field by field by the server.
+    page.goto(server.url + "/_platform/console#/scripts/api/orders.py")
+    body = field(page, "").locator("textarea")
+    expect(field(page, "")).to_contain_text("Fields: customer, items, note")
+    body.fill('{"customer": "Rico", "items": [{"sku": "A-1", "quantity": 2}')
+    press(page, "Run now")
+    expect(field(page, "").locator(".error")).to_contain_text("not valid JSON")
+    body.fill('{"customer": "Rico", "items": [{"quantity": "two"}]}')
+    press(page, "Run now")
+    expect(field(page, "").locator(".error")).to_contain_text("items[0].sku: Field required")
+    assert "items[0].quantity: Input should be a valid integer" in field(page, "").inner_text()
+    body.fill('{"customer": "Rico", "items": [{"sku": "A-1", "quantity": 2}, {"sku": "B-7"}]}')
+    press(page, "Run now")
+    expect(page.locator(".output .status")).to_contain_text("HTTP 201")
+    expect(page.locator(".output .json")).to_contain_text("articles: 3")
+    assert field(page, "").locator(".error").inner_text() == ""
     assert not browser.problems, browser.problems
 
 
