@@ -90,7 +90,10 @@ ZONE_KEY_HEADERS = {"api": ("X-API-Key", "api_key"), "admin": ("X-Admin-Key", "a
 PLATFORM_KEY_HEADER = "X-Admin-Key"
 # Platform endpoints that PLATFORM_TRUSTED_IPS, or else a key with a platform scope,
 # guards; /_platform/keys always needs the key. Health stays open for probes.
-GUARDED_VIEWS = frozenset({"routes", "metrics", "keys"})
+GUARDED_VIEWS = frozenset({"routes", "metrics", "keys", "schedules"})
+# /_platform/schedules/<zone>/<path>/pause and /resume: a key, always (its
+# `platform:schedules` scope is checked as any platform view's).
+SCHEDULE_STEER_VIEWS = "schedules/"
 KEY_ONLY_VIEWS = frozenset({"keys"})
 JOB_VIEWS = "jobs"  # /_platform/jobs and below: who sees which job is per job (jobs/http.py)
 # Where a job endpoint finds the caller's key, in order, and the zones the key may come
@@ -149,6 +152,9 @@ def authorize_platform(
     key, always. A guarded view asked for without any key is 403 `ip`."""
     if view == JOB_VIEWS or view.startswith(JOB_VIEWS + "/"):
         return job_viewer(headers, keyring, strict=view == JOB_VIEWS)
+    if view.startswith(SCHEDULE_STEER_VIEWS):
+        presented = header_values(headers, PLATFORM_KEY_HEADER)
+        return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
     if view not in GUARDED_VIEWS:
         return ANONYMOUS
     trusted = settings.platform_trusted_ips

@@ -32,6 +32,7 @@ from service.resolve import zone_and_script
 from service.runners.limits import RunnerUser
 from service.runners.pool import RunnerConfig, RunnerPool
 from service.runtime import Runtime
+from service.schedules.metrics import ScheduleCollector
 from service.script_secrets import Secrets
 from service.tracing import build_tracer_provider, instrument, span_ids
 
@@ -101,6 +102,8 @@ def create_app(
         started_at=started_at or time.time(),
         platform_only=platform_only,
     )
+    if metrics is not None:  # next run, last success, failures: read from the store
+        metrics.register_live(ScheduleCollector(app.extensions["scriptgate"].jobs))
     app.register_error_handler(Exception, _outside_pipeline)
     return app
 

@@ -102,6 +102,8 @@ PLATFORM_VARIABLES = frozenset(
         "SCRIPT_OUTPUT_LIMIT",
         "RUNNER_USER",
         "METRICS_EXEMPLARS",
+        "SCHEDULE_TZ",
+        "SCHEDULE_TEST_CLOCK",
     }
 )
 PLATFORM_PREFIXES = ("OTEL_", "SCRIPTGATE_", "GUNICORN_")
@@ -167,6 +169,10 @@ class Settings:
     script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
     script_output_limit: int = DEFAULT_SCRIPT_OUTPUT_LIMIT
     runner_user: str = ""
+    # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, and
+    # for tests only, a file holding the time the scheduler goes by (clock.FileClock).
+    schedule_tz: str = "UTC"
+    schedule_test_clock: Path | None = None
 
     def __post_init__(self) -> None:
         # Keys are hashed on the way in: no cleartext key outlives startup (a digest
@@ -282,4 +288,33 @@ class Settings:
             ),
             script_output_limit=count("SCRIPT_OUTPUT_LIMIT", DEFAULT_SCRIPT_OUTPUT_LIMIT),
             runner_user=parse_runner_user("RUNNER_USER", env.get("RUNNER_USER")),
+            schedule_tz=parse_timezone("SCHEDULE_TZ", env.get("SCHEDULE_TZ")),
+            schedule_test_clock=parse_test_clock(env.get("SCHEDULE_TEST_CLOCK")),
         )
+
+
+def parse_timezone(variable: str, raw: str | None) -> str:
+    from service.schedules.spec import ScheduleError, valid_timezone
+
+    if raw is None or not raw.strip():
+        return "UTC"
+    try:
+        return valid_timezone(raw.strip())
+    except ScheduleError as exc:
+        raise ConfigError(variable, str(exc).replace("SCHEDULE_TZ: ", "")) from None
+
+
+def parse_test_clock(raw: str | None) -> Path | None:
+    """SCHEDULE_TEST_CLOCK, for tests only: an existing file holding the time (seconds
+    since the epoch) the scheduler goes by instead of the system's (schedules/clock.py).
+    Checked here so a typo stops the server instead of freezing every schedule."""
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    try:
+        float(path.read_text().strip())
+    except (OSError, ValueError):
+        raise ConfigError(
+            "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
+        ) from None
+    return path

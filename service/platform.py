@@ -22,6 +22,7 @@ from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, 
 from service.openapi import openapi_document
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 from service.revision import current_revision, revision_of, served_root
+from service.schedules.http import PAUSE, RESUME, SCHEDULES_PREFIX, schedule_list, schedule_steer
 
 if TYPE_CHECKING:
     from service.record import RequestContext
@@ -99,6 +100,7 @@ VIEWS = {
         PlatformView("openapi.json", openapi_document),
         PlatformView("docs", docs_page),
         PlatformView("jobs", job_list, scoped=False),
+        PlatformView("schedules", schedule_list),
         *(PlatformView(f"docs/{name}", docs_asset) for name in ASSETS),
     )
 }
@@ -107,6 +109,8 @@ VIEWS = {
 # Views under a path prefix, first match wins: (prefix, suffix, view). The view reads
 # the rest of the path (a job id) itself.
 PREFIX_VIEWS = (
+    (SCHEDULES_PREFIX, PAUSE, PlatformView("schedules", schedule_steer, frozenset({"POST"}))),
+    (SCHEDULES_PREFIX, RESUME, PlatformView("schedules", schedule_steer, frozenset({"POST"}))),
     (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, scoped=False)),
     (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"}, False)),
 )
