@@ -164,7 +164,12 @@ def test_a_scheduled_time_starts_one_job_as_caller_schedule(sched_app, clock) ->
     jobs = scheduled_jobs(sched_app)
     assert len(jobs) == 1
     job = jobs[0]
-    assert (job.trigger, job.caller, job.zone, job.script) == ("schedule", "schedule", "api", "tick.py")
+    assert (job.trigger, job.caller, job.zone, job.script) == (
+        "schedule",
+        "schedule",
+        "api",
+        "tick.py",
+    )
     assert job.method == "GET" and job.path == "/api/tick.py"
 
 
