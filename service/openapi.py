@@ -21,6 +21,7 @@ from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
 from service.loader import DEFAULT_METHODS
 from service.params import Params
 from service.resolve import ZONES
+from service.schedules.api_doc import add_schedules
 
 if TYPE_CHECKING:
     from service.record import RequestContext
@@ -109,6 +110,7 @@ def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> d
     zones = tuple(zone for zone in ZONES if any(state.zone == zone for state in states))
     paths = {state.url: path_item(rt, state, schemas) for state in states}
     paths.update(JOB_PATHS)  # every caller may follow the jobs it starts
+    add_schedules(paths, schemas)
     header = {"$ref": "#/components/headers/X-Trace-Id"}
     return {
         "openapi": OPENAPI_VERSION,

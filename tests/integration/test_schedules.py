@@ -125,27 +125,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_two_servers_on_one_redis_run_each_minute_once(tmp_path: Path, redis_url: str) -> None:
     setup = Setup(tmp_path)
-    with setup.server("one", JOB_BROKER_URL=redis_url) as one:
-        with setup.server("two", JOB_BROKER_URL=redis_url) as two:
-            scheduler_ready(one, two)
-            for minute in range(1, 6):
-                setup.set_clock(START + 30 + (minute - 1) * MINUTE)
-                runs_reach(setup, minute)
-            assert stays_the_same(setup.ticks, 1.0)  # twenty clock reads by each: no second
-            runs = setup.runs()
-            assert len(runs) == 5 and len({r.split()[0] for r in runs}) == 5
-            assert all(r.endswith(" scheduled") for r in runs)  # SCHEDULE_PARAMS reached it
-            started = [r for r in schedule_records(one, two) if r["outcome"] == "started"]
-            assert len(started) == 5
-            jobs = two.get("/_platform/jobs?trigger=schedule", headers=ADMIN).json()["jobs"]
-            assert sorted(j["id"] for j in jobs) == sorted(r.split()[0] for r in runs)
-            assert {(j["caller"], j["trigger"], j["script"]) for j in jobs} == {
-                ("schedule", "schedule", "/api/tick.py")
-            }
-            assert counter(one, "started") + counter(two, "started") == 5
-            entry = schedule_of(one)
-            assert entry["last_run"]["scheduled_at"] == "2026-12-07T07:04:00.000Z"
-            assert entry["next_run"] == "2026-12-07T07:05:00.000Z"
+    with (
+        setup.server("one", JOB_BROKER_URL=redis_url) as one,
+        setup.server("two", JOB_BROKER_URL=redis_url) as two,
+    ):
+        scheduler_ready(one, two)
+        for minute in range(1, 6):
+            setup.set_clock(START + 30 + (minute - 1) * MINUTE)
+            runs_reach(setup, minute)
+        assert stays_the_same(setup.ticks, 1.0)  # twenty clock reads by each: no second
+        runs = setup.runs()
+        assert len(runs) == 5 and len({r.split()[0] for r in runs}) == 5
+        assert all(r.endswith(" scheduled") for r in runs)  # SCHEDULE_PARAMS reached it
+        started = [r for r in schedule_records(one, two) if r["outcome"] == "started"]
+        assert len(started) == 5
+        jobs = two.get("/_platform/jobs?trigger=schedule", headers=ADMIN).json()["jobs"]
+        assert sorted(j["id"] for j in jobs) == sorted(r.split()[0] for r in runs)
+        assert {(j["caller"], j["trigger"], j["script"]) for j in jobs} == {
+            ("schedule", "schedule", "/api/tick.py")
+        }
+        assert counter(one, "started") + counter(two, "started") == 5
+        entry = schedule_of(one)
+        assert entry["last_run"]["scheduled_at"] == "2026-12-07T07:04:00.000Z"
+        assert entry["next_run"] == "2026-12-07T07:05:00.000Z"
 
 
 def test_a_restart_inside_the_catchup_window_runs_the_missed_time_once(tmp_path: Path) -> None:
@@ -222,7 +224,7 @@ def test_adding_and_deleting_a_file_changes_the_schedules(tmp_path: Path) -> Non
             what="the deleted script's schedule to be removed",
         )
         setup.set_clock(START + 30)  # 07:00: other.py's */2 is due, tick.py is gone
-        [run] = runs_reach(setup, 1)
+        runs_reach(setup, 1)
         assert stays_the_same(setup.ticks, 1.0) and len(setup.runs()) == 1
         records = [r for r in schedule_records(server) if r["outcome"] == "started"]
         assert [r["script"] for r in records] == ["other.py"]

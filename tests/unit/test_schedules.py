@@ -367,3 +367,33 @@ def test_pausing_what_has_no_schedule_is_404(sched_app, path) -> None:
     answer = sched_app.test_client().post(path, headers=ADMIN)
     assert answer.status_code == 404
     assert answer.get_json()["error"] == "schedule not found"
+
+
+def test_the_api_document_describes_the_schedule_endpoints(sched_app) -> None:
+    from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+
+    doc = sched_app.test_client().get("/_platform/openapi.json").get_json()
+    validate(doc, cls=OpenAPIV31SpecValidator)
+    assert doc["paths"]["/_platform/schedules"]["get"]["operationId"] == "list_schedules"
+    steer = doc["paths"]["/_platform/schedules/{zone}/{path}/pause"]["post"]
+    assert steer["security"] == [{"adminKey": []}]
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def test_schedule_settings_are_checked_at_startup(scripts_dir: Path, tmp_path: Path) -> None:
+    from service.config import ConfigError, Settings
+
+    base = {"SCRIPTS_DIR": str(scripts_dir)}
+    assert Settings.from_env(base).schedule_tz == "UTC"
+    assert Settings.from_env({**base, "SCHEDULE_TZ": "Asia/Taipei"}).schedule_tz == "Asia/Taipei"
+    with pytest.raises(ConfigError, match="SCHEDULE_TZ"):
+        Settings.from_env({**base, "SCHEDULE_TZ": "Nowhere/Special"})
+    with pytest.raises(ConfigError, match="SCHEDULE_TEST_CLOCK"):
+        Settings.from_env({**base, "SCHEDULE_TEST_CLOCK": str(tmp_path / "absent")})
+    clock = tmp_path / "clock"
+    clock.write_text("1765090800.0")
+    assert (
+        Settings.from_env({**base, "SCHEDULE_TEST_CLOCK": str(clock)}).schedule_test_clock == clock
+    )
