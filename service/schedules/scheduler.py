@@ -168,6 +168,14 @@ class Scheduler:
             if key not in current and entry.label not in wanted:
                 self.store.forget(*entry.label)
                 self.log.info("schedule removed", extra=self._fields(entry))
+        for state in self.store.states():  # removed while no scheduler was running
+            label = (state.zone, state.script, state.cron)
+            if label not in wanted and label not in {e.label for e in self.entries.values()}:
+                self.store.forget(*label)
+                self.log.info(
+                    "schedule removed",
+                    extra={"zone": state.zone, "script": state.script, "schedule": state.cron},
+                )
         for key in current.keys() - self.entries.keys():
             self.log.info("schedule found", extra=self._fields(current[key]))
         self.entries = current
