@@ -1,6 +1,6 @@
 """The scheduler: finds scripts' schedules and starts each scheduled time's job once.
 
-Where it runs: one process per job supervisor (`scriptgate-sched`, forked beside the job
+Where it runs: one process per job supervisor (`scriptgate-cron`, forked beside the job
 workers by service/jobs/worker.py), so every server that runs jobs, and every
 `scriptgate jobs` container, runs one. Several is the normal case, not a fault: each
 scheduled time is claimed in the shared store (store.py) before its job is created, so
@@ -319,5 +319,5 @@ def run_scheduler(settings: Any, run_dir: Any, started_at: float) -> None:
         rt.tracer_provider.force_flush(2000)
 
 
-PROCESS_NAME = "scriptgate-sched"
+PROCESS_NAME = "scriptgate-cron"
 SCHEDULER_NICENESS = 5  # as HTTP workers: a job's start should not wait on a busy job
