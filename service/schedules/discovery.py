@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.describe import script_state
+from service.describe import DESCRIBE_AT_ONCE, script_state
 from service.loader import Stamp, stamp
-from service.resolve import ZONES, list_scripts, url_for_script, zone_dir
+from service.resolve import ZONES, list_scripts, zone_dir
 from service.revision import served_root
 from service.schedules.spec import MARKER, ScheduleSpec
 
@@ -75,25 +76,31 @@ MARKED = Marked()
 
 
 def discover(rt: Runtime, marked: Marked = MARKED) -> list[Scheduled]:
-    """Every script with a schedule, and every broken one that mentions SCHEDULE."""
+    """Every script with a schedule, and every broken one that mentions SCHEDULE; new
+    and changed ones described by a few runners at once (describe.DESCRIBE_AT_ONCE)."""
     root = Path(served_root(rt.settings.scripts_dir))
-    found: list[Scheduled] = []
+    candidates: list[tuple[str, str]] = []
     seen: set[str] = set()
     for zone in ZONES:
         folder = str(zone_dir(root, zone))
         for path in list_scripts(root, zone):
             joined = os.path.join(folder, path)
             seen.add(joined)
-            if not marked(joined):
-                continue
-            state = script_state(rt, zone, path)
-            if state is None:  # deleted since it was listed
-                continue
-            url = url_for_script(zone, path)
-            if state.script is None:
-                found.append(Scheduled(zone, path, url, None, error=state.error or state.state))
-            elif state.script.schedule is not None:
-                script = state.script
-                found.append(Scheduled(zone, path, url, script.schedule, script.retries))
+            if marked(joined):
+                candidates.append((zone, path))
+    with ThreadPoolExecutor(DESCRIBE_AT_ONCE, thread_name_prefix="scriptgate-discover") as pool:
+        states = list(pool.map(lambda item: script_state(rt, *item), candidates))
+    found: list[Scheduled] = []
+    for state in states:
+        if state is None:  # deleted since it was listed
+            continue
+        if state.script is None:
+            error = state.error or state.state
+            found.append(Scheduled(state.zone, state.path, state.url, None, error=error))
+        elif state.script.schedule is not None:
+            script = state.script
+            found.append(
+                Scheduled(state.zone, state.path, state.url, script.schedule, script.retries)
+            )
     marked.keep_only(seen)
     return found

@@ -8,9 +8,10 @@ one of them starts it and the others do nothing. Not in gunicorn's workers (ther
 several per server, recycled at will) and not in the master (it must not import or run
 anything a script wrote).
 
-Each step: every SCAN_SECONDS the scripts folder is looked at again (added, edited and
-deleted scripts change the schedules, no restart); each schedule whose next time has
-come is claimed, then run, skipped or recorded as missed:
+A thread looks at the scripts folder every SCAN_SECONDS (added, edited and deleted
+scripts change the schedules, no restart; a script whose import hangs holds up that
+thread, never a schedule's time); the main loop claims each schedule whose next time has
+come, then runs, skips or records it as missed:
 - a run whose previous run of the same schedule is still queued or running is skipped
   (SCHEDULE_OVERLAP = True lets it start);
 - a paused script's time is claimed and skipped;
@@ -102,8 +103,8 @@ class Scheduler:
     metrics: ScheduleMetrics | None = None
     entries: dict[str, Entry] = field(default_factory=dict)
     pending: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # job -> label
-    _next_scan: float = 0.0
     _first_scan: bool = True
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.store is None:
@@ -114,24 +115,35 @@ class Scheduler:
             self.metrics = schedule_metrics(self.rt.metrics)
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop`: steps, waiting on the clock for the next time due."""
+        """Until `stop`: the folder scanned in a thread of its own (an import that hangs
+        delays no schedule: the scan waits for it, firing does not), and due times fired
+        here, waiting on the clock for the next one."""
+        scanner = threading.Thread(
+            target=self._scan_loop, args=(stop,), name="scriptgate-schedule-scan", daemon=True
+        )
+        scanner.start()
         while not stop.is_set():
             try:
                 self.step()
             except Exception as exc:  # a store outage: logged, tried again next step
                 self.log.error("scheduler step failed: %s", exc)
-                self._next_scan = 0.0
             now = self.clock.now()
-            due = min((e.next_at for e in self.entries.values()), default=now + SCAN_SECONDS)
-            until_scan = max(0.0, self._next_scan - time.monotonic())
-            self.clock.wait(stop, min(max(0.0, due - now), until_scan, SCAN_SECONDS))
+            due = min((e.next_at for e in list(self.entries.values())), default=now + SCAN_SECONDS)
+            self.clock.wait(stop, min(max(0.0, due - now), SCAN_SECONDS))
+        scanner.join(timeout=SCAN_SECONDS)
+
+    def _scan_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.scan()
+            except Exception as exc:  # a store outage or a platform bug: again next scan
+                self.log.error("scheduler step failed: %s", exc)
+            stop.wait(SCAN_SECONDS)
 
     def step(self) -> None:
-        if time.monotonic() >= self._next_scan:
-            self._next_scan = time.monotonic() + SCAN_SECONDS
-            self.scan()
+        """Fire every schedule whose time has come."""
         now = self.clock.now()
-        due = [e for e in self.entries.values() if e.next_at <= now]
+        due = [e for e in list(self.entries.values()) if e.next_at <= now]
         if not due:
             return
         assert self.store is not None
@@ -162,7 +174,8 @@ class Scheduler:
                 if self.metrics is not None:
                     self.metrics.known(found.zone, found.script)
                 if self._first_scan and state.last_job and state.last_outcome == STARTED:
-                    self.pending[state.last_job] = entry.label
+                    with self._pending_lock:
+                        self.pending[state.last_job] = entry.label
         wanted = {e.label for e in current.values()}
         for key, entry in self.entries.items():
             if key not in current and entry.label not in wanted:
@@ -242,7 +255,8 @@ class Scheduler:
             self.rt.jobs.submit(job, spec.snapshot(found.url))
         if self.rt.jobs.metrics is not None:
             self.rt.jobs.metrics.entered(found.zone, found.script, QUEUED)
-        self.pending[job_id] = entry.label
+        with self._pending_lock:
+            self.pending[job_id] = entry.label
         return job_id
 
     def outcome(
@@ -269,12 +283,14 @@ class Scheduler:
     def follow_jobs(self) -> None:
         """The started jobs that finished since: last success and failures in a row."""
         assert self.store is not None
-        for job_id, label in list(self.pending.items()):
+        with self._pending_lock:
+            following = list(self.pending.items())
+        for job_id, label in following:
             job = self.rt.jobs.store.get(job_id, time.time())
-            if job is None:
-                del self.pending[job_id]
-            elif job.state in FINISHED:
-                del self.pending[job_id]
+            if job is None or job.state in FINISHED:
+                with self._pending_lock:
+                    self.pending.pop(job_id, None)
+            if job is not None and job.state in FINISHED:
                 at = job.finished_at or time.time()
                 self.store.finished(*label, job_id, at, job.state == SUCCEEDED)
 

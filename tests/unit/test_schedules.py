@@ -5,6 +5,7 @@ tests/integration/test_schedules.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from service.schedules.scheduler import Scheduler, latest_time, next_time
 from service.schedules.spec import ScheduleError, read_schedule
 from service.schedules.store import MISSED, SKIPPED, STARTED, open_store
 from tests.unit.conftest import ADMIN, API, log_records, write_scripts
+from tests.waiting import until
 
 MINUTE = 60.0
 # A Monday, 06:59:30 UTC: a minute boundary 30 s ahead.
@@ -397,3 +399,41 @@ def test_schedule_settings_are_checked_at_startup(scripts_dir: Path, tmp_path: P
     assert (
         Settings.from_env({**base, "SCHEDULE_TEST_CLOCK": str(clock)}).schedule_test_clock == clock
     )
+
+
+def test_a_hanging_import_delays_no_other_schedule(make_app, scripts_dir, clock) -> None:
+    """A hostile script with SCHEDULE whose import never ends: the scan waits for its
+    runner (SCRIPT_TIMEOUT, 2 s here), the other schedule's time fires regardless."""
+    write_scripts(scripts_dir, {"api/tick.py": EVERY_MINUTE})
+    app = make_app()
+    s = scheduler(app, clock)
+    write_scripts(scripts_dir, {"api/hang.py": 'SCHEDULE = "* * * * *"\nwhile True:\n    pass\n'})
+    stop = threading.Event()
+    runner = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        until(
+            lambda: any(p.name == "hang.py" for p in scripts_dir.joinpath("api").iterdir()),
+            what="the hostile script written",
+        )
+        clock.advance(30)
+        until(lambda: len(scheduled_jobs(app)) == 1, seconds=10, what="tick.py's run")
+        timed_out = [
+            r
+            for r in log_records(app.extensions["scriptgate"].settings.log_file)
+            if "import timed out" in r.get("message", "") or r.get("kind") == "import"
+        ]
+        assert timed_out == [], "the run waited for the hanging import"
+        until(
+            lambda: (
+                (listing := app.test_client().get("/_platform/schedules").get_json()["broken"])
+                and listing[0]["script"] == "/api/hang.py"
+            ),
+            seconds=30,
+            what="the hanging script reported broken",
+        )
+    finally:
+        stop.set()
+        clock.advance(0)
+        runner.join(timeout=10)
+    assert not runner.is_alive()
