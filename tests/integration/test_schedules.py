@@ -13,6 +13,8 @@ redis-server.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import descendants, process_name
 from tests.servers import Gunicorn, gunicorn, log_records, redis_server, stays_the_same, wait_until
 
 ADMIN_KEY = "sg_admin_schedules_0123456789abcdefghijklm"
@@ -228,3 +231,25 @@ def test_adding_and_deleting_a_file_changes_the_schedules(tmp_path: Path) -> Non
         assert stays_the_same(setup.ticks, 1.0) and len(setup.runs()) == 1
         records = [r for r in schedule_records(server) if r["outcome"] == "started"]
         assert [r["script"] for r in records] == ["other.py"]
+
+
+def scheduler_pids(server: Gunicorn) -> set[int]:
+    return {p for p in descendants(server.proc.pid) if process_name(p) == "scriptgate-cron"}
+
+
+def test_a_killed_scheduler_is_replaced_and_runs_the_next_time(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    with setup.server("only") as server:
+        scheduler_ready(server)
+        [first] = scheduler_pids(server)
+        os.kill(first, signal.SIGKILL)
+        [second] = wait_until(
+            lambda: (found := scheduler_pids(server)) and first not in found and found,
+            timeout=30,
+            what="a new scheduler process",
+        )
+        scheduler_ready(server, count=2)  # the new one found the schedule too
+        setup.set_clock(START + 30)
+        runs_reach(setup, 1)
+        assert stays_the_same(setup.ticks, 1.0) and len(setup.runs()) == 1
+        assert scheduler_pids(server) == {second}
