@@ -437,3 +437,22 @@ def test_a_hanging_import_delays_no_other_schedule(make_app, scripts_dir, clock)
         clock.advance(0)
         runner.join(timeout=10)
     assert not runner.is_alive()
+
+
+def test_check_names_a_bad_schedule(make_app, scripts_dir, capsys) -> None:
+    from service import cli
+
+    write_scripts(
+        scripts_dir,
+        {
+            "api/late.py": 'SCHEDULE = "0 25 * * *"\ndef main(request): ...\n',
+            "api/typed.py": (
+                'SCHEDULE = "0 7 * * *"\nSCHEDULE_PARAMS = {"n": "x"}\n'
+                "def main(request, n: int = 1): ...\n"
+            ),
+        },
+    )
+    assert cli.main(["check", "--scripts", str(scripts_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "FAIL api/late.py: import_error: SCHEDULE: '0 25 * * *' is not a valid cron" in err
+    assert "FAIL api/typed.py: import_error: SCHEDULE_PARAMS: n: Input should be a valid" in err
