@@ -11,6 +11,7 @@ from typing import Any
 
 from service.schedules.store import (
     CLAIM_DAYS,
+    Claim,
     ScheduleState,
     ScheduleStore,
     schedule_key,
@@ -30,7 +31,7 @@ if last and tonumber(last) >= tonumber(ARGV[1]) then return false end
 if not redis.call('set', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[2]) then return false end
 redis.call('hset', KEYS[2], 'last_at', ARGV[1], 'zone', ARGV[4], 'script', ARGV[5], 'cron', ARGV[6])
 redis.call('sadd', ARGV[7], ARGV[8])
-return last or ARGV[1]
+return {last or ARGV[1], redis.call('hget', KEYS[2], 'last_job') or ''}
 """
 # KEYS: state. ARGV: job id, at, ok ("1"/"0"). Once per job.
 _FINISHED = """
@@ -85,16 +86,26 @@ class RedisScheduleStore(ScheduleStore):
         pipe.hgetall(PREFIX + key)
         return self._state(pipe.execute()[-1])
 
-    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> float | None:
+    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> Claim | None:
         key = schedule_key(zone, script, cron)
         args = [repr(due), CLAIM_DAYS * 86400, repr(now), zone, script, cron, INDEX, key]
-        last = self._claim(keys=[f"{CLAIM}{key}@{due!r}", PREFIX + key], args=args)
-        return None if last is None else float(last)
+        found = self._claim(keys=[f"{CLAIM}{key}@{due!r}", PREFIX + key], args=args)
+        if found is None:
+            return None
+        last, job = found
+        return Claim(float(last), job.decode() if job else None)
 
     def record(
-        self, zone: str, script: str, cron: str, due: float, outcome: str, job_id: str | None
+        self,
+        zone: str,
+        script: str,
+        cron: str,
+        due: float,
+        outcome: str,
+        job_id: str | None,
+        next_at: float,
     ) -> None:
-        fields = {"last_outcome": outcome, "last_run_at": repr(due)}
+        fields = {"last_outcome": outcome, "last_run_at": repr(due), "next_at": repr(next_at)}
         if job_id is not None:
             fields["last_job"] = job_id
         self.conn.hset(PREFIX + schedule_key(zone, script, cron), mapping=fields)

@@ -203,23 +203,27 @@ class Scheduler:
         assert spec is not None
         due = latest_time(cron, entry.tz, now)
         entry.next_at = next_time(cron, entry.tz, max(due, now))
-        previous = self.store.claim(zone, script, cron, due, now)
-        if previous is None:  # another scheduler has it, or it was handled already
+        claim = self.store.claim(zone, script, cron, due, now)
+        if claim is None:  # another scheduler has it, or it was handled already
             return
-        self.store.set_next(zone, script, cron, entry.next_at)
-        missed = count_between(cron, entry.tz, previous, due)
+        missed = count_between(cron, entry.tz, claim.previous, due)
         if now - due > spec.catchup:
             missed += 1
             self.outcome(entry, due, MISSED, None, count=missed, late_s=round(now - due, 3))
             return
         if missed:
-            self.outcome(entry, previous, MISSED, None, count=missed)
+            self.log.warning(
+                "schedule",
+                extra={**self._fields(entry), "outcome": MISSED, "count": missed,
+                       "since": _iso(claim.previous)},
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.runs.labels(zone, script, MISSED).inc(missed)
         if paused:
             self.outcome(entry, due, SKIPPED, None, reason="paused")
             return
-        state = self.store.register(zone, script, cron, now)
-        if not spec.overlap and state.last_job:
-            last = self.rt.jobs.store.get(state.last_job, time.time())
+        if not spec.overlap and claim.last_job:
+            last = self.rt.jobs.store.get(claim.last_job, time.time())
             if last is not None and last.state in (QUEUED, RUNNING):
                 self.outcome(entry, due, SKIPPED, None, reason="overlap", running=last.id)
                 return
@@ -269,7 +273,7 @@ class Scheduler:
         **extra: Any,
     ) -> None:
         assert self.store is not None
-        self.store.record(*entry.label, due, outcome, job_id)
+        self.store.record(*entry.label, due, outcome, job_id, entry.next_at)
         if self.metrics is not None:
             self.metrics.runs.labels(entry.found.zone, entry.found.script, outcome).inc(count)
         fields = {**self._fields(entry), "outcome": outcome, "scheduled_at": _iso(due)}

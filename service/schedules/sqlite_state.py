@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.schedules.store import CLAIM_DAYS, ScheduleState, ScheduleStore, schedule_key
+from service.schedules.store import (
+    CLAIM_DAYS,
+    Claim,
+    ScheduleState,
+    ScheduleStore,
+    schedule_key,
+)
 
 STATE = "scriptgate_schedule"
 CLAIMS, PAUSED = f"{STATE}_claim", f"{STATE}_paused"
@@ -57,10 +63,10 @@ class SqliteScheduleStore(ScheduleStore):
             row = cursor.fetchone()
         return ScheduleState(*row)
 
-    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> float | None:
+    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> Claim | None:
         key = schedule_key(zone, script, cron)
         with self.storage.db(commit=True) as cursor:
-            cursor.execute(f"select last_at from {STATE} where key = ?", (key,))
+            cursor.execute(f"select last_at, last_job from {STATE} where key = ?", (key,))
             row = cursor.fetchone()
             if row is not None and row[0] >= due:
                 return None
@@ -73,20 +79,25 @@ class SqliteScheduleStore(ScheduleStore):
             if row is None:  # forgotten meanwhile (the script was edited): back again
                 insert = f"insert into {STATE} (key, zone, script, cron, last_at)"
                 cursor.execute(f"{insert} values (?, ?, ?, ?, ?)", (key, zone, script, cron, due))
-                return due
+                return Claim(due, None)
             cursor.execute(f"update {STATE} set last_at = ? where key = ?", (due, key))
-        return float(row[0])
+        return Claim(float(row[0]), row[1])
 
     def record(
-        self, zone: str, script: str, cron: str, due: float, outcome: str, job_id: str | None
+        self,
+        zone: str,
+        script: str,
+        cron: str,
+        due: float,
+        outcome: str,
+        job_id: str | None,
+        next_at: float,
     ) -> None:
-        key = schedule_key(zone, script, cron)
-        if job_id is None:
-            sql = f"update {STATE} set last_outcome = ?, last_run_at = ? where key = ?"
-            self._change(sql, (outcome, due, key))
-        else:
-            sql = f"update {STATE} set last_outcome = ?, last_run_at = ?, last_job = ? "
-            self._change(sql + "where key = ?", (outcome, due, job_id, key))
+        sql = (
+            f"update {STATE} set last_outcome = ?, last_run_at = ?, next_at = ?, "
+            "last_job = coalesce(?, last_job) where key = ?"
+        )
+        self._change(sql, (outcome, due, next_at, job_id, schedule_key(zone, script, cron)))
 
     def set_next(self, zone: str, script: str, cron: str, next_at: float) -> None:
         sql = f"update {STATE} set next_at = ? where key = ?"

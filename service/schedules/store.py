@@ -42,6 +42,12 @@ class ScheduleState:
     failures: int = 0  # started runs in a row that did not succeed
 
 
+@dataclass(frozen=True)
+class Claim:
+    previous: float  # the last scheduled time handled before the claimed one
+    last_job: str | None  # the last job started (for the overlap check)
+
+
 class ScheduleStore:
     """What the scheduler, the schedule views and the metrics ask of a store."""
 
@@ -50,16 +56,23 @@ class ScheduleStore:
         (earlier times were never its to run)."""
         raise NotImplementedError
 
-    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> float | None:
+    def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> Claim | None:
         """Take scheduled time `due` for this caller alone. Returns the last time handled
-        before it (the misses lie between), or None: another scheduler has it, or a
-        later time was handled already."""
+        before it (the misses lie between) and the last job started, or None: another
+        scheduler has it, or a later time was handled already."""
         raise NotImplementedError
 
     def record(
-        self, zone: str, script: str, cron: str, due: float, outcome: str, job_id: str | None
+        self,
+        zone: str,
+        script: str,
+        cron: str,
+        due: float,
+        outcome: str,
+        job_id: str | None,
+        next_at: float,
     ) -> None:
-        """What became of the claimed time `due`."""
+        """What became of the claimed time `due`, and when the next one is."""
         raise NotImplementedError
 
     def set_next(self, zone: str, script: str, cron: str, next_at: float) -> None:

@@ -253,3 +253,59 @@ def test_a_killed_scheduler_is_replaced_and_runs_the_next_time(tmp_path: Path) -
         runs_reach(setup, 1)
         assert stays_the_same(setup.ticks, 1.0) and len(setup.runs()) == 1
         assert scheduler_pids(server) == {second}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def schedule_store(request, tmp_path: Path):
+    """The schedule store of each back end, beside a job queue (Redis: flushed)."""
+    from dataclasses import replace
+
+    from service.config import Settings
+    from service.jobs.queue import JobQueue
+    from service.schedules.store import open_store
+
+    settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
+    if request.param == "redis":
+        settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
+    queue = JobQueue(settings)
+    if request.param == "redis":
+        queue.huey.storage.conn.flushdb()
+    yield open_store(queue)
+    queue.close()
+
+
+def test_of_many_claims_of_one_time_exactly_one_wins(schedule_store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    schedule_store.register("api", "tick.py", "* * * * *", START)
+    due = START + 30
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(
+            pool.map(
+                lambda _: schedule_store.claim("api", "tick.py", "* * * * *", due, due), range(16)
+            )
+        )
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1 and winners[0].previous == START and winners[0].last_job is None
+    schedule_store.record("api", "tick.py", "* * * * *", due, "started", "j" * 32, due + 60)
+    # An earlier time, once a later one was handled, is never claimed.
+    assert schedule_store.claim("api", "tick.py", "* * * * *", due - 60, due) is None
+    later = schedule_store.claim("api", "tick.py", "* * * * *", due + 60, due + 60)
+    assert later is not None and later.previous == due and later.last_job == "j" * 32
+    [state] = schedule_store.states()
+    assert (state.last_at, state.last_outcome, state.next_at) == (due + 60, "started", due + 60)
+
+
+def test_a_finished_run_is_counted_once_whoever_sees_it(schedule_store) -> None:
+    schedule_store.register("api", "tick.py", "* * * * *", START)
+    for _ in range(3):  # two schedulers, and a scan again: one count
+        schedule_store.finished("api", "tick.py", "* * * * *", "a" * 32, START + 1, False)
+    schedule_store.finished("api", "tick.py", "* * * * *", "b" * 32, START + 2, False)
+    assert schedule_store.states()[0].failures == 2
+    schedule_store.finished("api", "tick.py", "* * * * *", "c" * 32, START + 3, True)
+    [state] = schedule_store.states()
+    assert state.failures == 0 and state.last_success_at == START + 3
+    schedule_store.set_paused("api", "tick.py", True, START)
+    assert schedule_store.paused() == {("api", "tick.py")}
+    schedule_store.forget("api", "tick.py", "* * * * *")
+    assert schedule_store.states() == []
