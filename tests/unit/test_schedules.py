@@ -403,9 +403,9 @@ def test_schedule_settings_are_checked_at_startup(scripts_dir: Path, tmp_path: P
 
 def test_a_hanging_import_delays_no_other_schedule(make_app, scripts_dir, clock) -> None:
     """A hostile script with SCHEDULE whose import never ends: the scan waits for its
-    runner (SCRIPT_TIMEOUT, 2 s here), the other schedule's time fires regardless."""
+    runner (SCRIPT_TIMEOUT, 5 s here), the other schedule's time fires regardless."""
     write_scripts(scripts_dir, {"api/tick.py": EVERY_MINUTE})
-    app = make_app()
+    app = make_app(script_timeout=5.0)
     s = scheduler(app, clock)
     write_scripts(scripts_dir, {"api/hang.py": 'SCHEDULE = "* * * * *"\nwhile True:\n    pass\n'})
     stop = threading.Event()
