@@ -7,11 +7,12 @@ value stops the server before it binds a port, with one line naming the variable
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from service import __version__
+from service.access.keys import key_digest
 from service.envparse import (
     DEFAULT_SECRETS_DIR,
     ConfigError,
@@ -29,7 +30,7 @@ from service.envparse import (
     parse_secrets_dir,
     parse_switch,
 )
-from service.keys import key_digest
+from service.version import __version__
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_SCRIPT_TIMEOUT = 30.0
@@ -57,56 +58,14 @@ def default_max_timeout(script_timeout: float) -> float:
     return max(script_timeout * 2, script_timeout + 30)
 
 
-# Every variable Settings.from_env reads (and prometheus_client's and OpenTelemetry's):
-# runners get the server's environment without them, so a script sees the variables
-# an operator set for scripts, and none that configure (or unlock) the platform.
-PLATFORM_VARIABLES = frozenset(
-    {
-        "SCRIPTS_DIR",
-        "MAX_BODY_BYTES",
-        "API_TRUSTED_IPS",
-        "ADMIN_TRUSTED_IPS",
-        "API_KEY",
-        "ADMIN_API_KEY",
-        "KEYS_FILE",
-        "PLATFORM_TRUSTED_IPS",
-        "SECRETS_DIR",
-        "REDIS_URL",
-        "API_AUTH",
-        "ADMIN_AUTH",
-        "TRUSTED_PROXIES",
-        "SCRIPT_TIMEOUT",
-        "MAX_SCRIPT_TIMEOUT",
-        "SCRIPT_CONCURRENCY",
-        "LOG_FILE",
-        "LOG_LEVEL",
-        "METRICS",
-        "PROMETHEUS_MULTIPROC_DIR",
-        "prometheus_multiproc_dir",
-        "BIND",
-        "PLATFORM_BIND",
-        "WORKERS",
-        "WEB_CONCURRENCY",
-        "THREADS",
-        "WORKER_CLASS",
-        "SCRIPTGATE_MAX_REQUESTS",
-        "SCRIPTGATE_MAX_REQUESTS_JITTER",
-        "GUNICORN_LOG_LEVEL",
-        "JOB_BROKER_URL",
-        "JOB_DATA_DIR",
-        "JOB_WORKERS",
-        "JOB_TIMEOUT",
-        "JOB_RETENTION",
-        "JOB_MAX_RESULT_BYTES",
-        "SCRIPT_MEMORY_LIMIT",
-        "SCRIPT_OUTPUT_LIMIT",
-        "RUNNER_USER",
-        "METRICS_EXEMPLARS",
-        "SCHEDULE_TZ",
-        "SCHEDULE_TEST_CLOCK",
-    }
-)
+# Every variable Settings.from_env reads (VARIABLES, and those of prometheus_client and
+# gunicorn it honours): runners get the server's environment without them, so a script
+# sees the variables an operator set for scripts, and none that configure (or unlock) the
+# platform.
 PLATFORM_PREFIXES = ("OTEL_", "SCRIPTGATE_", "GUNICORN_")
+
+
+PLATFORM_VARIABLES: frozenset[str]  # below VARIABLES, from which it is derived
 
 
 def script_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -198,99 +157,143 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate the contract's environment variables.
-
-        Raises ConfigError naming the first bad variable.
-        """
+        """Read and validate the contract's environment variables (VARIABLES, then the
+        few that depend on each other). Raises ConfigError naming the first bad one."""
         env = os.environ if environ is None else environ
+        values = {v.field: v.parse(v.name, env.get(v.name)) for v in VARIABLES}
         scripts_dir = Path(env.get("SCRIPTS_DIR") or "./scripts")
         if not scripts_dir.is_dir():
             raise ConfigError("SCRIPTS_DIR", f"{str(scripts_dir)!r} is not a directory")
-        log_file_raw = env.get("LOG_FILE", DEFAULT_LOG_FILE)
-        log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError("LOG_LEVEL", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        # Absolute, its symlinks kept: a git-sync link is followed at each lookup.
+        values["scripts_dir"] = Path(os.path.abspath(scripts_dir))
         multiproc = env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir")
         # `scriptgate serve` creates it when missing; anything else in its place is an error.
         if multiproc and Path(multiproc).exists() and not Path(multiproc).is_dir():
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", f"{multiproc!r} is not a directory")
-        script_timeout = parse_number(
-            "SCRIPT_TIMEOUT", env.get("SCRIPT_TIMEOUT"), DEFAULT_SCRIPT_TIMEOUT
-        )
-        max_timeout = parse_number(
+        values["multiproc_dir"] = Path(multiproc) if multiproc else None
+        workers = "WORKERS" if env.get("WORKERS") else "WEB_CONCURRENCY"  # gunicorn's name
+        values["workers"] = _count(DEFAULT_WORKERS)(workers, env.get(workers))
+        values["max_script_timeout"] = parse_number(
             "MAX_SCRIPT_TIMEOUT",
             env.get("MAX_SCRIPT_TIMEOUT"),
-            default_max_timeout(script_timeout),
+            default_max_timeout(values["script_timeout"]),
         )
-        if max_timeout < script_timeout:
+        if values["max_script_timeout"] < values["script_timeout"]:
             raise ConfigError(
-                "MAX_SCRIPT_TIMEOUT", f"{max_timeout:g} is below SCRIPT_TIMEOUT {script_timeout:g}"
+                "MAX_SCRIPT_TIMEOUT",
+                f"{values['max_script_timeout']:g} is below SCRIPT_TIMEOUT "
+                f"{values['script_timeout']:g}",
             )
-        worker_class = (env.get("WORKER_CLASS") or "gthread").strip().lower()
-        if worker_class not in WORKER_CLASSES:
-            raise ConfigError(
-                "WORKER_CLASS", f"{worker_class!r} is not one of {', '.join(WORKER_CLASSES)}"
-            )
+        env_keys = values["api_keys"] + values["admin_keys"]
+        values["keys_file"] = parse_keys_file("KEYS_FILE", env.get("KEYS_FILE"), env_keys)
+        return cls(**values)
 
-        def count(variable: str, default: int, *, zero: bool = False) -> int:
-            raw = env.get(variable)
-            if zero and raw is not None and raw.strip() == "0":
-                return 0
-            return int(parse_number(variable, raw, default, integer=True))
 
-        return cls(
-            # Absolute, its symlinks kept: a git-sync link is followed at each lookup.
-            scripts_dir=Path(os.path.abspath(scripts_dir)),
-            max_body_bytes=count("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            api_trusted_ips=parse_networks("API_TRUSTED_IPS", env.get("API_TRUSTED_IPS")),
-            admin_trusted_ips=parse_networks("ADMIN_TRUSTED_IPS", env.get("ADMIN_TRUSTED_IPS")),
-            api_keys=parse_keys(env.get("API_KEY")),
-            admin_keys=parse_keys(env.get("ADMIN_API_KEY")),
-            keys_file=parse_keys_file(
-                "KEYS_FILE",
-                env.get("KEYS_FILE"),
-                parse_keys(env.get("API_KEY")) + parse_keys(env.get("ADMIN_API_KEY")),
-            ),
-            platform_trusted_ips=parse_networks(
-                "PLATFORM_TRUSTED_IPS", env.get("PLATFORM_TRUSTED_IPS")
-            ),
-            secrets_dir=parse_secrets_dir("SECRETS_DIR", env.get("SECRETS_DIR")),
-            redis_url=parse_redis_url("REDIS_URL", env.get("REDIS_URL")),
-            api_auth=parse_switch("API_AUTH", env.get("API_AUTH"), True),
-            admin_auth=parse_switch("ADMIN_AUTH", env.get("ADMIN_AUTH"), True),
-            trusted_proxies=parse_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES")),
-            script_timeout=script_timeout,
-            max_script_timeout=max_timeout,
-            script_concurrency=count("SCRIPT_CONCURRENCY", 0, zero=True),
-            log_file=Path(log_file_raw) if log_file_raw.strip() else None,
-            log_level=log_level,
-            metrics_enabled=parse_switch("METRICS", env.get("METRICS"), True),
-            metrics_exemplars=parse_switch("METRICS_EXEMPLARS", env.get("METRICS_EXEMPLARS"), True),
-            multiproc_dir=Path(multiproc) if multiproc else None,
-            bind=parse_bind("BIND", env.get("BIND"), DEFAULT_BIND) or DEFAULT_BIND,
-            platform_bind=parse_bind("PLATFORM_BIND", env.get("PLATFORM_BIND"), None),
-            workers=count("WORKERS" if env.get("WORKERS") else "WEB_CONCURRENCY", DEFAULT_WORKERS),
-            threads=count("THREADS", DEFAULT_THREADS),
-            worker_class=worker_class,
-            max_requests=count("SCRIPTGATE_MAX_REQUESTS", 0, zero=True),
-            max_requests_jitter=count("SCRIPTGATE_MAX_REQUESTS_JITTER", 0, zero=True),
-            server_log_level=(env.get("GUNICORN_LOG_LEVEL") or "warning").strip().lower(),
-            job_broker_url=parse_broker(env.get("JOB_BROKER_URL")),
-            job_data_dir=Path(env.get("JOB_DATA_DIR") or DEFAULT_JOB_DATA_DIR),
-            job_workers=count("JOB_WORKERS", DEFAULT_JOB_WORKERS, zero=True),
-            job_timeout=parse_duration("JOB_TIMEOUT", env.get("JOB_TIMEOUT"), DEFAULT_JOB_TIMEOUT),
-            job_retention=parse_duration(
-                "JOB_RETENTION", env.get("JOB_RETENTION"), DEFAULT_JOB_RETENTION
-            ),
-            job_max_result_bytes=count("JOB_MAX_RESULT_BYTES", DEFAULT_JOB_MAX_RESULT_BYTES),
-            script_memory_limit=parse_memory(
-                "SCRIPT_MEMORY_LIMIT", env.get("SCRIPT_MEMORY_LIMIT"), DEFAULT_SCRIPT_MEMORY_LIMIT
-            ),
-            script_output_limit=count("SCRIPT_OUTPUT_LIMIT", DEFAULT_SCRIPT_OUTPUT_LIMIT),
-            runner_user=parse_runner_user("RUNNER_USER", env.get("RUNNER_USER")),
-            schedule_tz=parse_timezone("SCHEDULE_TZ", env.get("SCHEDULE_TZ")),
-            schedule_test_clock=parse_test_clock(env.get("SCHEDULE_TEST_CLOCK")),
-        )
+# How each kind of value is read: (variable, raw text or None) -> value.
+Parse = Callable[[str, str | None], Any]
+
+
+def _count(default: int, *, zero: bool = False) -> Parse:
+    """A whole number of at least 1 (or 0, with `zero`)."""
+
+    def parse(variable: str, raw: str | None) -> int:
+        if zero and raw is not None and raw.strip() == "0":
+            return 0
+        return int(parse_number(variable, raw, default, integer=True))
+
+    return parse
+
+
+def _choice(options: tuple[str, ...], default: str, normal: Callable[[str], str]) -> Parse:
+    def parse(variable: str, raw: str | None) -> str:
+        value = normal((raw or default).strip())
+        if value not in options:
+            raise ConfigError(variable, f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _with_default(parse: Callable[[str, str | None, Any], Any], default: Any) -> Parse:
+    return lambda variable, raw: parse(variable, raw, default)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the Settings field it fills, and how it is read."""
+
+    name: str
+    field: str
+    parse: Parse
+
+
+# The contract's variables, each described once: from_env reads them, PLATFORM_VARIABLES
+# keeps them from scripts, and the README's configuration table documents them (a test
+# checks that every one is there).
+VARIABLES = (
+    Variable("MAX_BODY_BYTES", "max_body_bytes", _count(DEFAULT_MAX_BODY_BYTES)),
+    Variable("API_TRUSTED_IPS", "api_trusted_ips", parse_networks),
+    Variable("ADMIN_TRUSTED_IPS", "admin_trusted_ips", parse_networks),
+    Variable("API_KEY", "api_keys", lambda _, raw: parse_keys(raw)),
+    Variable("ADMIN_API_KEY", "admin_keys", lambda _, raw: parse_keys(raw)),
+    Variable("PLATFORM_TRUSTED_IPS", "platform_trusted_ips", parse_networks),
+    Variable("SECRETS_DIR", "secrets_dir", parse_secrets_dir),
+    Variable("REDIS_URL", "redis_url", parse_redis_url),
+    Variable("API_AUTH", "api_auth", _with_default(parse_switch, True)),
+    Variable("ADMIN_AUTH", "admin_auth", _with_default(parse_switch, True)),
+    Variable("TRUSTED_PROXIES", "trusted_proxies", parse_networks),
+    Variable(
+        "SCRIPT_TIMEOUT", "script_timeout", _with_default(parse_number, DEFAULT_SCRIPT_TIMEOUT)
+    ),
+    Variable("SCRIPT_CONCURRENCY", "script_concurrency", _count(0, zero=True)),
+    Variable(
+        "LOG_FILE",
+        "log_file",
+        lambda _, raw: (
+            None if raw is not None and not raw.strip() else Path(raw or DEFAULT_LOG_FILE)
+        ),
+    ),
+    Variable("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, "INFO", str.upper)),
+    Variable("METRICS", "metrics_enabled", _with_default(parse_switch, True)),
+    Variable("METRICS_EXEMPLARS", "metrics_exemplars", _with_default(parse_switch, True)),
+    Variable("BIND", "bind", lambda v, raw: parse_bind(v, raw, DEFAULT_BIND) or DEFAULT_BIND),
+    Variable("PLATFORM_BIND", "platform_bind", _with_default(parse_bind, None)),
+    Variable("THREADS", "threads", _count(DEFAULT_THREADS)),
+    Variable("WORKER_CLASS", "worker_class", _choice(WORKER_CLASSES, "gthread", str.lower)),
+    Variable("SCRIPTGATE_MAX_REQUESTS", "max_requests", _count(0, zero=True)),
+    Variable("SCRIPTGATE_MAX_REQUESTS_JITTER", "max_requests_jitter", _count(0, zero=True)),
+    Variable(
+        "GUNICORN_LOG_LEVEL", "server_log_level", lambda _, raw: (raw or "warning").strip().lower()
+    ),
+    Variable("JOB_BROKER_URL", "job_broker_url", lambda _, raw: parse_broker(raw)),
+    Variable("JOB_DATA_DIR", "job_data_dir", lambda _, raw: Path(raw or DEFAULT_JOB_DATA_DIR)),
+    Variable("JOB_WORKERS", "job_workers", _count(DEFAULT_JOB_WORKERS, zero=True)),
+    Variable("JOB_TIMEOUT", "job_timeout", _with_default(parse_duration, DEFAULT_JOB_TIMEOUT)),
+    Variable(
+        "JOB_RETENTION", "job_retention", _with_default(parse_duration, DEFAULT_JOB_RETENTION)
+    ),
+    Variable("JOB_MAX_RESULT_BYTES", "job_max_result_bytes", _count(DEFAULT_JOB_MAX_RESULT_BYTES)),
+    Variable(
+        "SCRIPT_MEMORY_LIMIT",
+        "script_memory_limit",
+        _with_default(parse_memory, DEFAULT_SCRIPT_MEMORY_LIMIT),
+    ),
+    Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", _count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
+    Variable("RUNNER_USER", "runner_user", parse_runner_user),
+    Variable("SCHEDULE_TZ", "schedule_tz", lambda v, raw: parse_timezone(v, raw)),
+    Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
+)
+# Read by from_env itself (they depend on each other), and those of other libraries.
+OTHER_VARIABLES = (
+    "SCRIPTS_DIR",
+    "KEYS_FILE",
+    "MAX_SCRIPT_TIMEOUT",
+    "WORKERS",
+    "WEB_CONCURRENCY",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "prometheus_multiproc_dir",
+)
+PLATFORM_VARIABLES = frozenset({v.name for v in VARIABLES} | set(OTHER_VARIABLES))
 
 
 def parse_timezone(variable: str, raw: str | None) -> str:

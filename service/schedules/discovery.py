@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.describe import DESCRIBE_AT_ONCE, script_state
-from service.loader import Stamp, stamp
-from service.resolve import ZONES, list_scripts, zone_dir
-from service.revision import served_root
 from service.schedules.spec import MARKER, ScheduleSpec
+from service.scripts.describe import DESCRIBE_AT_ONCE, script_state
+from service.scripts.loader import Stamp, stamp
+from service.scripts.resolve import ZONES, list_scripts, zone_dir
+from service.scripts.revision import served_root
 
 if TYPE_CHECKING:
     from service.runtime import Runtime

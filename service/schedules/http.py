@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
 
-from service.errors import QueueUnavailable, ScheduleNotFound
+from service.http.errors import QueueUnavailable, ScheduleNotFound
 from service.jobs.http import JOBS_PREFIX, iso_time, store_errors
-from service.resolve import PLATFORM_PREFIX, ZONES
+from service.schedules.backends import open_store
 from service.schedules.clock import clock_for
 from service.schedules.discovery import Scheduled, discover
-from service.schedules.scheduler import next_time
-from service.schedules.store import STARTED, ScheduleState, open_store, schedule_key
+from service.schedules.store import STARTED, ScheduleState, schedule_key
+from service.schedules.times import next_time
+from service.scripts.resolve import PLATFORM_PREFIX, ZONES
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 SCHEDULES_PATH = f"{PLATFORM_PREFIX}/schedules"

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
-from service.schedules.store import OUTCOMES, open_store
+from service.schedules.backends import open_store
+from service.schedules.store import OUTCOMES
 
 if TYPE_CHECKING:
     from service.jobs.queue import JobQueue
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
 
 class ScheduleMetrics:

@@ -29,54 +29,27 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from service.jobs.store import FINISHED, QUEUED, RUNNING, SCHEDULE, SUCCEEDED, Job
-from service.logs import redact_query
+from service.observability.logs import redact_query
+from service.observability.tracing import span_ids
+from service.schedules.backends import open_store
 from service.schedules.clock import Clock
 from service.schedules.discovery import MARKED, Marked, Scheduled, discover
 from service.schedules.metrics import ScheduleMetrics, schedule_metrics
-from service.schedules.store import MISSED, SKIPPED, STARTED, ScheduleStore, open_store
-from service.tracing import span_ids
+from service.schedules.store import MISSED, SKIPPED, STARTED, ScheduleStore
+from service.schedules.times import count_between, latest_time, next_time
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
 CALLER = "schedule"  # the `caller` of a scheduled job: no key started it
 SCAN_SECONDS = 2.0  # how often the scripts folder is looked at again (real time)
-MAX_COUNTED_MISSES = 100_000  # misses counted one by one after downtime, at most
-
-
-def cron_times(cron: str, tz: str, after: float) -> croniter:
-    """The schedule's times after `after`, in its time zone: croniter's DST rule (a time
-    in the spring-forward gap runs at the first time after it; one in the repeated
-    autumn hour runs in both)."""
-    return croniter(cron, datetime.fromtimestamp(after, ZoneInfo(tz)))
-
-
-def next_time(cron: str, tz: str, after: float) -> float:
-    return float(cron_times(cron, tz, after).get_next(float))
-
-
-def latest_time(cron: str, tz: str, now: float) -> float:
-    """The latest scheduled time at or before `now`."""
-    return float(cron_times(cron, tz, int(now) + 1).get_prev(float))
-
-
-def count_between(cron: str, tz: str, after: float, before: float) -> int:
-    """Scheduled times strictly between `after` and `before` (at most MAX_COUNTED_MISSES)."""
-    times = cron_times(cron, tz, after)
-    count = 0
-    while count < MAX_COUNTED_MISSES and times.get_next(float) < before:
-        count += 1
-    return count
 
 
 @dataclass

@@ -262,7 +262,7 @@ def schedule_store(request, tmp_path: Path):
 
     from service.config import Settings
     from service.jobs.queue import JobQueue
-    from service.schedules.store import open_store
+    from service.schedules.backends import open_store
 
     settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
     if request.param == "redis":

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from service.access.keys import key_digest
 from service.config import ConfigError, Settings
-from service.keys import key_digest
 
 
 @pytest.fixture
@@ -133,3 +133,16 @@ def test_caller_settings_are_parsed(env, tmp_path):
     assert settings.redis_url == "rediss://:pw@cache:6380/1"
     assert settings.secrets_dir == tmp_path.resolve()
     assert settings.keys_file is None and settings.platform_trusted_ips == ()
+
+
+def test_every_variable_is_documented_and_kept_from_scripts() -> None:
+    """One table (config.VARIABLES) is read, hidden from runners and documented."""
+    from pathlib import Path
+
+    from service.config import PLATFORM_VARIABLES, VARIABLES, script_environment
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    undocumented = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
+    assert not undocumented, f"add to the README's configuration table: {undocumented}"
+    environ = {name: "x" for name in PLATFORM_VARIABLES} | {"REPORT_DSN": "kept"}
+    assert script_environment(environ) == {"REPORT_DSN": "kept"}

@@ -16,11 +16,13 @@ import pytest
 
 from service.jobs.execute import JobExecutor, Shutdown
 from service.jobs.store import JobQuery
-from service.params import read_params
+from service.schedules.backends import open_store
 from service.schedules.clock import ManualClock
-from service.schedules.scheduler import Scheduler, latest_time, next_time
+from service.schedules.scheduler import Scheduler
 from service.schedules.spec import ScheduleError, read_schedule
-from service.schedules.store import MISSED, SKIPPED, STARTED, open_store
+from service.schedules.store import MISSED, SKIPPED, STARTED
+from service.schedules.times import latest_time, next_time
+from service.scripts.params import read_params
 from tests.unit.conftest import ADMIN, API, log_records, write_scripts
 from tests.waiting import until
 
