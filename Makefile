@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEB_STAMP := .cache/debs.installed
 DEBS := apache2 prometheus prometheus-alertmanager wrk redis-server chromium valgrind python3-venv
 
-.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-instructions bench-isolation bench-console soak clean cert
+.PHONY: run test check lint fmt install debs bench bench-smoke bench-jobs bench-schedules bench-instructions bench-isolation bench-console soak clean cert
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -99,6 +99,10 @@ bench-isolation: install debs
 # Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
 bench-jobs: install debs
 	$(PY) bench/jobs.py
+
+# Schedules (bench/schedules.py): start accuracy, and 1,000 schedules due at once.
+bench-schedules: install debs
+	$(PY) bench/schedules.py
 
 # The console with 500 scripts in headless Chromium: render time, bytes sent, axe-core.
 bench-console: install debs

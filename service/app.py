@@ -31,6 +31,7 @@ from service.observability.tracing import build_tracer_provider, instrument, spa
 from service.runners.limits import RunnerUser
 from service.runners.pool import RunnerConfig, RunnerPool
 from service.runtime import Runtime
+from service.schedules.metrics import ScheduleCollector
 from service.scripts.loader import ScriptCache
 from service.scripts.resolve import zone_and_script
 from service.scripts.secrets import Secrets
@@ -101,6 +102,8 @@ def create_app(
         started_at=started_at or time.time(),
         platform_only=platform_only,
     )
+    if metrics is not None:  # next run, last success, failures: read from the store
+        metrics.register_live(ScheduleCollector(app.extensions["scriptgate"].jobs))
     app.register_error_handler(Exception, _outside_pipeline)
     return app
 

@@ -128,6 +128,10 @@ class Settings:
     script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
     script_output_limit: int = DEFAULT_SCRIPT_OUTPUT_LIMIT
     runner_user: str = ""
+    # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, and
+    # for tests only, a file holding the time the scheduler goes by (clock.FileClock).
+    schedule_tz: str = "UTC"
+    schedule_test_clock: Path | None = None
 
     def __post_init__(self) -> None:
         # Keys are hashed on the way in: no cleartext key outlives startup (a digest
@@ -276,6 +280,8 @@ VARIABLES = (
     ),
     Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", _count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
     Variable("RUNNER_USER", "runner_user", parse_runner_user),
+    Variable("SCHEDULE_TZ", "schedule_tz", lambda v, raw: parse_timezone(v, raw)),
+    Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
 )
 # Read by from_env itself (they depend on each other), and those of other libraries.
 OTHER_VARIABLES = (
@@ -288,3 +294,30 @@ OTHER_VARIABLES = (
     "prometheus_multiproc_dir",
 )
 PLATFORM_VARIABLES = frozenset({v.name for v in VARIABLES} | set(OTHER_VARIABLES))
+
+
+def parse_timezone(variable: str, raw: str | None) -> str:
+    from service.schedules.spec import ScheduleError, valid_timezone
+
+    if raw is None or not raw.strip():
+        return "UTC"
+    try:
+        return valid_timezone(raw.strip())
+    except ScheduleError as exc:
+        raise ConfigError(variable, str(exc).replace("SCHEDULE_TZ: ", "")) from None
+
+
+def parse_test_clock(raw: str | None) -> Path | None:
+    """SCHEDULE_TEST_CLOCK, for tests only: an existing file holding the time (seconds
+    since the epoch) the scheduler goes by instead of the system's (schedules/clock.py).
+    Checked here so a typo stops the server instead of freezing every schedule."""
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    try:
+        float(path.read_text().strip())
+    except (OSError, ValueError):
+        raise ConfigError(
+            "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
+        ) from None
+    return path

@@ -28,6 +28,8 @@ from service.small import FileStamp, file_stamp, method_names, parse_iso
 DIGEST_PREFIX = "sha256:"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _GENERATED_ID = re.compile(r"^(api|admin)-key-\d+$")
+# The `caller` of jobs that no key started: a key of that id would see them as its own.
+RESERVED_IDS = frozenset({"anonymous", "schedule"})
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS = {"owner", "hash", "scopes", "methods", "expires", "rate_limit"}
 
@@ -83,6 +85,8 @@ def parse_entry(path: Path, key_id: str, entry: Any) -> ApiKey:
         raise KeysFileError(f"{where}: an id is 1-64 letters, digits, '_', '.', '@' or '-'")
     if _GENERATED_ID.match(key_id):
         raise KeysFileError(f"{where}: ids like api-key-1 are kept for API_KEY/ADMIN_API_KEY")
+    if key_id in RESERVED_IDS:
+        raise KeysFileError(f"{where}: {key_id!r} is the caller of runs no key started")
     if not isinstance(entry, Mapping):
         raise KeysFileError(f"{where}: expected a table with owner, hash and scopes")
     unknown = set(entry) - _FIELDS

@@ -171,6 +171,13 @@ class QueueUnavailable(RequestError):
     status, error = 503, "job queue unavailable"
 
 
+class ScheduleNotFound(RequestError):
+    """/_platform/schedules/<zone>/<path>/pause or /resume for a script that has no
+    schedule (or does not exist)."""
+
+    status, error = 404, "schedule not found"
+
+
 def render_error(exc: RequestError, trace_id: str) -> Response:
     """The contract's JSON error body: `error`, `reason` when there is one, the error's
     own details (a 400's `fields`), `trace_id`."""

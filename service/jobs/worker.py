@@ -4,7 +4,8 @@
 as it does the platform plane; `scriptgate jobs` runs the supervisor in the foreground,
 so job workers can run (and scale) apart from the HTTP servers. The supervisor forks
 JOB_WORKERS job workers. Each runs huey's own worker loop (take a job id off the queue,
-run it: execute.py), one job at a time, at a lower CPU priority than HTTP workers.
+run it: execute.py), one job at a time, at a lower CPU priority than HTTP workers. It
+also forks the scheduler (schedules/scheduler.py), replaced like a worker when it dies.
 
 The supervisor, and nothing else, also:
 - replaces a worker that died, after a delay that grows while workers keep dying young
@@ -40,6 +41,7 @@ from service.observability import multiproc
 from service.observability.logs import build_logger
 from service.processes import fork_from_master
 from service.runners.limits import die_with_parent, name_process
+from service.schedules.scheduler import run_scheduler
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
 SWEEP_SECONDS = 30.0
@@ -52,6 +54,7 @@ STOP_SECONDS = STOP_GRACE_SECONDS + 5.0
 # huey's worker loop polls SQLite: from every 50 ms after a job up to every 0.5 s idle.
 POLL_MIN, POLL_MAX, POLL_BACKOFF = 0.05, 0.5, 1.15
 SUPERVISOR_NAME, WORKER_NAME = "scriptgate-jobs", "scriptgate-job"  # /proc/PID/comm
+SCHEDULER_SLOT = -1  # the slot of the scheduler process, supervised as a worker is
 
 
 def start(server: Any, listeners: list[Any]) -> int:
@@ -89,6 +92,7 @@ class JobSupervisor:
         self.queue = JobQueue(s)
         self.metrics = JobMetrics(None) if s.metrics_enabled else None
         self.due = dict.fromkeys(range(s.job_workers), 0.0)
+        self.due[SCHEDULER_SLOT] = 0.0  # the scheduler: one per supervisor (schedules/)
         self.log.info("job workers starting", extra={"job_workers": s.job_workers})
         next_sweep = 0.0
         while not self.stopping.is_set():
@@ -111,7 +115,8 @@ class JobSupervisor:
             return
         code = 0
         try:
-            run_worker(self.settings, self.run_dir, self.started_at)
+            life = run_scheduler if slot == SCHEDULER_SLOT else run_worker
+            life(self.settings, self.run_dir, self.started_at)
         except BaseException:
             logging.getLogger("scriptgate").exception("job worker failed")
             code = 1

@@ -20,6 +20,7 @@ from service.access.guard import ZONE_KEY_HEADERS, may_call
 from service.access.policy import zone_keys
 from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
 from service.refusals import of_status
+from service.schedules.api_doc import add_schedules
 from service.scripts.describe import ScriptState, all_states
 from service.scripts.loader import DEFAULT_METHODS
 from service.scripts.params import Params
@@ -147,6 +148,7 @@ def build_document(rt: Runtime, visible: Callable[[str, str], bool] | None) -> d
     zones = tuple(zone for zone in ZONES if any(state.zone == zone for state in states))
     paths = {state.url: path_item(rt, state, schemas) for state in states}
     paths.update(JOB_PATHS)  # every caller may follow the jobs it starts
+    add_schedules(paths, schemas)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

@@ -22,6 +22,7 @@ from service.platform.console import ASSETS as CONSOLE_ASSETS
 from service.platform.console import console_asset, console_page, console_scripts, platform_root
 from service.platform.docs import ASSETS, docs_asset, docs_page
 from service.platform.openapi import openapi_document
+from service.schedules.http import PAUSE, RESUME, SCHEDULES_PREFIX, schedule_list, schedule_steer
 from service.scripts.describe import all_states, describe_route
 from service.scripts.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 from service.scripts.revision import current_revision, revision_of, served_root
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+POST = frozenset({"POST"})
 REVISION_HEADER = "X-Scripts-Revision"
 
 
@@ -102,6 +104,7 @@ VIEWS = {
         PlatformView("openapi.json", openapi_document, Guard.OPEN),  # filtered per caller
         PlatformView("docs", docs_page, Guard.OPEN),
         PlatformView("jobs", job_list, Guard.CALLER_KEY),
+        PlatformView("schedules", schedule_list, Guard.TRUSTED),  # as routes: names scripts
         *(PlatformView(f"docs/{name}", docs_asset, Guard.OPEN) for name in ASSETS),
         PlatformView("", platform_root, Guard.OPEN),  # leads to the console
         PlatformView("console", console_page, Guard.OPEN),
@@ -118,6 +121,9 @@ VIEWS = {
 # Views under a path prefix, first match wins: (prefix, suffix, view). The view reads
 # the rest of the path (a job id) itself.
 PREFIX_VIEWS = (
+    # Pause and resume: a key with the `platform:schedules` scope, always.
+    (SCHEDULES_PREFIX, PAUSE, PlatformView("schedules", schedule_steer, Guard.KEY, POST)),
+    (SCHEDULES_PREFIX, RESUME, PlatformView("schedules", schedule_steer, Guard.KEY, POST)),
     (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, Guard.CALLER)),
     (JOBS_PREFIX, "", PlatformView("jobs", job_status, Guard.CALLER, READ_METHODS | {"DELETE"})),
 )

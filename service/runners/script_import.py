@@ -1,7 +1,8 @@
 """Importing one script inside its runner, and what the runner tells the worker about it.
 
 The one reader of a script's settings (METHODS, TIMEOUT, CONCURRENCY, ASYNC, JOB_TIMEOUT,
-MEMORY_LIMIT, RETRIES, RETRY_DELAY) and of its handler's declared parameters. The worker
+MEMORY_LIMIT, RETRIES, RETRY_DELAY, and SCHEDULE_*: schedules/spec.py) and of its
+handler's declared parameters. The worker
 never imports a script: it gets this description, as JSON, from the runner that imported
 it.
 """
@@ -20,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from service.runners.limits import parse_size
+from service.schedules.spec import ScheduleError, read_schedule
 from service.scripts.importer import HelperFinder, SourceLoader
 from service.scripts.params import DeclarationError, Params, read_params
 from service.small import method_names
@@ -143,12 +145,17 @@ def import_script(path: str, root: str) -> Imported:
     except DeclarationError as exc:
         raise ScriptLoadError(str(exc)) from None
     summary, description = _docstring(module)
+    methods = _methods(module)
+    try:
+        schedule = read_schedule(module, params, methods)
+    except ScheduleError as exc:
+        raise ScriptLoadError(str(exc)) from None
     return Imported(
         module,
         handler,
         params,
         {
-            "methods": _methods(module),
+            "methods": methods,
             "timeout": _seconds(module, "TIMEOUT"),
             "concurrency": _concurrency(module),
             "summary": summary,
@@ -160,6 +167,7 @@ def import_script(path: str, root: str) -> Imported:
             "retry_delay": _seconds(module, "RETRY_DELAY"),
             "helpers": helpers,
             "params": None if params is None else params.to_json(),
+            "schedule": None if schedule is None else schedule.to_json(),
         },
     )
 

@@ -24,6 +24,7 @@ from typing import Any
 from service.runners.pool import Hooks, ImportFailed, Runner, RunnerPool, ScriptTimeout
 from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
 from service.runners.script_import import MISSING, ScriptLoadError
+from service.schedules.spec import ScheduleSpec
 from service.scripts.params import Params
 from service.scripts.problems import NoScript
 from service.scripts.resolve import Target, zone_dir
@@ -68,6 +69,7 @@ class LoadedScript:
     memory_limit: int | None = None  # the script's MEMORY_LIMIT; None: $SCRIPT_MEMORY_LIMIT
     retries: int = 0  # RETRIES: a job's runs after the first, when one fails
     retry_delay: float = 1.0  # RETRY_DELAY: seconds before the first retry, then doubled
+    schedule: ScheduleSpec | None = None  # SCHEDULE_*: runs itself as a job (schedules/)
 
     @property
     def timeout_capped(self) -> bool:
@@ -239,6 +241,7 @@ class ScriptCache:
             memory_limit=info.get("memory_limit"),
             retries=info.get("retries") or 0,
             retry_delay=info.get("retry_delay") or DEFAULT_RETRY_DELAY,
+            schedule=ScheduleSpec.from_json(info["schedule"]) if info.get("schedule") else None,
         )
         if script.timeout_capped:
             self.log.warning(

@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from tests import prom
-from tests.servers import Gunicorn, free_port, gunicorn, wait_until
+from tests.servers import Gunicorn, free_port, gunicorn, log_records, wait_until
 from tests.stack import queries
 from tests.stack.conftest import Gate, make_scripts
 
@@ -133,6 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Only here (SCRIPT_TIMEOUT 0.5): a runner that dies, and an import that never ends.
     (scripts / "crash.py").write_text("import os\ndef main(request):\n    os._exit(1)\n")
     (scripts / "hangs.py").write_text("while True:\n    pass\ndef main(request):\n    pass\n")
+    clock = _scheduled_scripts(tmp, scripts)
     target = f"127.0.0.1:{free_port()}"
     gate = Gate(tmp / "gate")
     keys = tmp / "keys.toml"
@@ -147,6 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PLATFORM_BIND": target,
         "JOB_WORKERS": "1",
         "KEYS_FILE": str(keys),
+        "SCHEDULE_TEST_CLOCK": str(clock),
         **gate.env,
     }
     with contextlib.ExitStack() as stack_:
@@ -157,6 +159,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         dead = f"127.0.0.1:{free_port()}"  # nothing listens: ScriptgateInstanceDown
         prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         _queue_a_stale_job(tmp, scripts)
+        _run_schedules(server, clock)
         statuses = _run(_calls(server, round_two=False))
         assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202, 403, 500, 504], (
             statuses
@@ -185,6 +188,39 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             what="Prometheus to scrape the second round",
         )
         yield Stack(server, target, prometheus, dead, am)
+
+
+def _scheduled_scripts(tmp: Path, scripts: Path) -> Path:
+    """Two scripts run every minute, one that fails, on a test clock an hour behind:
+    what the schedule panels and alerts look for (a success, failures in a row, a
+    schedule that looks late) without waiting real minutes. Returns the clock file."""
+    (scripts / "sched_ok.py").write_text(
+        'SCHEDULE = "* * * * *"\ndef main(request):\n    return "ok"\n'
+    )
+    (scripts / "sched_fail.py").write_text(
+        'SCHEDULE = "* * * * *"\ndef main(request):\n    raise RuntimeError("scheduled")\n'
+    )
+    clock = tmp / "schedule-clock.txt"
+    clock.write_text(repr(time.time() // 60 * 60 - 3600 - 30))  # 30 s before a minute
+    return clock
+
+
+def _run_schedules(server: Gunicorn, clock: Path) -> None:
+    """Three scheduled minutes, each run to its end before the next (else it is skipped)."""
+    start = float(clock.read_text()) + 30
+
+    def failures() -> int:
+        listing = server.get("/_platform/schedules").json()["schedules"]
+        return next(e["consecutive_failures"] for e in listing if e["script"] == "/sched_fail.py")
+
+    wait_until(
+        lambda: sum(r.get("message") == "schedule found" for r in log_records(server)) >= 2,
+        timeout=30,
+        what="the scheduler to find both schedules",
+    )
+    for minute in range(3):
+        clock.write_text(repr(start + minute * 60))
+        wait_until(lambda m=minute: failures() > m, timeout=30, what=f"scheduled run {minute + 1}")
 
 
 def _queue_a_stale_job(tmp: Path, scripts: Path) -> None:

@@ -184,6 +184,8 @@ def test_yaml_file_reads_the_same(tmp_path):
         (entry(rate_limit='"1/second;5/minute"'), "is not one limit"),
         (entry(scope='["api:*"]'), "unknown field(s) scope"),
         (entry("api-key-1"), "kept for API_KEY/ADMIN_API_KEY"),
+        (entry("schedule"), "the caller of runs no key started"),
+        (entry("anonymous"), "the caller of runs no key started"),
         (entry("bad id!"), "not valid TOML"),
         (entry('"bad id"'), "an id is 1-64 letters"),
         (entry("a") + entry("b"), "share one secret"),
