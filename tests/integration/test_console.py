@@ -108,6 +108,15 @@ SCRIPTS = {
                 return {{"html": MARKUP}}
             return [{{"name": MARKUP, "n": 1}}]
     ''',
+    "api/nightly.py": '''
+        """Nightly totals, at two in the morning."""
+        SCHEDULE = "0 2 * * *"
+        SCHEDULE_TZ = "Europe/Paris"
+
+
+        def main(request):
+            return {"totals": 3}
+    ''',
     "api/broken.py": """
         def main(request):
             return (
@@ -495,6 +504,38 @@ def test_an_admin_sees_broken_scripts_and_the_keys_with_last_use(
     for secret in (API_KEY, ADMIN_KEY, REPORTS_KEY, OTHER_KEY):
         assert secret not in page.content()
     page.screenshot(path=str(tmp_path / "console-admin.png"))
+    assert not browser.problems, browser.problems
+
+
+def test_schedules_show_their_runs_and_an_admin_pauses_and_resumes_one(
+    server: Gunicorn, browser: Browser, tmp_path: Path
+) -> None:
+    page = browser.page()
+    sign_in(page, server, ADMIN_KEY, "/_platform/console#/schedules")
+    row = page.locator('#schedules-table tr[data-script="/api/nightly.py"]')
+    expect(row).to_contain_text("0 2 * * * (Europe/Paris)")
+    cells = row.locator("td")
+    assert re.search(r"\d", cells.nth(2).inner_text()), "its next run, as a time"
+    assert cells.nth(3).inner_text() == "never"
+    expect(row.locator(".schedule-state")).to_have_text("active")
+
+    row.get_by_role("button", name="Pause /api/nightly.py").click()
+    expect(row.locator(".schedule-state")).to_have_text("paused")
+    expect(cells.nth(2)).to_have_text("paused")
+    answer = server.get("/_platform/schedules", headers={"X-Admin-Key": ADMIN_KEY}).json()
+    [nightly] = [s for s in answer["schedules"] if s["script"] == "/api/nightly.py"]
+    assert nightly["paused"] is True, "paused on the server, not only on the page"
+    page.screenshot(path=str(tmp_path / "console-schedules.png"))
+
+    row.get_by_role("button", name="Resume /api/nightly.py").click()
+    expect(row.locator(".schedule-state")).to_have_text("active")
+
+    # A key without the platform:schedules scope sees the schedules, not the buttons.
+    reader = browser.context.new_page()
+    sign_in(reader, server, API_KEY, "/_platform/console#/schedules")
+    their_row = reader.locator('#schedules-table tr[data-script="/api/nightly.py"]')
+    expect(their_row.locator(".schedule-state")).to_have_text("active")
+    assert their_row.locator("button").count() == 0
     assert not browser.problems, browser.problems
 
 
