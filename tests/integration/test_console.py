@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import re
 import shutil
 import textwrap
@@ -22,6 +23,9 @@ ADMIN_KEY = "console-admin-key-2c9a"
 REPORTS_KEY = "console-reports-key-5e0b"  # a named key for api/reports/* only
 OTHER_KEY = "console-other-key-88aa"  # another api key: must not see the first one's runs
 TIMEOUT_MS = 20_000
+# Job progress for scripts (`from scriptgate import progress`), with the events endpoint:
+# the live journey runs once they are on this branch.
+HAS_PROGRESS = importlib.util.find_spec("scriptgate") is not None
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -117,6 +121,30 @@ SCRIPTS = {
         def main(request):
             return {"totals": 3}
     ''',
+    "api/steps.py": '''
+        """Counts in two steps and says how far it got; waits for its go file in between."""
+        import logging
+        import time
+        from pathlib import Path
+
+        from scriptgate import progress
+
+        ASYNC = True
+        GO = Path(GO_FILE)
+        log = logging.getLogger(__name__)
+
+
+        def main(request):
+            log.info("step 1 of 2: counting rows")
+            progress(0.5, "1 of 2 steps")
+            for _ in range(600):  # at most a minute
+                if GO.exists():
+                    break
+                time.sleep(0.05)
+            log.info("step 2 of 2: done")
+            progress(1.0, "2 of 2 steps")
+            return {"rows": 3}
+    ''',
     "api/broken.py": """
         def main(request):
             return (
@@ -140,6 +168,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn,
     go = tmp / "go"
     go.mkdir()
     for name, source in SCRIPTS.items():
+        if name == "api/steps.py" and not HAS_PROGRESS:
+            continue
         text = textwrap.dedent(source).lstrip()
         (scripts / name).write_text(text.replace("GO_FILE", repr(str(go / "slow.go"))))
     keys = tmp / "keys.toml"
@@ -335,6 +365,37 @@ def runs_of(server: Gunicorn, key: str, script: str) -> list[dict]:
     answer = server.get("/_platform/jobs", headers={"X-API-Key": key}, params={"script": script})
     assert answer.status_code == 200, answer.text
     return answer.json()["jobs"]
+
+
+@pytest.mark.skipif(
+    not HAS_PROGRESS,
+    reason="job progress (`from scriptgate import progress`) and the events endpoint are "
+    "not on this branch yet",
+)
+def test_a_job_shows_its_progress_and_log_lines_as_they_happen(
+    server: Gunicorn, browser: Browser, go_file: Path, tmp_path: Path
+) -> None:
+    page = browser.page()
+    sign_in(page, server, API_KEY, "/_platform/console#/scripts/api/steps.py")
+    press(page, "Run as a job")
+    page.wait_for_url(re.compile(r"#/runs/[A-Za-z0-9_-]{32}$"))
+    state = page.locator('.record dd[data-name="State"]')
+    # While the script waits for its go file: its progress and first line, live.
+    expect(page.locator("#run-message")).to_have_text("1 of 2 steps")
+    assert page.locator("#run-progress").evaluate("p => p.value") == 0.5
+    expect(page.locator("#run-log li")).to_have_count(1)
+    assert "step 1 of 2: counting rows" in page.locator("#run-log").inner_text()
+    assert state.inner_text() == "running"
+    page.screenshot(path=str(tmp_path / "console-live.png"))
+
+    go_file.touch()
+    expect(state).to_have_text("succeeded")
+    expect(page.locator("#run-message")).to_have_text("2 of 2 steps")
+    # Each line once: from the events while it ran, and from /logs after.
+    expect(page.locator("#run-log li")).to_have_count(2)
+    assert "step 2 of 2: done" in page.locator("#run-log").inner_text()
+    expect(page.locator("#run-result .json")).to_contain_text("rows: 3")
+    assert not browser.problems, browser.problems
 
 
 def test_a_scoped_key_sees_only_the_scripts_it_may_call(server: Gunicorn, browser: Browser) -> None:
