@@ -466,12 +466,25 @@ def test_a_job_has_a_run_page_to_follow_cancel_and_find_in_history(
         lambda: admin_state.is_visible() and admin_state.inner_text() == "succeeded",
         what="the admin's view",
     )
+    # The admin's history is everyone's; filtered by trigger and by time.
+    admin.click("#nav >> text=Runs")
+    admin.fill("#f-script", "/api/slow.py")
+    admin.select_option("#f-trigger", "call")
+    press(admin, "Show runs")
+    expect(admin.locator(f'#runs-table a[href="#/runs/{job_id}"]')).to_have_count(1)
+    assert "api-key-1" in admin.locator("#runs-table").inner_text()
+    admin.fill("#f-since", "2100-01-01T00:00")
+    press(admin, "Show runs")
+    expect(admin.locator("#runs-table")).to_have_text("No runs match.")
+
     other = browser.context.new_page()
     other.goto(run_url)
     other.fill("#key", OTHER_KEY)
     other.press("#key", "Enter")
     other.locator("#view-run .error").wait_for()
     assert "No such run" in other.locator("#view-run").inner_text()
+    other.click("#nav >> text=Runs")
+    expect(other.locator("#runs-table")).to_have_text("No runs match.")  # none of its own
     assert not browser.problems, browser.problems
 
 
