@@ -47,6 +47,8 @@ DEFAULT_JOB_WORKERS = 2
 DEFAULT_JOB_TIMEOUT = 3600.0
 DEFAULT_JOB_RETENTION = 86400.0
 DEFAULT_JOB_MAX_RESULT_BYTES = 50 * 1024 * 1024
+DEFAULT_JOB_LOG_LIMIT = 1024 * 1024  # bytes of a run's own log lines kept for /logs
+DEFAULT_JOB_EVENTS_SECONDS = 60.0  # an SSE response's life; the client resumes after
 DEFAULT_SCRIPT_MEMORY_LIMIT = 512 * 1024 * 1024
 DEFAULT_SCRIPT_OUTPUT_LIMIT = 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -162,6 +164,8 @@ class Settings:
     job_timeout: float = DEFAULT_JOB_TIMEOUT
     job_retention: float = DEFAULT_JOB_RETENTION
     job_max_result_bytes: int = DEFAULT_JOB_MAX_RESULT_BYTES
+    job_log_limit: int = DEFAULT_JOB_LOG_LIMIT
+    job_events_seconds: float = DEFAULT_JOB_EVENTS_SECONDS
     # Runner processes (service/runners): a script's memory, its output per call, and the
     # account runners run as when the server starts as root ("" = the server's own).
     script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
@@ -277,6 +281,10 @@ class Settings:
                 "JOB_RETENTION", env.get("JOB_RETENTION"), DEFAULT_JOB_RETENTION
             ),
             job_max_result_bytes=count("JOB_MAX_RESULT_BYTES", DEFAULT_JOB_MAX_RESULT_BYTES),
+            job_log_limit=count("JOB_LOG_LIMIT", DEFAULT_JOB_LOG_LIMIT, zero=True),
+            job_events_seconds=parse_duration(
+                "JOB_EVENTS_SECONDS", env.get("JOB_EVENTS_SECONDS"), DEFAULT_JOB_EVENTS_SECONDS
+            ),
             script_memory_limit=parse_memory(
                 "SCRIPT_MEMORY_LIMIT", env.get("SCRIPT_MEMORY_LIMIT"), DEFAULT_SCRIPT_MEMORY_LIMIT
             ),

@@ -202,15 +202,25 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
 
 
 class _CallHooks(Hooks):
-    """A call's log lines and `secret()` requests, answered for the runner's own zone."""
+    """A call's log lines and `secret()` requests, answered for the runner's own zone;
+    a job's lines and progress also go to its `output` (jobs/output.py)."""
 
-    def __init__(self, rt: Runtime, ctx: RequestContext, lines: ScriptLines) -> None:
+    def __init__(
+        self, rt: Runtime, ctx: RequestContext, lines: ScriptLines, output: Any = None
+    ) -> None:
         self.rt = rt
         self.zone = ctx.zone
         self.lines = lines
+        self.output = output
 
     def log(self, message: dict[str, Any]) -> None:
         self.lines.write(message)
+        if self.output is not None:
+            self.output.line(message)
+
+    def progress(self, message: dict[str, Any]) -> None:
+        if self.output is not None:
+            self.output.progress(message.get("fraction"), message.get("message"))
 
     def secret(self, name: str) -> dict[str, Any]:
         try:
@@ -231,6 +241,7 @@ def call_handler(
     *,
     check: bool = False,
     log_fields: dict[str, Any] | None = None,
+    output: Any = None,
 ) -> Response:
     """The script's handler in one of its runners under its deadline, in a `script.run`
     span; with `check`, only its declared parameters are checked.
@@ -251,7 +262,7 @@ def call_handler(
     lines = ScriptLines(rt.log, ctx, rt.settings.script_output_limit, log_fields)
     with child as span:
         try:
-            hooks = _CallHooks(rt, ctx, lines)
+            hooks = _CallHooks(rt, ctx, lines, output)
             runner = rt.runners.take(script.key)
             if runner is None:
                 runner = rt.scripts.start_runner(script, rt.runners, hooks)

@@ -18,7 +18,16 @@ from service.callers import keys_view
 from service.describe import all_states, describe_route
 from service.docs import ASSETS, docs_asset, docs_page
 from service.errors import NotFound
-from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, job_status
+from service.jobs.follow import job_events, job_logs
+from service.jobs.http import (
+    EVENTS_SUFFIX,
+    JOBS_PREFIX,
+    LOGS_SUFFIX,
+    RESULT_SUFFIX,
+    job_list,
+    job_result,
+    job_status,
+)
 from service.openapi import openapi_document
 from service.resolve import PLATFORM_PREFIX, ZONES, list_scripts
 from service.revision import current_revision, revision_of, served_root
@@ -108,6 +117,8 @@ VIEWS = {
 # the rest of the path (a job id) itself.
 PREFIX_VIEWS = (
     (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, scoped=False)),
+    (JOBS_PREFIX, LOGS_SUFFIX, PlatformView("jobs/logs", job_logs, scoped=False)),
+    (JOBS_PREFIX, EVENTS_SUFFIX, PlatformView("jobs/events", job_events, scoped=False)),
     (JOBS_PREFIX, "", PlatformView("jobs", job_status, READ_METHODS | {"DELETE"}, False)),
 )
 

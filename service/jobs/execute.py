@@ -38,6 +38,7 @@ from service.errors import (
     render_error,
 )
 from service.jobs.http import log_fields
+from service.jobs.output import JobOutput
 from service.jobs.snapshot import environ
 from service.jobs.store import (
     CANCELLED,
@@ -197,6 +198,7 @@ class JobExecutor:
         started = job.started_at or time.time()
         if metrics is not None:
             metrics.entered(job.zone, job.script, RUNNING)
+            metrics.attempts.labels(job.zone, job.script, str(min(job.attempt, 5))).inc()
             metrics.observe_wait(job.zone, job.script, started - job.created_at, job.traceparent)
         snapshot = store.request_of(job.id)  # read before finish() drops it: a retry's
         outcome = self.run(job, snapshot)
@@ -294,7 +296,12 @@ class JobExecutor:
             job_log = JobLog(rt.log, {"job_id": job.id, "caller": fields["caller"]})
             job_rt = replace(rt, metrics=None, log=job_log)
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
-            outcome = self.attempt(job_rt, ctx, req, watch)
+            limit, scrub = rt.settings.job_log_limit, rt.secrets.scrub
+            output = JobOutput(rt.jobs.store, job.id, limit, scrub, job_rt.log)
+            try:
+                outcome = self.attempt(job_rt, ctx, req, watch, output)
+            finally:
+                output.close()  # before the final state: no line comes after it
             span.set_attributes(
                 {"scriptgate.script": ctx.script, "scriptgate.job_state": outcome.state}
             )
@@ -302,7 +309,9 @@ class JobExecutor:
                 span.set_status(Status(StatusCode.ERROR, f"job {outcome.state}"))
         return outcome
 
-    def attempt(self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch) -> Outcome:
+    def attempt(
+        self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch, output: JobOutput
+    ) -> Outcome:
         """The synchronous call's stages from lookup to conversion, answers captured."""
         limit = rt.settings.job_max_result_bytes
         script: LoadedScript | None = None
@@ -311,7 +320,9 @@ class JobExecutor:
             check_method(req.method, script.methods)
             seconds = script.job_timeout or rt.settings.job_timeout
             fields = {"job_id": watch.job_id}  # the caller comes from ctx
-            answer = call_handler(rt, ctx, script, req, seconds, watch, log_fields=fields)
+            answer = call_handler(
+                rt, ctx, script, req, seconds, watch, log_fields=fields, output=output
+            )
             return Outcome(SUCCEEDED, result=capture(answer, limit))
         except ScriptStopped:
             if watch.cancelled:

@@ -50,6 +50,7 @@ from service.jobs.store import (
     TRIGGERS,
     Job,
     JobQuery,
+    iso_time,
 )
 from service.keys import ANONYMOUS_ID, Caller
 from service.logs import redact_query
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
 JOBS_PATH = f"{PLATFORM_PREFIX}/jobs"
 JOBS_PREFIX = JOBS_PATH + "/"
 RESULT_SUFFIX = "/result"
+LOGS_SUFFIX = "/logs"
+EVENTS_SUFFIX = "/events"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
 
@@ -385,7 +388,7 @@ def describe(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "retry_of": job.retry_of,  # the run this one retries
         "retried_as": job.retried_as,  # the run that retries this one
-        "progress": None,
+        "progress": json.loads(job.progress) if job.progress else None,
         "trace_id": job.trace_id,
         "created_at": iso_time(job.created_at),
         "started_at": iso_time(job.started_at),
@@ -402,13 +405,6 @@ def describe(job: Job) -> dict[str, Any]:
     if job.result_status is not None:
         body["result"] = {"status": job.result_status, "url": JOBS_PREFIX + job.id + RESULT_SUFFIX}
     return body
-
-
-def iso_time(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    text = datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 def span_ms(start: float | None, end: float | None) -> float | None:

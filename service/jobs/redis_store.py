@@ -14,16 +14,18 @@ expired is dropped when a listing meets it, and by the supervisor's sweep (the o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from service.jobs import store
-from service.jobs.store import Ending, Job, JobQuery, Page, QueueStats, Result
+from service.jobs.store import Ending, Event, Job, JobQuery, Page, QueueStats, Result
 
 PREFIX = "scriptgate.job."
 QUEUED_SET = "scriptgate.jobs.queued"
 RUNNING_SET = "scriptgate.jobs.running"
 CREATED_SET = "scriptgate.jobs.created"
 CALLER_SET = "scriptgate.jobs.caller."  # + the caller's key id
+EVENTS = "scriptgate.job_events."  # + job id: a list, event n at index n - 1
 IDEMPOTENCY = "scriptgate.idempotency."  # + caller + "." + key hash: the job id
 # How long an Idempotency-Key is remembered beyond JOB_RETENTION: a job is expected to
 # have finished by then (its record lives JOB_RETENTION after it finishes).
@@ -32,16 +34,18 @@ SCAN_LIMIT = 2000  # index entries read for one page, at most
 PRUNE_BATCH = 1000  # the oldest index entries checked by a sweep, per index
 _BATCH = 200
 
-# KEYS: job, queued set, running set. ARGV: id, now, worker.
+# KEYS: job, queued set, running set, events. ARGV: id, now, worker, state event.
 _CLAIM = """
 if redis.call('hget', KEYS[1], 'state') ~= 'queued' then return 0 end
 redis.call('hset', KEYS[1], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+redis.call('rpush', KEYS[4], ARGV[4])
 return 1
 """
-# KEYS: job, queued set, running set. ARGV: id, expected state, state, now, expires_at,
-# ttl seconds, error, status, headers, body.
+# KEYS: job, queued set, running set, events. ARGV: id, expected state, state, now,
+# expires_at, ttl seconds, error, status, headers, body, state event. The events expire
+# with the record.
 _FINISH = """
 if redis.call('hget', KEYS[1], 'state') ~= ARGV[2] then return 0 end
 redis.call('hset', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4], 'expires_at', ARGV[5],
@@ -50,6 +54,16 @@ redis.call('hdel', KEYS[1], 'request')
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('expire', KEYS[1], ARGV[6])
+redis.call('rpush', KEYS[4], ARGV[11])
+redis.call('expire', KEYS[4], ARGV[6])
+return 1
+"""
+# KEYS: job, events. ARGV: progress ('' for none), then the events. Only while running:
+# a line that comes late never follows the final state.
+_APPEND = """
+if redis.call('hget', KEYS[1], 'state') ~= 'running' then return 0 end
+if ARGV[1] ~= '' then redis.call('hset', KEYS[1], 'progress', ARGV[1]) end
+for i = 2, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
 return 1
 """
 # KEYS: idempotency key. ARGV: job id, ttl, job prefix. The job holding it, if it is
@@ -80,9 +94,10 @@ class RedisJobStore(store.JobStore):
         self._finish = conn.register_script(_FINISH)
         self._ask_stop = conn.register_script(_ASK_STOP)
         self._hold = conn.register_script(_HOLD)
+        self._append = conn.register_script(_APPEND)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
+        return [PREFIX + job_id, QUEUED_SET, RUNNING_SET, EVENTS + job_id]
 
     def create(self, job: Job, request: bytes, now: float) -> Job | None:
         record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
@@ -93,6 +108,7 @@ class RedisJobStore(store.JobStore):
         pipe.zadd(QUEUED_SET, {job.id: job.created_at})
         pipe.zadd(CREATED_SET, {job.id: job.created_at})
         pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
+        pipe.rpush(EVENTS + job.id, store.state_event(store.QUEUED, job.created_at))
         pipe.execute()
         if job.idempotency_key is None:
             return None
@@ -123,7 +139,8 @@ class RedisJobStore(store.JobStore):
         return store.result_from(*self.conn.hmget(PREFIX + job_id, fields))
 
     def claim(self, job_id: str, worker: str, now: float) -> Job | None:
-        if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker]):
+        event = store.state_event(store.RUNNING, now)
+        if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker, event]):
             return None
         return self.get(job_id, now)
 
@@ -140,7 +157,7 @@ class RedisJobStore(store.JobStore):
         status, headers, body = store.result_fields(ending.result)
         args = [job_id, expected, ending.state, ending.at, ending.expires_at]
         args += [max(1, int(ending.retention)), _text(ending.error), _text(status)]
-        args += [_text(headers), body or b""]
+        args += [_text(headers), body or b"", store.state_event(ending.state, ending.at, ending)]
         return bool(self._finish(keys=self._keys(job_id), args=args))
 
     def finish(self, job_id: str, ending: Ending) -> bool:
@@ -160,7 +177,7 @@ class RedisJobStore(store.JobStore):
             if self.conn.get(held) != job_id.encode():
                 held = None  # another job's: a loser of the race lets the winner keep it
         pipe = self.conn.pipeline(transaction=True)
-        pipe.delete(PREFIX + job_id)
+        pipe.delete(PREFIX + job_id, EVENTS + job_id)
         pipe.zrem(QUEUED_SET, job_id)
         pipe.zrem(CREATED_SET, job_id)
         if caller is not None:
@@ -205,6 +222,14 @@ class RedisJobStore(store.JobStore):
     def mark_retried(self, job_id: str, retry_id: str) -> None:
         if self.conn.exists(PREFIX + job_id):  # never re-create an expired hash
             self.conn.hset(PREFIX + job_id, "retried_as", retry_id)
+
+    def append(self, job_id: str, events: Sequence[str], progress: str | None) -> bool:
+        keys = [PREFIX + job_id, EVENTS + job_id]
+        return bool(self._append(keys=keys, args=[progress or "", *events]))
+
+    def events(self, job_id: str, after: int, limit: int) -> list[Event]:
+        texts = self.conn.lrange(EVENTS + job_id, after, after + limit - 1)
+        return [store.event_from(after + n, text) for n, text in enumerate(texts, 1)]
 
     def list_jobs(self, query: JobQuery, now: float) -> Page:
         index = CREATED_SET if query.caller is None else CALLER_SET + query.caller

@@ -90,6 +90,9 @@ class Hooks:
     def secret(self, name: str) -> dict[str, Any]:
         return {"error": "no secrets here"}
 
+    def progress(self, message: dict[str, Any]) -> None:
+        """The script's `progress(fraction, message)`: a job's, or nobody's."""
+
 
 class Runner:
     __slots__ = ("idle_since", "key", "memory", "pid", "reader", "sock")
@@ -321,6 +324,7 @@ class RunnerPool:
                 "log",
                 "output",
                 "dropped",
+                "progress",
             ):
                 return False
 
@@ -429,6 +433,8 @@ class RunnerPool:
             kind = message.get("t")
             if kind in ("log", "output", "dropped"):
                 hooks.log(message)
+            elif kind == "progress":
+                hooks.progress(message)
             elif kind == "secret":
                 reply = hooks.secret(str(message.get("name", "")))
                 runner.sock.sendall(protocol.encode({"t": "secret", **reply}))

@@ -199,8 +199,14 @@ class RemoteSecrets:
 
 
 class _Extension:
-    def __init__(self, secrets: RemoteSecrets) -> None:
+    def __init__(self, secrets: RemoteSecrets, channel: Channel) -> None:
         self.secrets = secrets
+        self.channel = channel
+
+    def progress(self, fraction: float, message: str) -> None:
+        """scriptgate.progress in a runner: one message, no answer to wait for (a job's
+        worker records it; a call's ignores it)."""
+        self.channel.send({"t": "progress", "fraction": fraction, "message": message})
 
 
 class _RunnerFlask(Flask):
@@ -217,7 +223,7 @@ def build_app(max_body_bytes: int, channel: Channel) -> Flask:
     app = _RunnerFlask("scriptgate_runner", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel))
+    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel), channel)
     return app
 
 
