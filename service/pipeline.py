@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from flask import Request, Response, request
+from flask import Request, Response, request, stream_with_context
 from opentelemetry import trace
 
 from service.access import authorize, check_scope
@@ -53,9 +53,17 @@ from service.metrics import ERROR_KINDS
 from service.platform import platform_view
 from service.record import RequestContext, record_failure, record_request
 from service.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
-from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
+from service.runners.pool import (
+    Hooks,
+    ImportFailed,
+    RunnerFailed,
+    RunnerStream,
+    ScriptStopped,
+    ScriptTimeout,
+)
 from service.runtime import Runtime, runtime
 from service.scriptlog import ScriptLines
+from service.tracing import add_trace_headers
 
 
 def handle_request() -> Response:
@@ -66,8 +74,10 @@ def handle_request() -> Response:
     in_progress = rt.metrics.in_progress_for(ctx.zone) if rt.metrics is not None else None
     if in_progress is not None:
         in_progress.inc()
+    stream = None
     try:
         response = respond(rt, ctx, req)
+        stream = streamed(response)
     except RequestError as exc:
         if isinstance(exc, AccessDenied):
             ctx.denied_reason = exc.reason
@@ -78,8 +88,17 @@ def handle_request() -> Response:
         rt.log.error("unhandled error", exc_info=exc, extra={"trace_id": ctx.trace_id})
         response = render_error(ScriptFailed(), ctx.trace_id)
     finally:
-        if in_progress is not None:
+        if in_progress is not None and stream is None:
             in_progress.dec()
+    if stream is not None:
+        # Its log line, duration and span are the whole stream's: written at its end,
+        # with the request context kept until then (the server span ends with it).
+        add_trace_headers(response, ctx.server_span, (ctx.trace_id, ctx.span_id))
+        if in_progress is not None:
+            stream.on_close(lambda _: in_progress.dec())
+        stream.on_close(lambda _: record_request(rt, ctx, req, response))
+        response.response = stream_with_context(stream)
+        return response
     record_request(rt, ctx, req, response)
     return response
 
@@ -194,11 +213,17 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
         releases.append(release)
     if rt.metrics is not None:
         releases.append(rt.metrics.script_started(ctx.zone, ctx.script))
+    response = None
     try:
-        return call_handler(rt, ctx, script, req, script.timeout)
+        response = call_handler(rt, ctx, script, req, script.timeout)
+        return response
     finally:
-        for release in releases:
-            release()
+        stream = streamed(response) if response is not None else None
+        if stream is not None:  # the slot is held until the stream ends
+            stream.on_close(lambda _: [release() for release in releases])
+        else:
+            for release in releases:
+                release()
 
 
 class _CallHooks(Hooks):
@@ -254,38 +279,79 @@ def call_handler(
     # made, and the script's log lines carry the server span's id.
     child = (
         rt.tracer.start_as_current_span(
-            "script.run", record_exception=False, set_status_on_exception=False
+            "script.run",
+            record_exception=False,
+            set_status_on_exception=False,
+            end_on_exit=False,  # a stream's span ends with the stream
         )
         if ctx.server_span.is_recording() and not check
         else contextlib.nullcontext()
     )
     lines = ScriptLines(rt.log, ctx, rt.settings.script_output_limit, log_fields)
+    stream: RunnerStream | None = None
     with child as span:
         try:
-            hooks = _CallHooks(rt, ctx, lines, output)
-            runner = rt.runners.take(script.key)
-            if runner is None:
-                runner = rt.scripts.start_runner(script, rt.runners, hooks)
-            message = {
-                "environ": runner_environ(req.environ),
-                "check": check,
-                "budget": rt.settings.script_output_limit,
-            }
-            answer, body = rt.runners.call(runner, message, req.get_data(), seconds, stop, hooks)
-        except ScriptStopped:
-            raise
-        except ScriptTimeout as exc:
-            record_failure(rt, ctx, span, "timeout", exc)
-            raise ScriptTimedOut() from None
-        except RunnerFailed as exc:
-            record_failure(rt, ctx, span, exc.kind, exc)
-            raise ScriptFailed("runner_died") from exc
-        except (ScriptLoadError, ImportFailed) as exc:
-            record_failure(rt, ctx, span, "import", exc)
-            raise ScriptFailed() from exc
+            try:
+                hooks = _CallHooks(rt, ctx, lines, output)
+                runner = rt.runners.take(script.key)
+                if runner is None:
+                    runner = rt.scripts.start_runner(script, rt.runners, hooks)
+                message = {
+                    "environ": runner_environ(req.environ),
+                    "check": check,
+                    "budget": rt.settings.script_output_limit,
+                }
+                answer, body = rt.runners.call(
+                    runner, message, req.get_data(), seconds, stop, hooks
+                )
+            except ScriptStopped:
+                raise
+            except ScriptTimeout as exc:
+                record_failure(rt, ctx, span, "timeout", exc)
+                raise ScriptTimedOut() from None
+            except RunnerFailed as exc:
+                record_failure(rt, ctx, span, exc.kind, exc)
+                raise ScriptFailed("runner_died") from exc
+            except (ScriptLoadError, ImportFailed) as exc:
+                record_failure(rt, ctx, span, "import", exc)
+                raise ScriptFailed() from exc
+            if isinstance(body, RunnerStream):
+                stream = body
+                stream.on_close(lambda ended: _stream_ended(rt, ctx, span, lines, ended))
+                response = Response(status=answer["status"], headers=answer["headers"])
+                response.response = stream
+                response.direct_passthrough = True  # chunks as the runner sends them
+                return response
+            return answer_of(rt, ctx, span, answer, body)
         finally:
-            lines.close()
-        return answer_of(rt, ctx, span, answer, body)
+            if stream is None:
+                lines.close()
+                if span is not None:
+                    span.end()
+
+
+def _stream_ended(
+    rt: Runtime, ctx: RequestContext, span: Any, lines: ScriptLines, stream: RunnerStream
+) -> None:
+    """A streamed answer's end: its failure (a timeout cuts the stream) on the span, in
+    the error counter and the log, as a call's would be; then the span ends."""
+    lines.close()
+    failure = stream.failure
+    if isinstance(failure, ScriptTimeout):
+        record_failure(rt, ctx, span, "timeout", failure)
+    elif isinstance(failure, RunnerFailed):
+        record_failure(rt, ctx, span, failure.kind, failure)
+    if span is not None:
+        span.set_attribute("scriptgate.stream_bytes", stream.sent)
+        if stream.cut_short:
+            span.set_attribute("scriptgate.stream_cut_short", True)
+        span.end()
+
+
+def streamed(response: Response) -> RunnerStream | None:
+    """The runner stream a script's response is, when it is one."""
+    body = response.response
+    return body if isinstance(body, RunnerStream) else None
 
 
 def answer_of(

@@ -54,10 +54,10 @@ from service.jobs.store import (
     Result,
 )
 from service.keys import ANONYMOUS_ID, Caller
-from service.pipeline import call_handler, check_method, lookup
+from service.pipeline import call_handler, check_method, lookup, streamed
 from service.record import RequestContext
 from service.resolve import parse_target, url_for_script
-from service.runners.pool import ScriptStopped
+from service.runners.pool import ScriptStopped, ScriptTimeout
 
 if TYPE_CHECKING:
     from service.loader import LoadedScript
@@ -163,7 +163,8 @@ class Watch:
 
 
 def capture(response: Response, limit: int) -> Result:
-    """Status, headers and the whole body (a stream or a file read to its end)."""
+    """Status, headers and the whole body (a stream or a file read to its end). A script's
+    stream that did not reach its end is the job's failure, as the call's would be."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -175,6 +176,13 @@ def capture(response: Response, limit: int) -> Result:
             chunks.append(chunk)
     finally:
         response.close()
+    stream = streamed(response)
+    if stream is not None and stream.failure is not None:
+        if stream.stopped:
+            raise ScriptStopped("stopped on request")
+        if isinstance(stream.failure, ScriptTimeout):
+            raise ScriptTimedOut()
+        raise ScriptFailed() from stream.failure
     headers = response.headers.items()
     kept = tuple((k, v) for k, v in headers if k.lower() not in _FRAMING_HEADERS)
     return Result(response.status_code, kept, b"".join(chunks))

@@ -37,6 +37,7 @@ from service.runners.script_import import (
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 MAX_LINE_CHARS = 64 * 1024
+MAX_CHUNK = 1024 * 1024  # a streamed chunk larger than this is sent in pieces
 MAX_THREADS = 256  # a runner past this many threads after a call is replaced
 # A thread's stack counts in the memory limit (RLIMIT_DATA): glibc's default, 8 MiB, would
 # let a 512M script start only about 60 threads.
@@ -59,6 +60,10 @@ class Channel:
             data += protocol.encode_bytes(body)
         with self.lock:
             self.sock.sendall(data)
+
+    def send_bytes(self, chunk: bytes) -> None:
+        with self.lock:
+            self.sock.sendall(protocol.encode_bytes(chunk))
 
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -264,10 +269,12 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
             return
         os.chdir(root)  # every call starts in the scripts folder, whatever the last did
         output.start(int(message.get("budget", 1 << 62)))
-        reply, reply_body = _call(app, imported, message, body)
+        reply, reply_body = _call(app, imported, message, body, channel)
         output.drain()
         # Said in the answer itself, so the worker never hands a worn-out runner a call.
-        why = "it ran out of memory" if reply.get("kind") == "memory" else _worn_out()
+        failed = reply.get("failed") if reply.get("t") == protocol.STREAM_END else reply
+        memory = isinstance(failed, dict) and failed.get("kind") == "memory"
+        why = "it ran out of memory" if memory else _worn_out()
         if why:
             reply["retire"] = why
         channel.send(reply, reply_body)
@@ -306,9 +313,11 @@ def _environ(message: dict[str, Any], body: bytes) -> dict[str, Any]:
 
 
 def _call(
-    app: Flask, imported: Imported, message: dict[str, Any], body: bytes
+    app: Flask, imported: Imported, message: dict[str, Any], body: bytes, channel: Channel
 ) -> tuple[dict[str, Any], bytes | None]:
-    """One call: the reply message, and the response body when there is one."""
+    """One call: the reply message, and the response body when there is one. A streamed
+    response (a generator) is sent here as it is made: its head, its chunks, and the
+    reply is its `end`."""
     environ = _environ(message, body)
     try:
         with app.request_context(environ):
@@ -317,6 +326,8 @@ def _call(
             if message.get("check"):
                 return {"t": "checked"}, None
             response = to_response(imported.handler(req, **values))
+            if response.is_streamed and not response.direct_passthrough:
+                return _stream(channel, response, environ), None
             try:
                 data = b"".join(response.get_app_iter(environ))
             finally:
@@ -331,6 +342,29 @@ def _call(
         return _failure("memory", exc), None
     except BaseException as exc:  # a script's own BaseException too: the script's fault
         return _failure("exception", exc), None
+
+
+def _stream(channel: Channel, response: Any, environ: dict[str, Any]) -> dict[str, Any]:
+    """Head, then each chunk as the script yields it (protocol.STREAM_HEAD, bytes frames,
+    STREAM_END). The worker answers the caller as they come and holds the deadline; an
+    exception the generator raises ends the stream and is reported in the `end`."""
+    headers = [[k, v] for k, v in response.headers.items()]
+    channel.send({"t": protocol.STREAM_HEAD, "status": response.status, "headers": headers})
+    end: dict[str, Any] = {"t": protocol.STREAM_END}
+    try:
+        for chunk in response.get_app_iter(environ):
+            for start in range(0, len(chunk), MAX_CHUNK):
+                channel.send_bytes(bytes(chunk[start : start + MAX_CHUNK]))
+    except MemoryError as exc:
+        end["failed"] = _failure("memory", exc)
+    except BaseException as exc:  # the script's generator raised: its fault
+        end["failed"] = _failure("exception", exc)
+    finally:
+        try:
+            response.close()
+        except Exception as exc:
+            end.setdefault("failed", _failure("exception", exc))
+    return end
 
 
 def _failure(kind: str, exc: BaseException) -> dict[str, Any]:
