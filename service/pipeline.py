@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from flask import Request, Response, request, stream_with_context
+from flask import Request, Response, request
 from opentelemetry import trace
 
 from service.access import authorize, check_scope
@@ -63,7 +63,7 @@ from service.runners.pool import (
 )
 from service.runtime import Runtime, runtime
 from service.scriptlog import ScriptLines
-from service.tracing import add_trace_headers
+from service.tracing import add_trace_headers, end_server_span_later
 
 
 def handle_request() -> Response:
@@ -91,13 +91,14 @@ def handle_request() -> Response:
         if in_progress is not None and stream is None:
             in_progress.dec()
     if stream is not None:
-        # Its log line, duration and span are the whole stream's: written at its end,
-        # with the request context kept until then (the server span ends with it).
+        # Its log line, duration and server span are the whole stream's: written when
+        # the server closes it (WSGI close(), also after a HEAD or a caller who left).
         add_trace_headers(response, ctx.server_span, (ctx.trace_id, ctx.span_id))
         if in_progress is not None:
             stream.on_close(lambda _: in_progress.dec())
         stream.on_close(lambda _: record_request(rt, ctx, req, response))
-        response.response = stream_with_context(stream)
+        end_span = end_server_span_later(req.environ)
+        stream.on_close(lambda _: end_span())
         return response
     record_request(rt, ctx, req, response)
     return response

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from tests.integration.test_core_otlp import Receiver
 from tests.servers import Gunicorn, gunicorn, log_records, request_record, wait_until
 
 KEY = "stream-key-0123456789abcdef"
@@ -225,3 +226,33 @@ def test_a_streamed_answer_is_a_jobs_whole_result(tmp_path):
         )
         result = server.get(url + "/result", headers={"X-API-Key": KEY})
         assert result.text == "".join(f"id: {n}\ndata: tick {n}\n\n" for n in range(3))
+
+
+def test_the_server_span_and_the_scripts_span_end_with_the_stream(tmp_path):
+    scripts, env = setup(tmp_path)
+    receiver = Receiver()
+    receiver.thread.start()
+    env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with gunicorn(scripts, tmp_path, workers=2, env=env) as server:
+            streamed = get(server, "events.py")
+            assert streamed.content.count(b"data: tick") == 3
+            head = requests.head(
+                f"{server.url}/api/events.py", headers={"X-API-Key": KEY}, timeout=15
+            )
+            assert head.status_code == 200 and head.content == b""
+            request_record(head.headers["X-Trace-Id"], server)  # a HEAD's line is written too
+
+            def spans(trace_id: str) -> dict | None:
+                found = {s["name"]: s for s in receiver.for_trace(trace_id)}
+                return found if "script.run" in found and len(found) >= 2 else None
+
+            found = wait_until(
+                lambda: spans(streamed.headers["X-Trace-Id"]), timeout=20, what="the spans"
+            )
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    server_span = next(s for s in found.values() if s["kind"] == 2)
+    assert found["script.run"]["seconds"] >= 0.85  # three chunks 0.3 s apart
+    assert server_span["end"] >= found["script.run"]["end"]  # not when the view returned
