@@ -17,7 +17,7 @@ from flask import Request, Response, jsonify
 
 from service.access import ZONE_KEY_HEADERS, may_call, zone_keys
 from service.describe import ScriptState, all_states
-from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG
+from service.jobs.api_doc import JOB_PATHS, JOB_SCHEMAS, JOBS_TAG, job_answers
 from service.loader import DEFAULT_METHODS
 from service.params import Params
 from service.resolve import ZONES
@@ -171,6 +171,8 @@ def path_item(rt: Runtime, state: ScriptState, schemas: dict[str, Any]) -> dict[
         if rt.settings.api_trusted_ips or (state.zone == "admin" and rt.settings.admin_trusted_ips):
             statuses.append("403")
         operation["responses"] = _responses(statuses)
+        if script is not None:
+            job_answers(operation["responses"], script.run_async)
         item[method.lower()] = operation
     return item
 

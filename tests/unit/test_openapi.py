@@ -119,7 +119,7 @@ def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) ->
     assert params["note"]["description"] == "free text"
     assert typed["get"]["summary"] == "Typed query parameters."
     assert typed["get"]["security"] == [{"apiKey": []}]
-    assert set(typed["get"]["responses"]) == {"200", "400", "401", "500", "504"}
+    assert set(typed["get"]["responses"]) == {"200", "202", "400", "401", "500", "504"}
 
     body = doc["paths"]["/api/body.py"]["post"]
     schema = body["requestBody"]["content"]["application/json"]["schema"]
@@ -192,6 +192,38 @@ def test_every_document_describes_the_job_endpoints_and_the_job_record(client) -
     assert {p["name"] for p in listing["parameters"]} == {
         "script", "state", "trigger", "since", "until", "caller", "limit", "cursor"
     }  # fmt: skip
-    assert {"/_platform/jobs/{id}", "/_platform/jobs/{id}/result"} <= set(doc["paths"])
+    assert {
+        "/_platform/jobs/{id}",
+        "/_platform/jobs/{id}/result",
+        "/_platform/jobs/{id}/logs",
+        "/_platform/jobs/{id}/events",
+    } <= set(doc["paths"])
     record = doc["components"]["schemas"]["Job"]["properties"]
     assert {"caller", "trigger", "attempt", "attempts", "progress", "query"} <= set(record)
+    assert record["progress"]["properties"]["fraction"]["maximum"] == 1
+    events = doc["paths"]["/_platform/jobs/{id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert [p["name"] for p in events["parameters"]] == ["Last-Event-ID"]
+    assert "after" in [
+        p["name"] for p in doc["paths"]["/_platform/jobs/{id}/logs"]["get"]["parameters"]
+    ]
+
+
+def test_a_script_documents_its_202_and_an_async_scripts_200_is_a_job(
+    make_app, scripts_dir
+) -> None:
+    write_scripts(
+        scripts_dir,
+        {
+            "report.py": "ASYNC = True\ndef main(request):\n    return 'done'\n",
+            "hello.py": "def main(request):\n    return 'hi'\n",
+        },
+    )
+    doc = document(make_app().test_client(), BOTH)
+    validate(doc, cls=OpenAPIV31SpecValidator)
+    job = {"$ref": "#/components/schemas/Job"}
+    report = doc["paths"]["/report.py"]["get"]["responses"]
+    assert report["202"]["content"]["application/json"]["schema"] == job
+    assert report["200"]["content"]["application/json"]["schema"] == job
+    hello = doc["paths"]["/hello.py"]["get"]["responses"]
+    assert "202" in hello and "content" not in hello["200"]  # the script's own answer
