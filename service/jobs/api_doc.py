@@ -282,4 +282,6 @@ def job_answers(responses: dict[str, Any], run_async: bool) -> None:
             "finished.",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
         }
+
+
 JOBS_TAG = {"name": "jobs", "description": "Runs that outlive a request (Prefer: respond-async)."}
