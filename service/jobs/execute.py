@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 HEARTBEAT_SECONDS = 5.0
+FINISH_RETRY_SECONDS = (0.2, 1.0, 3.0)  # a store that refused a job's end, asked again
 STOP_GRACE_SECONDS = 10.0  # a running job's time to finish when its worker is stopped
 # Not sent back with a result: the response is re-framed by the server answering it.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
@@ -219,8 +220,10 @@ class JobExecutor:
         retry = None
         if outcome.retry_delay is not None and job.attempt < job.attempts and snapshot:
             retry = self.retry(job, snapshot, retry_delay(outcome.retry_delay, job.attempt))
-        if not store.finish(job.id, ending):
-            return  # declared lost meanwhile: whoever did so counted it
+        ending = self.finish(job, ending)
+        if ending is None:
+            return  # declared lost meanwhile (whoever did so counted it), or unrecorded
+        outcome = replace(outcome, state=ending.state, result=ending.result)
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)
             metrics.observe_run(job.zone, job.script, finished - started, job.traceparent)
@@ -239,6 +242,27 @@ class JobExecutor:
                 "duration_ms": round((finished - started) * 1000, 3),
             },
         )
+
+    def finish(self, job: Job, ending: Ending) -> Ending | None:
+        """Record how the job ended; the ending recorded, or None if it was not running.
+
+        A store that refuses the write (a full disk, Redis out of memory) is tried again a
+        few times; a result it still cannot take is dropped and the job recorded failed
+        with why, so it does not stay `running` until the supervisor calls it lost.
+        """
+        store, log = self.rt.jobs.store, self.rt.log
+        for attempt, pause in enumerate((*FINISH_RETRY_SECONDS, None)):
+            try:
+                return ending if store.finish(job.id, ending) else None
+            except Exception as exc:
+                log.error("job store did not take the job's end: %s", exc, extra=log_fields(job))
+                if ending.result is not None and attempt >= 1:
+                    error = f"the result could not be stored: {exc}"[:500]
+                    ending = replace(ending, state=FAILED, error=error, result=None)
+                if pause is None:
+                    return None  # left running: the supervisor's heartbeat check ends it
+                time.sleep(pause)
+        return None
 
     def retry(self, job: Job, snapshot: bytes, delay: float) -> str | None:
         """Queue the next run of a failed job, to start in `delay` seconds; its id."""
