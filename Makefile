@@ -99,6 +99,7 @@ bench-isolation: install debs
 # Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
 bench-jobs: install debs
 	$(PY) bench/jobs.py
+	$(PY) bench/jobs.py --live
 
 soak: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/hardening/test_soak.py --soak-seconds 60
