@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -257,12 +258,76 @@ def fill_history(data_dir: Path, scripts: Path, count: int) -> tuple[float, str]
     return middle
 
 
-def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
+def history_job(n: int, start: float) -> Any:
+    """The n-th finished run of a bulk-filled history (as fill_history writes them)."""
+    from service.jobs.store import FAILED, SUCCEEDED, Job
+
+    created = start + n
+    return Job(
+        id=f"{n:032d}",
+        state=FAILED if n % 7 == 0 else SUCCEEDED,
+        zone="api",
+        script=f"s{n % HISTORY_SCRIPTS}.py",
+        method="GET",
+        path=f"/api/s{n % HISTORY_SCRIPTS}.py",
+        owner="",
+        trace_id="0" * 32,
+        traceparent="",
+        created_at=created,
+        started_at=created + 0.1,
+        finished_at=created + 0.5,
+        expires_at=created + 0.5 + 30 * 86400.0,
+        worker="bench:1",
+        result_status=200,
+        result_headers="[]",
+        caller=f"api-key-{n % HISTORY_CALLERS + 1}",
+    )
+
+
+def bulk_history(settings: Settings, count: int) -> tuple[float, str]:
+    """`count` finished runs written in bulk (a million through the job workers' own
+    writes would take an hour here): SQLite rows in large transactions, Redis hashes and
+    index entries in pipelines. The same rows and indexes the stores write."""
+    from service.jobs import redis_store, sqlite_store
+    from service.jobs.store import COLUMNS
+
+    queue = JobQueue(settings)
+    store = queue.store
+    start = time.time() - count
+    batch = 20_000
+    for first in range(0, count, batch):
+        jobs = [history_job(n, start) for n in range(first, min(count, first + batch))]
+        if isinstance(store, sqlite_store.SqliteJobStore):
+            marks = ", ".join("?" * len(COLUMNS))
+            sql = f"insert into {sqlite_store.TABLE} ({', '.join(COLUMNS)}) values ({marks})"
+            with store.storage.db(commit=True) as cursor:
+                cursor.executemany(sql, [tuple(getattr(j, c) for c in COLUMNS) for j in jobs])
+        else:
+            pipe = store.conn.pipeline(transaction=False)
+            for j in jobs:
+                record = {c: "" if getattr(j, c) is None else str(getattr(j, c)) for c in COLUMNS}
+                record["cancel_requested"] = "0"
+                pipe.hset(redis_store.PREFIX + j.id, mapping=record)
+                pipe.zadd(redis_store.CREATED_SET, {j.id: j.created_at})
+                pipe.zadd(redis_store.CALLER_SET + j.caller, {j.id: j.created_at})
+            pipe.execute()
+    queue.close()
+    middle = history_job(count // 2, start)
+    return middle.created_at, middle.id
+
+
+def bench_history(
+    tmp: Path, count: int, seconds: int, broker: str | None = None
+) -> dict[str, dict]:
     from service.jobs.http import encode_cursor
 
     scripts = write_scripts(tmp / "scripts")
     began = time.monotonic()
-    middle = fill_history(tmp / "data", scripts, count)
+    settings = Settings(scripts_dir=scripts, job_data_dir=tmp / "data", job_broker_url=broker)
+    if count > 200_000 or broker:
+        middle = bulk_history(settings, count)
+    else:
+        middle = fill_history(tmp / "data", scripts, count)
     print(f"{count} runs stored in {time.monotonic() - began:.0f} s", file=sys.stderr)
     keys = ",".join(f"bench-history-key-{n}" for n in range(1, HISTORY_CALLERS + 1))
     env = {
@@ -271,6 +336,7 @@ def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
         "JOB_WORKERS": "0",
         "JOB_DATA_DIR": str(tmp / "data"),
         "JOB_RETENTION": "30d",
+        **({"JOB_BROKER_URL": broker} if broker else {}),
     }
     own = {"X-API-Key": "bench-history-key-1"}
     admin = {"X-Admin-Key": ADMIN_KEY}
@@ -294,9 +360,9 @@ def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
     return out
 
 
-def print_history(count: int, results: dict[str, dict]) -> None:
+def print_history(count: int, results: dict[str, dict], store: str = "SQLite") -> None:
     width = max(len(label) for label in results)
-    print(f"\nGET /_platform/jobs, {count} runs stored (SQLite), 1 connection")
+    print(f"\nGET /_platform/jobs, {count} runs stored ({store}), 1 connection")
     print(f"{'':{width}}  {'jobs':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/s':>7}")
     for label, r in results.items():
         figures = f"{r['p50']:>8.2f}  {r['p99']:>8.2f}  {r['rps']:>7.0f}"
@@ -393,6 +459,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 s wrk runs, 3 rounds")
     parser.add_argument("--history", type=int, metavar="N", help="time the run history")
     parser.add_argument("--live", action="store_true", help="live output and dispatch")
+    parser.add_argument("--redis", action="store_true", help="--history in a redis-server")
     args = parser.parse_args()
     seconds, rounds = (2, 3) if args.quick else (5, 6)
     if args.live:
@@ -409,7 +476,14 @@ def main() -> int:
         return 0
     if args.history:
         with tempfile.TemporaryDirectory(prefix="scriptgate-bench-history-") as tmp_dir:
-            print_history(args.history, bench_history(Path(tmp_dir), args.history, seconds))
+            tmp = Path(tmp_dir)
+            if args.redis:
+                (tmp / "redis").mkdir()
+                with redis_server(tmp / "redis") as url:
+                    found = bench_history(tmp, args.history, seconds, url)
+                print_history(args.history, found, "Redis")
+            else:
+                print_history(args.history, bench_history(tmp, args.history, seconds))
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:
