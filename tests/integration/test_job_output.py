@@ -48,6 +48,11 @@ from scriptgate import progress
 def main(request):
     progress(1.5, "too far")
 ''',
+    "secretive.py": '''"""Reads a secret through the script authors' package."""
+from scriptgate import secret
+def main(request):
+    return {"length": len(secret("token"))}
+''',
     "hostile.py": '''"""Goes round the helper's checks: the worker must not store what it sends."""
 from flask import current_app
 from scriptgate import progress
@@ -370,3 +375,44 @@ def test_progress_is_checked_where_the_script_calls_it_and_is_harmless_outside_a
         assert [e["data"] for e in events if e["event"] == "progress"] == [
             {"fraction": 0.5, "message": "fine"}
         ]
+
+
+def metric(server: Gunicorn, name: str) -> float:
+    """The sum of a metric's samples (every label set) in the server's exposition."""
+    text = server.get("/_platform/metrics", headers={"X-Admin-Key": AUDITOR}).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_operators_see_runs_by_attempt_and_open_event_streams_and_secret_reads_work(tmp_path):
+    scripts, env = setup(tmp_path)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "token").write_text("s3cr3t-value\n")
+    gate = tmp_path / "gate"
+    with gunicorn(scripts, tmp_path, workers=2, env={**env, "SECRETS_DIR": str(secrets)}) as server:
+        done = start(server, "secretive.py")
+        assert finished(server, done)["state"] == "succeeded"
+        result = server.get(f"/_platform/jobs/{done}/result", headers={"X-API-Key": ALPHA})
+        assert result.json() == {"length": len("s3cr3t-value")}
+        assert metric(server, "scriptgate_job_attempts_total") >= 1
+        assert metric(server, "scriptgate_job_event_streams") == 0
+        running = start(server, "report.py", gate=str(gate))
+        stream = Stream(server, running)
+        stream.until(lambda e: e.get("event") == "log")
+        wait_until(
+            lambda: metric(server, "scriptgate_job_event_streams") == 1,
+            timeout=10,
+            what="the open stream to be counted",
+        )
+        gate.touch()
+        stream.until(is_final)
+        stream.close()
+        wait_until(
+            lambda: metric(server, "scriptgate_job_event_streams") == 0,
+            timeout=10,
+            what="the ended stream to be uncounted",
+        )
