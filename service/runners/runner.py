@@ -123,6 +123,13 @@ class Output:
         with self.lock:
             self.left, self.dropped = budget, 0
 
+    def catch_up(self) -> None:
+        """Send the whole lines already written, before a message the script sends now
+        (a log record, a progress): `print("a"); log.info("b")` reads a, then b."""
+        with self.lock:
+            for fd in self.fds:
+                self._read(fd)
+
     def _emit(self, name: str, line: bytes) -> None:
         if len(line) > self.left:
             self.left = 0
@@ -157,12 +164,15 @@ class ForwardRecords(logging.Handler):
     """On the root logger: every record the script makes goes to the worker, which writes
     it as a line of the call (the script cannot set the call's fields)."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, output: Output | None = None) -> None:
         super().__init__()
         self.channel = channel
+        self.output = output
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.output is not None:
+                self.output.catch_up()
             extra = {
                 k: v
                 for k, v in vars(record).items()
@@ -204,13 +214,18 @@ class RemoteSecrets:
 
 
 class _Extension:
-    def __init__(self, secrets: RemoteSecrets, channel: Channel) -> None:
+    def __init__(
+        self, secrets: RemoteSecrets, channel: Channel, output: Output | None = None
+    ) -> None:
         self.secrets = secrets
         self.channel = channel
+        self.output = output
 
     def progress(self, fraction: float, message: str) -> None:
         """scriptgate.progress in a runner: one message, no answer to wait for (a job's
         worker records it; a call's ignores it)."""
+        if self.output is not None:
+            self.output.catch_up()
         self.channel.send({"t": "progress", "fraction": fraction, "message": message})
 
 
@@ -223,12 +238,12 @@ class _RunnerFlask(Flask):
         return super().create_url_adapter(request)
 
 
-def build_app(max_body_bytes: int, channel: Channel) -> Flask:
+def build_app(max_body_bytes: int, channel: Channel, output: Output | None = None) -> Flask:
     """The Flask app a script's request, `jsonify` and `send_file` live in."""
     app = _RunnerFlask("scriptgate_runner", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel), channel)
+    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel), channel, output)
     return app
 
 
@@ -238,9 +253,9 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
     threading.stack_size(THREAD_STACK_BYTES)
     signal.signal(signal.SIGUSR1, lambda _, frame: _send_stack(channel, frame, root))
     output = Output(channel)
-    logging.getLogger().addHandler(ForwardRecords(channel))
+    logging.getLogger().addHandler(ForwardRecords(channel, output))
     logging.getLogger(SCRIPT_LOGGER).setLevel(log_level)
-    app = build_app(max_body_bytes, channel)
+    app = build_app(max_body_bytes, channel, output)
     root = root_of(path, root)  # the real folder (a git-sync worktree) the path lies in
     os.chdir(root)
     try:
