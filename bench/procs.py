@@ -121,7 +121,7 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-PLANE_NAME = "sg-plane"  # service/plane.py names its process so
+PLANE_NAME = "sg-plane"  # service/platform/plane.py names its process so
 JOBS_NAME = "scriptgate-jobs"  # the job supervisor (service/jobs/worker.py)
 
 

@@ -3,7 +3,7 @@
 prometheus_client's multiprocess mode reads one file per worker per metric type on
 every scrape, dead workers' included, so without care a long-running server's scrape
 gets slower with every gunicorn worker restart. Scriptgate folds a dead worker's files
-into `*_archive.db` (service/multiproc.py). This measures whether that holds:
+into `*_archive.db` (service/observability/multiproc.py). This measures whether that holds:
 
 1. a real `scriptgate serve` with W workers over N tiny scripts;
 2. every worker serves every script once, so each holds N series per metric (the other
@@ -24,7 +24,7 @@ their sum.
 Every call is sampled (OTEL_TRACES_SAMPLER=always_on), so every series and bucket a
 call touches carries an exemplar, and each state is scraped twice: in the text format
 (what the goal has always judged) and in OpenMetrics, which merges every process's
-exemplar file too (service/exemplars.py); in process, the OpenMetrics collection with
+exemplar file too (service/observability/exemplars.py); in process, the OpenMetrics collection with
 and without reading the exemplars says what they add.
 
 Goal: after the restarts a scrape takes < 100 ms and < 1.5x the fresh one, and so does
@@ -58,8 +58,8 @@ from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.procs import Gunicorn, gunicorn, wait_until  # noqa: E402
-from service.collector import FastMultiProcessCollector  # noqa: E402
-from service.exemplars import Reader  # noqa: E402
+from service.observability.collector import FastMultiProcessCollector  # noqa: E402
+from service.observability.exemplars import Reader  # noqa: E402
 
 GOAL_MS = 100.0
 GOAL_RATIO = 1.5

@@ -47,8 +47,8 @@ def change_detection(iterations: int) -> dict:
     depends on, from the URL's target) where the platform has it, else `cached(path)`
     after `locate()`. Both are timed, with `locate()` itself, which a miss still pays.
     """
-    from service.loader import ScriptCache
-    from service.resolve import locate, parse_target
+    from service.scripts.loader import ScriptCache
+    from service.scripts.resolve import locate, parse_target
 
     scripts_dir = BENCH_SCRIPTS.resolve()
     cache = ScriptCache(scripts_dir, 30.0, 60.0)

@@ -11,14 +11,15 @@
 `progress(fraction, message)` reports how far a job has got: it is stored on the job's
 record (`progress`) and sent to whoever follows its events. Outside a job (a synchronous
 call, a script run by hand or in a unit test) it does nothing. `secret(name)` is
-`service.script_secrets.secret`, under its shorter name.
+`service.scripts.secrets.secret` (`service.script_secrets` for older scripts), under its
+shorter name.
 """
 
 from __future__ import annotations
 
 import math
 
-from service.script_secrets import SecretNotFound, secret
+from service.scripts.secrets import SecretNotFound, secret
 
 __all__ = ["SecretNotFound", "progress", "secret"]
 

@@ -18,22 +18,22 @@ from typing import Any
 from flask import Flask, Request
 from werkzeug.routing import MapAdapter
 
-from service.access import RealClient
-from service.bulkhead import Bulkhead
-from service.callers import Callers
+from service.access.callers import Callers
+from service.access.clients import RealClient
 from service.config import Settings, script_environment
-from service.errors import ScriptFailed, render_error
+from service.http.bulkhead import Bulkhead
+from service.http.errors import ScriptFailed, render_error
+from service.http.pipeline import handle_request
 from service.jobs.queue import JobQueue
-from service.loader import ScriptCache
-from service.logs import build_logger
-from service.metrics import Metrics, RevisionCollector
-from service.pipeline import handle_request
-from service.resolve import zone_and_script
+from service.observability.logs import build_logger
+from service.observability.metrics import Metrics, RevisionCollector
+from service.observability.tracing import build_tracer_provider, instrument, span_ids
 from service.runners.limits import RunnerUser
 from service.runners.pool import RunnerConfig, RunnerPool
 from service.runtime import Runtime
-from service.script_secrets import Secrets
-from service.tracing import build_tracer_provider, instrument, span_ids
+from service.scripts.loader import ScriptCache
+from service.scripts.resolve import zone_and_script
+from service.scripts.secrets import Secrets
 
 
 def create_app(

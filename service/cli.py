@@ -26,11 +26,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from service import keys_cli
+from service.access import keys_cli
 from service.config import ConfigError, Settings
-from service.resolve import ZONES, list_scripts
+from service.scripts.resolve import ZONES, list_scripts
 
 EXIT_CONFIG = 2
 
@@ -46,7 +46,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "WORKER_CLASS": getattr(args, "worker_class", None),
         "JOB_WORKERS": _text(getattr(args, "job_workers", None)),
     }
-    env = dict(os.environ)
+    env = dict(args.environ)
     env.update({name: value for name, value in overrides.items() if value is not None})
     if (getattr(args, "bind", None) or "").isdigit():  # `--bind 5055`: say what it needs
         raise ConfigError("BIND", f"{args.bind!r} is not HOST:PORT (try 127.0.0.1:{args.bind})")
@@ -65,8 +65,8 @@ def without_secrets(args: argparse.Namespace) -> Settings:
     if args.settings_fd is not None:  # re-executed without the secrets
         return handoff.receive(args.settings_fd)
     settings = settings_from(args)
-    if handoff.secrets_in(os.environ):
-        handoff.reexec_without_secrets(settings, os.environ)
+    if handoff.secrets_in(args.environ):
+        handoff.reexec_without_secrets(settings, args.environ)
     return settings
 
 
@@ -79,11 +79,11 @@ def serve(args: argparse.Namespace) -> int:
 def keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from service import keys_cli
+    from service.access import keys_cli
 
     if args.keys_command == "new":
         return keys_cli.new(args)
-    configured = os.environ.get("KEYS_FILE", "").strip()
+    configured = args.environ.get("KEYS_FILE", "").strip()
     return keys_cli.check(args, Path(configured) if configured else None)
 
 
@@ -103,7 +103,7 @@ def routes(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """Import every script the way a worker would; name each one that fails."""
     from service.app import create_app
-    from service.describe import describe_route
+    from service.scripts.describe import describe_route
 
     settings = settings_from(args)
     app = create_app(settings, log_file=None, log_stdout=False, metrics_enabled=False)
@@ -209,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The one place the command reads its environment; every command gets it on `args`."""
     args = build_parser().parse_args(argv)
+    args.environ = dict(os.environ if environ is None else environ)
     try:
         return int(args.func(args))
     except ConfigError as exc:

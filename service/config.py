@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import __version__
+from service.access.keys import key_digest
 from service.envparse import (
     DEFAULT_SECRETS_DIR,
     ConfigError,
@@ -29,7 +29,7 @@ from service.envparse import (
     parse_secrets_dir,
     parse_switch,
 )
-from service.keys import key_digest
+from service.version import __version__
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_SCRIPT_TIMEOUT = 30.0

@@ -11,8 +11,8 @@ import math
 import os
 from pathlib import Path
 
-from service.keys import key_digest
-from service.keys_file import KeysFileError, read_keys_file
+from service.access.keys import key_digest
+from service.access.keys_file import KeysFileError, read_keys_file
 from service.runners.limits import RunnerUser, parse_size
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -10,15 +10,15 @@ from flask import current_app
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from service.bulkhead import Bulkhead
-from service.callers import Callers
+from service.access.callers import Callers
 from service.config import Settings
-from service.describe import Scanner
+from service.http.bulkhead import Bulkhead
 from service.jobs.queue import JobQueue
-from service.loader import ScriptCache
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 from service.runners.pool import RunnerPool
-from service.script_secrets import Secrets
+from service.scripts.describe import Scanner
+from service.scripts.loader import ScriptCache
+from service.scripts.secrets import Secrets
 
 
 @dataclass(frozen=True)

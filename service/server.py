@@ -20,10 +20,12 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from service import multiproc, plane
-from service.access import closed_zone_warnings
+from service import processes
+from service.access.guard import closed_zone_warnings
 from service.config import ConfigError, Settings
-from service.logs import open_append
+from service.observability import multiproc
+from service.observability.logs import open_append
+from service.platform import plane
 from service.runners import exposure
 from service.runners.limits import RunnerUser
 
@@ -42,8 +44,10 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
         self.metrics_dir = metrics_dir
         self.started_at = time.time()
         # The master's helper processes: the platform plane, the job supervisor.
-        self.helpers: list[plane.Supervisor] = []
-        self.plane_socket = plane.bind(settings.platform_bind) if settings.platform_bind else None
+        self.helpers: list[processes.Supervisor] = []
+        self.plane_socket = (
+            processes.bind(settings.platform_bind) if settings.platform_bind else None
+        )
         super().__init__()
 
     def gunicorn_options(self) -> dict[str, Any]:
@@ -130,7 +134,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             from service.jobs import worker as jobs
 
             self.helpers.append(
-                plane.Supervisor(
+                processes.Supervisor(
                     "job supervisor",
                     lambda: jobs.start(self, listeners),
                     server.log,
@@ -139,7 +143,7 @@ class ScriptgateServer(BaseApplication):  # type: ignore[misc]
             )
         if self.plane_socket is not None:  # kept open here, for a restarted plane
             self.helpers.append(
-                plane.Supervisor(
+                processes.Supervisor(
                     "platform plane", lambda: plane.start(self, listeners), server.log, 5.0
                 )
             )
@@ -214,7 +218,7 @@ def prepare(settings: Settings) -> tuple[Settings, multiproc.MetricsDir | None]:
 
 def serve(settings: Settings) -> int:
     """Prepare the shared folders, run gunicorn until it stops, then remove them."""
-    plane.bind(settings.bind, "BIND").close()  # a taken port: one line, not five retries
+    processes.bind(settings.bind, "BIND").close()  # a taken port: one line, not five retries
     check_log_file(settings.log_file)
     settings, metrics_dir = prepare(settings)
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))

@@ -264,24 +264,3 @@ JOB_SCHEMAS = {
     "JobLogLine": LOG_LINE_SCHEMA,
     "JobLogs": JOB_LOGS_SCHEMA,
 }
-_ACCEPTED = {
-    "description": "Queued as a job (`ASYNC = True`, or `Prefer: respond-async`): follow "
-    "it at `Location`.",
-    "headers": {"Location": {"schema": {"type": "string"}}},
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
-}
-
-
-def job_answers(responses: dict[str, Any], run_async: bool) -> None:
-    """A script's 202 (any script, with `Prefer: respond-async`); an ASYNC script's 200
-    is only an Idempotency-Key replay of a job that has finished."""
-    responses["202"] = _ACCEPTED
-    if run_async:
-        responses["200"] = {
-            "description": "The job an earlier request with this Idempotency-Key started, "
-            "finished.",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
-        }
-
-
-JOBS_TAG = {"name": "jobs", "description": "Runs that outlive a request (Prefer: respond-async)."}

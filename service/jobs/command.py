@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from service import multiproc, plane
+from service import processes
 from service.config import ConfigError, Settings
+from service.observability import multiproc
+from service.platform import plane
 
 
 def run_jobs(settings: Settings) -> int:
@@ -26,9 +28,9 @@ def run_jobs(settings: Settings) -> int:
         raise ConfigError("JOB_WORKERS", "scriptgate jobs needs at least 1 job worker")
     listener: socket.socket | None = None
     if settings.platform_bind:
-        listener = plane.bind(settings.platform_bind)
+        listener = processes.bind(settings.platform_bind)
     settings, metrics_dir = prepare(settings)
-    from service.jobs.worker import Supervisor
+    from service.jobs.worker import JobSupervisor
 
     run_dir = Path(tempfile.mkdtemp(prefix="scriptgate-run-"))
     started_at = time.time()
@@ -40,10 +42,10 @@ def run_jobs(settings: Settings) -> int:
             )
             plane_pid = plane.start(owner, [])
             listener.close()
-        Supervisor(settings, run_dir, started_at, metrics_dir).run()
+        JobSupervisor(settings, run_dir, started_at, metrics_dir).run()
     finally:
         if plane_pid is not None:
-            plane.stop(plane_pid)
+            processes.stop(plane_pid)
             if metrics_dir is not None:
                 multiproc.worker_exited(plane_pid, metrics_dir.path)
         shutil.rmtree(run_dir, ignore_errors=True)

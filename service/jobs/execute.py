@@ -23,20 +23,24 @@ from flask import Flask, Response, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.callers import (
+from service.access.callers import (
     ATTEMPT_ENVIRON_KEY,
     CALLER_ENVIRON_KEY,
     JOB_ID_ENVIRON_KEY,
     OWNER_ENVIRON_KEY,
 )
-from service.errors import (
+from service.access.keys import ANONYMOUS_ID, Caller
+from service.http.context import RequestContext
+from service.http.errors import (
     CallerError,
     InvalidParameters,
     RequestError,
     ScriptFailed,
     ScriptTimedOut,
     render_error,
+    script_refusals,
 )
+from service.http.pipeline import call_handler, check_method, lookup, streamed
 from service.jobs.http import log_fields
 from service.jobs.output import JobOutput
 from service.jobs.snapshot import environ
@@ -53,15 +57,12 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
-from service.keys import ANONYMOUS_ID, Caller
-from service.pipeline import call_handler, check_method, lookup, streamed
-from service.record import RequestContext
-from service.resolve import parse_target, url_for_script
 from service.runners.pool import ScriptStopped, ScriptTimeout
+from service.scripts.resolve import parse_target, url_for_script
 
 if TYPE_CHECKING:
-    from service.loader import LoadedScript
     from service.runtime import Runtime
+    from service.scripts.loader import LoadedScript
 
 HEARTBEAT_SECONDS = 5.0
 FINISH_RETRY_SECONDS = (0.2, 1.0, 3.0)  # a store that refused a job's end, asked again
@@ -348,7 +349,8 @@ class JobExecutor:
         limit = rt.settings.job_max_result_bytes
         script: LoadedScript | None = None
         try:
-            script = lookup(rt, ctx, parse_target(req.path))
+            with script_refusals():
+                script = lookup(rt, ctx, parse_target(req.path))
             check_method(req.method, script.methods)
             seconds = script.job_timeout or rt.settings.job_timeout
             fields = {"job_id": watch.job_id}  # the caller comes from ctx

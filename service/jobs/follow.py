@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from flask import Request, Response, jsonify
 
-from service.errors import BadHeader
+from service.http.errors import BadHeader
 from service.jobs.http import (
     EVENTS_SUFFIX,
     JOBS_PREFIX,
@@ -31,10 +31,11 @@ from service.jobs.http import (
     store_errors,
     visible_job,
 )
-from service.jobs.store import FINISHED, LOG, STATE, Event, iso_time
+from service.jobs.store import FINISHED, LOG, STATE, Event
+from service.small import iso_z
 
 if TYPE_CHECKING:
-    from service.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 LOG_PAGE = 1000  # events read for one /logs answer
@@ -102,7 +103,7 @@ def job_events(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
         if after:
             return Response(status=204)  # past the final state: EventSource stops
         # A run recorded before events were: its state, once, with no id.
-        data = json.dumps({"state": job.state, "at": iso_time(job.finished_at)})
+        data = json.dumps({"state": job.state, "at": iso_z(job.finished_at)})
         return _stream_response(iter([f"event: {STATE}\ndata: {data}\n\n"]))
     return _stream_response(_follow(rt, job.id, after, first))
 

@@ -4,8 +4,8 @@ run history, /_platform/jobs.
 A call becomes a job after the same access checks and script lookup as any call, so an
 unknown script is still 404 and a bad key 401 before anything is queued. The job records
 the id of the key that started it (never the key). Who may see a job is decided in one
-place, `may_see`, from the caller the pipeline identified (access.job_viewer): the key
-that started it, or a key with the `platform:jobs` scope. To anyone else, as to a wrong
+place, `access.policy.allowed` (SEE_RUN), from the caller the pipeline identified: the
+key that started it, or a key with the `platform:jobs` scope. To anyone else, as to a wrong
 or expired id, a job does not exist (404).
 """
 
@@ -21,16 +21,16 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from service.access import ip_allowed, zone_keys
-from service.errors import (
-    AccessDenied,
+from service.access.keys import ANONYMOUS_ID, Caller
+from service.access.policy import SEE_ALL_RUNS, SEE_RUN, allowed
+from service.http.errors import (
     BadHeader,
     IdempotencyConflict,
     InvalidParameters,
@@ -50,16 +50,15 @@ from service.jobs.store import (
     TRIGGERS,
     Job,
     JobQuery,
-    iso_time,
 )
-from service.keys import ANONYMOUS_ID, Caller
-from service.logs import redact_query
-from service.resolve import KEYED_ZONES, PLATFORM_PREFIX, url_for_script, zone_of
+from service.observability.logs import redact_query
+from service.scripts.resolve import PLATFORM_PREFIX, url_for_script, zone_of
+from service.small import iso_z, parse_iso
 
 if TYPE_CHECKING:
-    from service.loader import LoadedScript
-    from service.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
+    from service.scripts.loader import LoadedScript
 
 JOBS_PATH = f"{PLATFORM_PREFIX}/jobs"
 JOBS_PREFIX = JOBS_PATH + "/"
@@ -88,29 +87,9 @@ def wants_job(req: Request, script: LoadedScript) -> bool:
     return script.run_async or (prefer is not None and prefers_async(prefer))
 
 
-def sees_every_job(caller: Caller) -> bool:
-    """A key with the `platform:jobs` scope (ADMIN_API_KEY has `platform:*`)."""
-    return caller.key is not None and caller.key.allows("platform", "jobs", "GET")
-
-
 def may_see(rt: Runtime, viewer: Caller, client: str, job: Job) -> bool:
-    """The one answer to "may this caller see this job", for every job endpoint.
-
-    The key that started it, while it still may call that script (a narrowed key no
-    longer sees its jobs; a revoked one is no caller at all); a job started without a
-    key (root zone, or a zone opened with *_AUTH=off, where anyone who has the job's
-    id may follow it: ids are 192 random bits), while its zone still needs no key; or a
-    key that sees every job. /admin jobs also need ADMIN_TRUSTED_IPS, as /admin does.
-    """
-    if job.zone == "admin" and not ip_allowed(client, rt.settings.admin_trusted_ips):
-        return False
-    if sees_every_job(viewer):
-        return True
-    if job.caller != viewer.id:
-        return False
-    if viewer.key is None:
-        return job.zone not in KEYED_ZONES or not zone_keys(job.zone, rt.settings)[1]
-    return viewer.key.allows(job.zone, job.script, job.method)
+    """policy.allowed's SEE_RUN, for every job endpoint."""
+    return allowed(viewer, SEE_RUN, job, settings=rt.settings, client=client)
 
 
 @contextlib.contextmanager
@@ -241,8 +220,6 @@ LIST_PARAMETERS = frozenset(
 def job_list(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     """GET /_platform/jobs: the caller's runs (everyone's for `platform:jobs`), newest
     first, one keyset page at a time."""
-    if ctx.caller.key is None:  # a listing is per key: without one there is no "mine"
-        raise AccessDenied("api_key", "X-API-Key")
     query = list_query(req.args, ctx.caller)
     with store_errors(rt):
         page = rt.jobs.store.list_jobs(query, time.time())
@@ -274,13 +251,13 @@ def list_query(args: Any, caller: Caller) -> JobQuery:
         raise bad_query("until", "must be later than since")
     who = caller.id
     if "caller" in args:
-        if not sees_every_job(caller) and args["caller"] != caller.id:
+        if not allowed(caller, SEE_ALL_RUNS) and args["caller"] != caller.id:
             raise bad_query(
                 "caller",
                 "only a key with the platform:jobs scope may ask for another caller's jobs",
             )
         who = args["caller"]
-    elif sees_every_job(caller):
+    elif allowed(caller, SEE_ALL_RUNS):
         who = None
     return JobQuery(
         limit=limit_of(args),
@@ -315,7 +292,7 @@ def moment(args: Any, name: str) -> float | None:
     if text is None:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        parsed = parse_iso(text)
     except ValueError:
         raise bad_query(name, "an ISO 8601 time, such as 2026-12-06T05:00:00Z") from None
     if parsed.tzinfo is None:
@@ -405,6 +382,10 @@ def describe(job: Job) -> dict[str, Any]:
     if job.result_status is not None:
         body["result"] = {"status": job.result_status, "url": JOBS_PREFIX + job.id + RESULT_SUFFIX}
     return body
+
+
+def iso_time(moment: float | None) -> str | None:
+    return iso_z(moment)
 
 
 def span_ms(start: float | None, end: float | None) -> float | None:

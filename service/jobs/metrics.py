@@ -19,7 +19,7 @@ from service.jobs.store import STATES
 
 if TYPE_CHECKING:
     from service.jobs.queue import JobQueue
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
 INF = float("inf")
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, INF)

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.jobs.store import LOG, PROGRESS, JobStore, event_text, iso_time
+from service.jobs.store import LOG, PROGRESS, JobStore, event_text
+from service.small import iso_z
 
 FLUSH_SECONDS = 0.02
 RETRY_SECONDS = 0.5  # after the store failed
@@ -82,7 +83,7 @@ class JobOutput:
             self._over(len(text))
             return
         self.left -= len(text)
-        data: dict[str, Any] = {"time": iso_time(time.time())}
+        data: dict[str, Any] = {"time": iso_z(time.time())}
         if kind == "output":
             stream = "stderr" if message.get("stream") == "stderr" else "stdout"
             data.update(level="WARNING" if stream == "stderr" else "INFO", stream=stream)
@@ -95,7 +96,7 @@ class JobOutput:
     def _over(self, size: int) -> None:
         if not self.cut:  # said once, where the cut is
             note = {
-                "time": iso_time(time.time()),
+                "time": iso_z(time.time()),
                 "level": "WARNING",
                 "stream": "scriptgate",
                 "message": "log cut: over JOB_LOG_LIMIT; the app log has every line",

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from huey import RedisHuey, SqliteHuey
 from huey.registry import Message
@@ -25,9 +24,10 @@ from service.jobs.metrics import JobMetrics, QueueCollector
 from service.jobs.redis_store import RedisJobStore
 from service.jobs.sqlite_store import SqliteJobStore
 from service.jobs.store import Job, JobStore, StoreError
+from service.small import PerProcess
 
 if TYPE_CHECKING:
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
 QUEUE_NAME = "scriptgate"
 TASK_NAME = "run_job"
@@ -88,6 +88,14 @@ def build_huey(settings: Settings) -> Any:
     return RedisHuey(QUEUE_NAME, connection_pool=pool, **common)
 
 
+class _Opened(NamedTuple):
+    """One process's connections: huey, the job store over its storage, the task."""
+
+    huey: Any
+    store: JobStore
+    task: Any
+
+
 class JobQueue:
     """One per app: the queue and the store, opened on first use in each process.
 
@@ -102,39 +110,26 @@ class JobQueue:
         if metrics is not None:
             metrics.register_live(QueueCollector(self))
         self._lock = threading.Lock()
-        self._pid = 0
-        self._huey: Any = None
-        self._store: JobStore | None = None
-        self._task: Any = None
+        self._opened: PerProcess[_Opened] = PerProcess(self._open)
         self._execute: Callable[[str], None] | None = None
 
-    def _open(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            huey = build_huey(self.settings)
-            storage = huey.storage
-            self._store = (
-                SqliteJobStore(storage)
-                if self.settings.job_broker_url is None
-                else RedisJobStore(storage.conn, self.settings.job_retention)
-            )
-            self._task = huey.task(name=TASK_NAME)(self._run)
-            self._huey = huey
-            self._pid = os.getpid()
+    def _open(self) -> _Opened:
+        huey = build_huey(self.settings)
+        storage = huey.storage
+        store = (
+            SqliteJobStore(storage)
+            if self.settings.job_broker_url is None
+            else RedisJobStore(storage.conn, self.settings.job_retention)
+        )
+        return _Opened(huey, store, huey.task(name=TASK_NAME)(self._run))
 
     @property
     def huey(self) -> Any:
-        if self._pid != os.getpid():
-            self._open()
-        return self._huey
+        return self._opened.get().huey
 
     @property
     def store(self) -> JobStore:
-        if self._pid != os.getpid():
-            self._open()
-        assert self._store is not None
-        return self._store
+        return self._opened.get().store
 
     @property
     def metrics(self) -> JobMetrics | None:
@@ -156,7 +151,8 @@ class JobQueue:
         if held is not None:
             return held
         try:
-            task = self._task.s(job.id, delay=delay) if delay > 0 else self._task.s(job.id)
+            run = self._opened.get().task
+            task = run.s(job.id, delay=delay) if delay > 0 else run.s(job.id)
             self.huey.enqueue(task)
         except Exception as exc:
             self.store.delete(job.id)
@@ -183,15 +179,14 @@ class JobQueue:
 
     def close(self) -> None:
         """Drop this process's connections (the master, before it forks)."""
-        huey = self._huey
-        if huey is None:
+        opened = self._opened.peek()
+        if opened is None:
             return
         if self.settings.job_broker_url is None:
-            huey.storage.close()
+            opened.huey.storage.close()
         else:
-            huey.storage.pool.disconnect()
-        self._huey = self._store = None
-        self._pid = 0
+            opened.huey.storage.pool.disconnect()
+        self._opened.forget()
 
 
 def check_store(settings: Settings) -> None:

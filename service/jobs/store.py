@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
-from datetime import datetime, timezone
 from typing import Any
+
+from service.small import iso_z
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
@@ -154,17 +155,9 @@ def event_from(number: int, text: str | bytes) -> Event:
     return Event(number, str(stored["kind"]), dict(stored["data"]))
 
 
-def iso_time(moment: float | None) -> str | None:
-    """UTC, to the millisecond, as the job endpoints write times."""
-    if moment is None:
-        return None
-    text = datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
 def state_event(state: str, at: float, ending: Ending | None = None) -> str:
     """The `state` event a store writes with each change of a job's state."""
-    data: dict[str, Any] = {"state": state, "at": iso_time(at)}
+    data: dict[str, Any] = {"state": state, "at": iso_z(at)}
     if ending is not None:
         if ending.error:
             data["error"] = ending.error

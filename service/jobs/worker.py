@@ -33,14 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import multiproc, plane
 from service.config import Settings
 from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
 from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
-from service.logs import build_logger
+from service.observability import multiproc
+from service.observability.logs import build_logger
+from service.processes import fork_from_master
 from service.runners.limits import die_with_parent, name_process
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
@@ -58,15 +59,17 @@ SUPERVISOR_NAME, WORKER_NAME = "scriptgate-jobs", "scriptgate-job"  # /proc/PID/
 
 def start(server: Any, listeners: list[Any]) -> int:
     """Fork the supervisor from gunicorn's master (server.py's when_ready)."""
-    supervisor = Supervisor(server.settings, server.run_dir, server.started_at, server.metrics_dir)
-    return plane.fork_from_master(listeners, supervisor.run, SUPERVISOR_NAME)
+    supervisor = JobSupervisor(
+        server.settings, server.run_dir, server.started_at, server.metrics_dir
+    )
+    return fork_from_master(listeners, supervisor.run, SUPERVISOR_NAME)
 
 
 def worker_id(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
-class Supervisor:
+class JobSupervisor:
     def __init__(self, settings: Settings, run_dir: Path, started_at: float, metrics_dir: Any):
         self.settings = settings
         self.run_dir = run_dir
@@ -247,7 +250,13 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
     workers = rt.jobs.metrics.workers if rt.jobs.metrics is not None else None
     if workers is not None:
         workers.inc()
-    loop = Worker(rt.jobs.huey, shutdown.event, POLL_MIN, POLL_MAX, POLL_BACKOFF)
+    loop = Worker(
+        huey=rt.jobs.huey,
+        stop_flag=shutdown.event,
+        default_delay=POLL_MIN,
+        max_delay=POLL_MAX,
+        backoff=POLL_BACKOFF,
+    )
     next_release = 0.0
     try:
         while not shutdown.event.is_set():

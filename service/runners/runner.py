@@ -22,11 +22,8 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from service.convert import to_response
-from service.errors import InvalidParameters
-from service.params import arguments
-from service.revision import root_of
 from service.runners import protocol
+from service.runners.convert import to_response
 from service.runners.limits import OPEN_FILES, ended_children
 from service.runners.script_import import (
     Imported,
@@ -34,6 +31,9 @@ from service.runners.script_import import (
     describe_error,
     import_script,
 )
+from service.scripts.params import arguments
+from service.scripts.problems import BadParameters
+from service.scripts.revision import root_of
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 MAX_LINE_CHARS = 64 * 1024
@@ -203,7 +203,7 @@ class RemoteSecrets:
         self.channel = channel
 
     def read(self, name: str) -> str:
-        from service.script_secrets import SecretNotFound
+        from service.scripts.secrets import SecretNotFound
 
         reply = self.channel.ask({"t": "secret", "name": name})
         if "value" in reply:
@@ -349,8 +349,8 @@ def _call(
                 response.close()
             headers = [[k, v] for k, v in response.headers.items()]
             return {"t": "response", "status": response.status, "headers": headers}, data
-    except InvalidParameters as exc:
-        return {"t": "invalid", "fields": exc.details["fields"]}, None
+    except BadParameters as exc:
+        return {"t": "invalid", "fields": exc.fields}, None
     except HTTPException as exc:
         return _caller_error(exc, environ)
     except MemoryError as exc:

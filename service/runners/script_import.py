@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from service.importer import HelperFinder, SourceLoader
-from service.params import DeclarationError, Params, read_params
 from service.runners.limits import parse_size
+from service.scripts.importer import HelperFinder, SourceLoader
+from service.scripts.params import DeclarationError, Params, read_params
+from service.small import method_names
 
 DEFAULT_METHODS = ("GET", "HEAD", "POST")
 LIB_DIR = "_lib"
@@ -55,10 +56,7 @@ def _methods(module: ModuleType) -> list[str]:
         return list(DEFAULT_METHODS)
     if isinstance(raw, str) or not all(isinstance(m, str) for m in raw):
         raise ScriptLoadError("METHODS must be a list of method names")
-    methods = {m.strip().upper() for m in raw}
-    if "GET" in methods:
-        methods.add("HEAD")  # as Flask does: HEAD is GET without the body
-    return sorted(methods)
+    return sorted(method_names(raw))
 
 
 def _seconds(module: ModuleType, name: str) -> float | None:

@@ -25,7 +25,7 @@ import yaml
 
 from bench.procs import SCRIPTGATE, clean_env, free_port, serving
 from service.config import Settings
-from service.platform import VIEWS
+from service.platform.views import VIEWS
 from tests.servers import BIN, REPO
 
 KUBECTL = BIN / "kubectl"

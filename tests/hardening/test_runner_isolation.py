@@ -52,7 +52,7 @@ def attempt(action):
 def main(request, places: str):
     places = json.loads(places)
     worker = int(open(f"/proc/{os.getppid()}/stat").read().rpartition(")")[2].split()[1])
-    from service.script_secrets import secret
+    from service.scripts.secrets import secret
     return {
         "uid": os.getuid(),
         "environ": sorted(os.environ),
@@ -75,17 +75,17 @@ def main(request, places: str):
 
 PATCHER = """
 import json, os, sys
-import flask, service.access, service.errors, service.pipeline
+import flask, service.access.guard, service.http.errors, service.http.pipeline
 
 CAPTURED = []
 
 def main(request):
-    real = service.access.authorize
+    real = service.access.guard.authorize
     def spy(*args, **kwargs):
         CAPTURED.append(dict(args[3]))
         return real(*args, **kwargs)
-    service.access.authorize = spy
-    service.pipeline.authorize = lambda *a, **k: None  # open every zone?
+    service.access.guard.authorize = spy
+    service.http.pipeline.authorize = lambda *a, **k: None  # open every zone?
     json.dumps = lambda *a, **k: '"patched"'
     flask.json.dumps = json.dumps
     os.chdir("/")
@@ -199,7 +199,7 @@ def site() -> Iterator[dict[str, Path]]:
             "flood.py": FLOOD,
             "hello.py": "def main(request):\n    return {'hello': 'world'}\n",
             "api/secrets.py": (
-                "from service.script_secrets import secret\n"
+                "from service.scripts.secrets import secret\n"
                 "def main(request):\n"
                 "    out = {'own': secret('token'), 'shared': secret('shared')}\n"
                 "    try:\n        secret('admin_only')\n    except LookupError:\n"
@@ -207,7 +207,7 @@ def site() -> Iterator[dict[str, Path]]:
                 "    return out\n"
             ),
             "admin/secrets.py": (
-                "from service.script_secrets import secret\n"
+                "from service.scripts.secrets import secret\n"
                 "def main(request):\n    return {'admin': secret('admin_only')}\n"
             ),
         }.items():

@@ -6,24 +6,17 @@ Everything here reads what a user's Prometheus would read: the HTTP exposition o
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import subprocess
 import textwrap
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import WORKER_PID, Gunicorn, free_port, stop_process, wait_until
+from tests.servers import WORKER_PID, Gunicorn
 
-PROMETHEUS = "/usr/bin/prometheus"
-PROMTOOL = "/usr/bin/promtool"
 API_KEY = "metrics-api-key-0123456789"
 ADMIN_KEY = "metrics-admin-key-9876543210"
 API = {"X-API-Key": API_KEY}
@@ -160,87 +153,3 @@ def script_requests(counts: dict[frozenset, float]) -> float:
 def in_progress(server: Gunicorn, zone: str) -> float:
     gauges = series(scrape(server), "scriptgate_requests_in_progress")
     return gauges.get(frozenset({("zone", zone)}), 0.0)
-
-
-@dataclass
-class Prometheus:
-    """A running Prometheus server, its query API, and the file that lists its targets."""
-
-    proc: subprocess.Popen
-    port: int
-    targets: Path
-    output: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def scrape(self, server: Gunicorn) -> None:
-        """Point the job at `server` (file service discovery, picked up within ~5 s)."""
-        self.scrape_port(server.port)
-
-    def scrape_port(self, port: int) -> None:
-        """Point the job at 127.0.0.1:`port` (a server's main port or its platform plane)."""
-        staged = self.targets.with_suffix(".tmp")
-        staged.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
-        staged.replace(self.targets)  # atomic, so Prometheus never reads half a file
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Instant query; the result vector (each item has "metric" and "value")."""
-        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
-        response.raise_for_status()
-        body = response.json()
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-
-@contextlib.contextmanager
-def prometheus(tmp: Path, *, job: str = "scriptgate") -> Iterator[Prometheus]:
-    """Run /usr/bin/prometheus, scraping every second; always stopped.
-
-    Targets come from a file so Prometheus can start before the server it will scrape:
-    Prometheus 2.42 applies target changes on a fixed 5 s tick from its own start, so
-    starting it first takes the server's boot off the wait.
-    """
-    port = free_port()
-    targets = tmp / "prometheus-targets.json"
-    targets.write_text("[]")
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(f"""
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-              evaluation_interval: 1s
-            scrape_configs:
-              - job_name: {job}
-                metrics_path: /_platform/metrics
-                file_sd_configs:
-                  - files: ["{targets}"]
-        """)
-    )
-    output = tmp / f"prometheus-{port}.out"
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            cwd=tmp,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Prometheus(proc, port, targets, output)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or requests.get(f"{server.url}/-/ready", timeout=2).ok,
-            timeout=30,
-            what="prometheus to be ready",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited early:\n{output.read_text()[-3000:]}")
-        yield server
-    finally:
-        stop_process(proc)

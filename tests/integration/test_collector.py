@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from service import multiproc
-from service.collector import FastMultiProcessCollector
+from service.observability import multiproc
+from service.observability.collector import FastMultiProcessCollector
 from tests.servers import gunicorn, wait_until
 
 

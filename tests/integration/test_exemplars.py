@@ -22,11 +22,12 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.samples import Sample
 
-from service import multiproc
-from service.collector import FastMultiProcessCollector
-from service.exemplars import Reader
-from service.multiproc import read_values
-from tests.integration.prom import API, API_KEY, GATHER_SCRIPT, PID_SCRIPT, PROMTOOL, write_scripts
+from service.observability import multiproc
+from service.observability.collector import FastMultiProcessCollector
+from service.observability.exemplars import Reader
+from service.observability.multiproc import read_values
+from tests.integration.prom import API, API_KEY, GATHER_SCRIPT, PID_SCRIPT, write_scripts
+from tests.prom import PROMTOOL
 from tests.servers import Gunicorn, gunicorn, wait_until
 
 WORKERS = 3

@@ -23,12 +23,12 @@ from tests.integration.prom import (
     ADMIN_KEY,
     API,
     API_KEY,
-    PROMTOOL,
     call,
     scrape,
     series,
     write_scripts,
 )
+from tests.prom import PROMTOOL
 from tests.servers import Gunicorn, gunicorn
 
 U = "__unmatched__"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.prom import API, API_KEY, Prometheus, prometheus, write_scripts
+from tests.integration.prom import API, API_KEY, write_scripts
+from tests.prom import Prometheus, prometheus
 from tests.servers import gunicorn, wait_until
 
 # (zone, script, status) -> (URL, headers, calls)

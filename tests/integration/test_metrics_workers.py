@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from service import multiproc
+from service.observability import multiproc
 from tests.integration.prom import (
     ADMIN,
     ADMIN_KEY,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.prom import prometheus
+from tests.prom import prometheus
 from tests.servers import (
     WORKER_PID,
     Gunicorn,

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests import prom
 from tests.servers import Gunicorn, free_port, gunicorn, wait_until
-from tests.stack import prom, queries
+from tests.stack import queries
 from tests.stack.conftest import make_scripts
 
 pytestmark = pytest.mark.skipif(not prom.PROMETHEUS.exists(), reason="prometheus not installed")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import yaml
 
 from service.cli import build_parser
-from tests.stack import prom
+from tests import prom
 from tests.stack.test_static import ENV_EXAMPLE, compose_config
 
 REPLICAS = ("scriptgate-1", "scriptgate-2")

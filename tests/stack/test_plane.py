@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from tests import prom
 from tests.servers import Gunicorn, free_port, gunicorn, wait_until
-from tests.stack import prom
 from tests.stack.conftest import GATE_SECONDS, Gate, make_scripts
 
 THREADS = 2

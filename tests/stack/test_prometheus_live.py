@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import prom
 from tests.servers import Gunicorn, free_port, gunicorn, wait_until
-from tests.stack import prom, queries
+from tests.stack import queries
 from tests.stack.conftest import Gate, make_scripts
 
 API_KEY = "stack-test-key"

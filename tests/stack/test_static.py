@@ -22,17 +22,18 @@ import pytest
 import yaml
 
 from bench import apache
-from service import logs
 from service.config import Settings
+from service.observability import logs
+from tests import prom
 from tests.servers import BIN, REPO
-from tests.stack import prom, queries
+from tests.stack import queries
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 RUNBOOK = REPO / "docs" / "runbook.md"
 ALLOY = REPO / "observability" / "alloy" / "config.alloy"
-PROMTOOL = Path("/usr/bin/promtool")
+PROMTOOL = prom.PROMTOOL
 AMTOOL = Path("/usr/bin/amtool")
 
 

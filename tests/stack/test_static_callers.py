@@ -8,7 +8,7 @@ import re
 import yaml
 
 from bench import apache
-from service.keys_file import read_keys_file
+from service.access.keys_file import read_keys_file
 from tests.servers import REPO
 from tests.stack.test_static import ENV_EXAMPLE, compose_config
 

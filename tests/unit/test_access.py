@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from service.access import caller_by_key, client_ip, ip_allowed
+from service.access.clients import client_ip, ip_allowed
+from service.access.guard import caller_by_key
+from service.access.keys import Keyring, env_keys, key_digest
 from service.config import parse_networks
-from service.errors import AccessDenied
-from service.keys import Keyring, env_keys, key_digest
+from service.http.errors import AccessDenied
 from tests.unit.conftest import ADMIN, ADMIN_KEY, API, API_KEY
 
 PROXIES = parse_networks("TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2, fd00::/8")

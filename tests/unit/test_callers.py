@@ -270,7 +270,7 @@ def test_secret_helper_reads_secrets_dir_and_the_log_never_shows_the_value(
         {
             "uses.py": textwrap.dedent(
                 """
-                from service.script_secrets import secret
+                from service.scripts.secrets import secret
                 def main(request):
                     value = secret("db_password")
                     if request.args.get("fail"):
@@ -280,7 +280,7 @@ def test_secret_helper_reads_secrets_dir_and_the_log_never_shows_the_value(
             ),
             "missing.py": textwrap.dedent(
                 """
-                from service.script_secrets import secret
+                from service.scripts.secrets import secret
                 def main(request):
                     return secret(request.args["name"])
                 """

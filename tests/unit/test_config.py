@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from service.access.keys import key_digest
 from service.config import ConfigError, Settings
-from service.keys import key_digest
 
 
 @pytest.fixture

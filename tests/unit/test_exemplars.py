@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from service import exemplars, multiproc
-from service.exemplars import Reader, Recorder
+from service.observability import exemplars, multiproc
+from service.observability.exemplars import Reader, Recorder
 from tests.unit.conftest import API
 
 TRACE_A = "a" * 32

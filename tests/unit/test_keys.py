@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from service.keys import ApiKey, Keyring, Scope, env_keys, key_digest
-from service.keys_file import KeysFile, KeysFileError, read_keys_file
+from service.access.keys import ApiKey, Keyring, Scope, env_keys, key_digest
+from service.access.keys_file import KeysFile, KeysFileError, read_keys_file
+
+
+def ids_of(keyring: Keyring) -> frozenset[str]:
+    return frozenset(key.id for key in keyring.keys)
+
 
 SECRET = "sg_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
 HASH = "sha256:" + hashlib.sha256(SECRET.encode()).hexdigest()
@@ -217,25 +222,25 @@ def test_reload_keeps_the_last_good_keys_and_logs_why(tmp_path, caplog):
     path = keys_file(tmp_path, entry("bot"))
     log = logging.getLogger("test-keys")
     watcher = KeysFile(path, (), log)
-    assert watcher.keyring().ids == {"bot"}
+    assert ids_of(watcher.keyring()) == {"bot"}
     replace_file(path, entry("bot") + entry("other", hash=f'"{HASH[:-1]}0"'))
-    assert watcher.keyring().ids == {"bot", "other"}
+    assert ids_of(watcher.keyring()) == {"bot", "other"}
     with caplog.at_level(logging.ERROR, logger="test-keys"):
         replace_file(path, "[keys.bot\n")
-        assert watcher.keyring().ids == {"bot", "other"}
+        assert ids_of(watcher.keyring()) == {"bot", "other"}
     assert "not reloaded" in caplog.text and str(path) in caplog.text
     replace_file(path, "")
-    assert watcher.keyring().ids == frozenset()
+    assert ids_of(watcher.keyring()) == frozenset()
     replace_file(path, entry("bot"))
     path.unlink()
-    assert watcher.keyring().ids == frozenset()  # deleted: every named key revoked
+    assert ids_of(watcher.keyring()) == frozenset()  # deleted: every named key revoked
 
 
 def test_named_key_may_not_reuse_an_environment_key(tmp_path, caplog):
     fixed = env_keys([key_digest(SECRET)], [])
     with caplog.at_level(logging.ERROR, logger="t"):
         watcher = KeysFile(keys_file(tmp_path, entry("bot")), fixed, logging.getLogger("t"))
-    assert watcher.keyring().ids == {"api-key-1"}
+    assert ids_of(watcher.keyring()) == {"api-key-1"}
     assert "reuses an API_KEY" in caplog.text
 
 
@@ -244,7 +249,7 @@ def test_worker_started_on_a_broken_file_serves_the_environment_keys(tmp_path, c
     path = keys_file(tmp_path, "[keys.bot\n")
     with caplog.at_level(logging.ERROR, logger="t"):
         watcher = KeysFile(path, env_keys([key_digest("env")], []), logging.getLogger("t"))
-    assert watcher.keyring().ids == {"api-key-1"}
+    assert ids_of(watcher.keyring()) == {"api-key-1"}
     assert "not valid TOML" in caplog.text
     replace_file(path, entry("bot"))
-    assert watcher.keyring().ids == {"api-key-1", "bot"}
+    assert ids_of(watcher.keyring()) == {"api-key-1", "bot"}

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from service import handoff
+from service.access.keys import key_digest
+from service.access.keys_file import read_keys_file
 from service.cli import main
 from service.config import Settings, parse_networks
-from service.keys import key_digest
-from service.keys_file import read_keys_file
 
 
 def test_new_prints_the_secret_once_on_stderr_and_the_entry_on_stdout(tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.logs import build_logger, log_fields, utc_stamp
+from service.observability.logs import build_logger, log_fields, utc_stamp
 
 FIELDS = {
     "trace_id": "ab" * 16,

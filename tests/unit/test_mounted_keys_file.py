@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
+from service.access.keys import key_digest
 from service.app import create_app
 from service.config import Settings
-from service.keys import key_digest
 
 OLD_KEY = "mounted-old-key-0123456789"
 NEW_KEY = "mounted-new-key-9876543210"

@@ -109,7 +109,9 @@ def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) ->
     doc = document(make_app().test_client(), API)
 
     typed = doc["paths"]["/api/typed.py"]
-    assert set(typed) == {"get", "post"}  # HEAD is implied by GET
+    # Default methods are one entry: GET (no body declared), which says POST works too.
+    assert set(typed) == {"get"}
+    assert typed["get"]["description"].endswith("Also answers POST.")
     params = {p["name"]: p for p in typed["get"]["parameters"]}
     assert params["name"]["required"] is True and params["name"]["in"] == "query"
     assert params["count"]["schema"]["type"] == "integer"
@@ -119,7 +121,9 @@ def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) ->
     assert params["note"]["description"] == "free text"
     assert typed["get"]["summary"] == "Typed query parameters."
     assert typed["get"]["security"] == [{"apiKey": []}]
-    assert set(typed["get"]["responses"]) == {"200", "202", "400", "401", "500", "504"}
+    assert set(typed["get"]["responses"]) == {
+        *("200", "202", "400", "401", "403", "429", "500", "503", "504")
+    }
 
     body = doc["paths"]["/api/body.py"]["post"]
     schema = body["requestBody"]["content"]["application/json"]["schema"]
@@ -139,12 +143,75 @@ def test_an_operation_carries_the_scripts_declarations(make_app, scripts_dir) ->
     assert "security" not in limited["get"]
 
 
-def test_a_broken_script_is_listed_as_broken(make_app, scripts_dir) -> None:
+def test_a_broken_script_is_not_offered_to_callers(make_app, scripts_dir) -> None:
     write_scripts(scripts_dir, {"broken.py": "def main(request)\n"})
-    doc = document(make_app().test_client())
-    get = doc["paths"]["/broken.py"]["get"]
-    assert get["x-scriptgate-state"] == "import_error"
-    assert "broken" in get["summary"] and set(get["responses"]) == {"200", "500"}
+    client = make_app().test_client()
+    assert "/broken.py" not in document(client)["paths"]
+    detail = client.get("/_platform/routes?detail=1").get_json()["root"]
+    assert {"path": "broken.py", "state": "import_error"}.items() <= next(
+        r for r in detail if r["path"] == "broken.py"
+    ).items()
+
+
+def test_an_async_script_is_documented_as_a_job(make_app, scripts_dir) -> None:
+    write_scripts(scripts_dir, {"slow.py": "ASYNC = True\ndef main(request):\n    return 1\n"})
+    client = make_app().test_client()
+    responses = document(client)["paths"]["/slow.py"]["get"]["responses"]
+    assert "200" not in responses and "Location" in responses["202"]["headers"]
+    assert responses["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/Job")
+    answer = client.get("/slow.py")
+    assert answer.status_code == 202 and answer.headers["Location"].startswith("/_platform/jobs/")
+    hello = document(client)["paths"]["/hello.py"]["get"]["responses"]
+    assert {"200", "202"} <= set(hello)  # any call may ask Prefer: respond-async
+
+
+def test_each_answer_shows_its_own_example_body(client) -> None:
+    responses = document(client, BOTH)["components"]["responses"]
+    examples = {
+        name: [e["value"] for e in r["content"]["application/json"]["examples"].values()]
+        for name, r in responses.items()
+    }
+    assert {"error": "timeout"}.items() <= examples["Timeout"][0].items()
+    assert [e["error"] for e in examples["ScriptFailed"]] == ["internal error"] * 3
+    assert {e.get("reason") for e in examples["Unauthorized"]} == {
+        "api_key",
+        "admin_key",
+        "expired",
+    }
+    assert "fields" in examples["InvalidParameters"][0]
+
+
+REFUSED = {  # (path, headers, settings) -> a refusal the server answers
+    "401": ("/api/hello.py", {"X-API-Key": "wrong"}, {}),
+    "403": ("/admin/stats.py", ADMIN, {"admin_trusted_ips": parse_networks("x", "10.0.0.0/8")}),
+    "504": ("/slow.py", {}, {"script_timeout": 0.5}),
+    "500": ("/raises.py", {}, {}),
+}
+
+
+@pytest.mark.parametrize("status", sorted(REFUSED))
+def test_the_document_declares_what_the_server_answers(make_app, scripts_dir, status) -> None:
+    """Provoke each refusal for real and find its status, error and reason in the document
+    of that very operation."""
+    write_scripts(
+        scripts_dir,
+        {
+            "slow.py": "import time\ndef main(request):\n    time.sleep(5)\n",
+            "raises.py": "def main(request):\n    raise ValueError('no')\n",
+        },
+    )
+    path, headers, settings = REFUSED[status]
+    client = make_app(**settings).test_client()
+    answer = client.get(path, headers=headers)
+    assert str(answer.status_code) == status
+    doc = document(make_app().test_client(), BOTH)  # as a caller the allowlist lets in
+    declared = doc["paths"][path]["get"]["responses"][status]["$ref"].rsplit("/", 1)[1]
+    media = doc["components"]["responses"][declared]["content"]["application/json"]
+    bodies = [e["value"] for e in media["examples"].values()]
+    got = answer.get_json()
+    assert any(
+        (b["error"], b.get("reason")) == (got["error"], got.get("reason")) for b in bodies
+    ), (got, bodies)
 
 
 def test_every_error_response_is_the_json_error_body(client) -> None:
@@ -207,23 +274,3 @@ def test_every_document_describes_the_job_endpoints_and_the_job_record(client) -
     assert "after" in [
         p["name"] for p in doc["paths"]["/_platform/jobs/{id}/logs"]["get"]["parameters"]
     ]
-
-
-def test_a_script_documents_its_202_and_an_async_scripts_200_is_a_job(
-    make_app, scripts_dir
-) -> None:
-    write_scripts(
-        scripts_dir,
-        {
-            "report.py": "ASYNC = True\ndef main(request):\n    return 'done'\n",
-            "hello.py": "def main(request):\n    return 'hi'\n",
-        },
-    )
-    doc = document(make_app().test_client(), BOTH)
-    validate(doc, cls=OpenAPIV31SpecValidator)
-    job = {"$ref": "#/components/schemas/Job"}
-    report = doc["paths"]["/report.py"]["get"]["responses"]
-    assert report["202"]["content"]["application/json"]["schema"] == job
-    assert report["200"]["content"]["application/json"]["schema"] == job
-    hello = doc["paths"]["/hello.py"]["get"]["responses"]
-    assert "202" in hello and "content" not in hello["200"]  # the script's own answer

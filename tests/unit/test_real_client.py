@@ -10,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
-from service.access import ORIGINAL_ENVIRON_KEY, RealClient
+from service.access.clients import ORIGINAL_ENVIRON_KEY, RealClient
 from service.config import parse_networks
 
 PROXIES = parse_networks("TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2, fd00::/8")

@@ -15,7 +15,7 @@ from flask import Flask
 
 from service.app import create_app
 from service.config import Settings
-from service.revision import current_revision, revision_of, root_of
+from service.scripts.revision import current_revision, revision_of, root_of
 from tests.gitsync import GitSync, Upstream
 
 V1 = {

@@ -1,6 +1,6 @@
 """The server span is the one opentelemetry-instrumentation-flask records, attribute for
-attribute, although Scriptgate installs only its hooks (service/tracing.py). These tests
-compare it with the span the stock `instrument_app` records for the same request, so an
+attribute, although Scriptgate installs only its hooks (service/observability/tracing.py).
+These tests compare it with the span the stock `instrument_app` records for the same request, so an
 instrumentation release that moves what the hooks do fails here, not in production."""
 
 from __future__ import annotations

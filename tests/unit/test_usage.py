@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.usage import LAST_USE_EVERY_SECONDS, SqliteStorage, Usage
+from service.access.usage import LAST_USE_EVERY_SECONDS, SqliteStorage, Usage
 
 HITS = 300
 
