@@ -1,5 +1,5 @@
 """The job endpoints in the OpenAPI document: the job record, one job, the run history,
-its result, its log lines and its events (SSE), and a script's 202.
+its result, its log lines and its events (SSE).
 
 Kept beside the code that answers them (http.py), so the record's fields and the
 listing's filters are described where they are made; openapi.py adds them to every
@@ -264,3 +264,4 @@ JOB_SCHEMAS = {
     "JobLogLine": LOG_LINE_SCHEMA,
     "JobLogs": JOB_LOGS_SCHEMA,
 }
+JOBS_TAG = {"name": "jobs", "description": "Runs that outlive a request (Prefer: respond-async)."}
