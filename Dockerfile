@@ -28,6 +28,7 @@ RUN groupadd --system --gid 10001 scriptgate \
 # The package first (the layer changes only with the code), then the example scripts.
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY scriptgate ./scriptgate
 RUN pip install --no-cache-dir . \
     && rm -rf build ./*.egg-info
 

@@ -99,6 +99,7 @@ bench-isolation: install debs
 # Jobs: throughput of a no-op script and the added latency of the 202 path (printed).
 bench-jobs: install debs
 	$(PY) bench/jobs.py
+	$(PY) bench/jobs.py --live
 
 # Schedules (bench/schedules.py): start accuracy, and 1,000 schedules due at once.
 bench-schedules: install debs

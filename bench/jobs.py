@@ -15,6 +15,14 @@ For the embedded SQLite store and for a real redis-server, one `scriptgate serve
    and for one blocked in C (its job worker is replaced).
 Printed, never asserted: the machine is shared, the figures say what to expect.
 
+    .venv/bin/python bench/jobs.py --live    # live output and dispatch instead
+
+times, for each store, on `scriptgate serve` with 2 job workers: a line a running job
+prints reaching a client of /_platform/jobs/<id>/events (the script writes the time it
+printed; the client the time it read; one machine, one clock), and a no-op job's
+dispatch: 202 to `succeeded` as the record says (created_at to finished_at) and as a
+client following its events sees it (request sent to final state read).
+
     .venv/bin/python bench/jobs.py --history 100000   # the run history instead
 
 fills an SQLite store with that many finished runs (20 callers, 10 scripts, a seventh
@@ -27,12 +35,14 @@ index, then a filter on each row).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -53,6 +63,13 @@ SCRIPTS = {
         "def main(request):\n    while True:\n        time.sleep(0.05)\n"
     ),
     "stuck.py": "import time\nJOB_TIMEOUT = 600\ndef main(request):\n    time.sleep(600)\n",
+    "printer.py": (
+        "import time\nJOB_TIMEOUT = 600\n"
+        "def main(request):\n"
+        "    for n in range(int(request.args['lines'])):\n"
+        "        print(f'{n} {time.time():.6f}', flush=True)\n"
+        "        time.sleep(0.1)\n"
+    ),
 }
 
 
@@ -241,12 +258,76 @@ def fill_history(data_dir: Path, scripts: Path, count: int) -> tuple[float, str]
     return middle
 
 
-def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
+def history_job(n: int, start: float) -> Any:
+    """The n-th finished run of a bulk-filled history (as fill_history writes them)."""
+    from service.jobs.store import FAILED, SUCCEEDED, Job
+
+    created = start + n
+    return Job(
+        id=f"{n:032d}",
+        state=FAILED if n % 7 == 0 else SUCCEEDED,
+        zone="api",
+        script=f"s{n % HISTORY_SCRIPTS}.py",
+        method="GET",
+        path=f"/api/s{n % HISTORY_SCRIPTS}.py",
+        owner="",
+        trace_id="0" * 32,
+        traceparent="",
+        created_at=created,
+        started_at=created + 0.1,
+        finished_at=created + 0.5,
+        expires_at=created + 0.5 + 30 * 86400.0,
+        worker="bench:1",
+        result_status=200,
+        result_headers="[]",
+        caller=f"api-key-{n % HISTORY_CALLERS + 1}",
+    )
+
+
+def bulk_history(settings: Settings, count: int) -> tuple[float, str]:
+    """`count` finished runs written in bulk (a million through the job workers' own
+    writes would take an hour here): SQLite rows in large transactions, Redis hashes and
+    index entries in pipelines. The same rows and indexes the stores write."""
+    from service.jobs import redis_store, sqlite_store
+    from service.jobs.store import COLUMNS
+
+    queue = JobQueue(settings)
+    store = queue.store
+    start = time.time() - count
+    batch = 20_000
+    for first in range(0, count, batch):
+        jobs = [history_job(n, start) for n in range(first, min(count, first + batch))]
+        if isinstance(store, sqlite_store.SqliteJobStore):
+            marks = ", ".join("?" * len(COLUMNS))
+            sql = f"insert into {sqlite_store.TABLE} ({', '.join(COLUMNS)}) values ({marks})"
+            with store.storage.db(commit=True) as cursor:
+                cursor.executemany(sql, [tuple(getattr(j, c) for c in COLUMNS) for j in jobs])
+        else:
+            pipe = store.conn.pipeline(transaction=False)
+            for j in jobs:
+                record = {c: "" if getattr(j, c) is None else str(getattr(j, c)) for c in COLUMNS}
+                record["cancel_requested"] = "0"
+                pipe.hset(redis_store.PREFIX + j.id, mapping=record)
+                pipe.zadd(redis_store.CREATED_SET, {j.id: j.created_at})
+                pipe.zadd(redis_store.CALLER_SET + j.caller, {j.id: j.created_at})
+            pipe.execute()
+    queue.close()
+    middle = history_job(count // 2, start)
+    return middle.created_at, middle.id
+
+
+def bench_history(
+    tmp: Path, count: int, seconds: int, broker: str | None = None
+) -> dict[str, dict]:
     from service.jobs.http import encode_cursor
 
     scripts = write_scripts(tmp / "scripts")
     began = time.monotonic()
-    middle = fill_history(tmp / "data", scripts, count)
+    settings = Settings(scripts_dir=scripts, job_data_dir=tmp / "data", job_broker_url=broker)
+    if count > 200_000 or broker:
+        middle = bulk_history(settings, count)
+    else:
+        middle = fill_history(tmp / "data", scripts, count)
     print(f"{count} runs stored in {time.monotonic() - began:.0f} s", file=sys.stderr)
     keys = ",".join(f"bench-history-key-{n}" for n in range(1, HISTORY_CALLERS + 1))
     env = {
@@ -255,6 +336,7 @@ def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
         "JOB_WORKERS": "0",
         "JOB_DATA_DIR": str(tmp / "data"),
         "JOB_RETENTION": "30d",
+        **({"JOB_BROKER_URL": broker} if broker else {}),
     }
     own = {"X-API-Key": "bench-history-key-1"}
     admin = {"X-Admin-Key": ADMIN_KEY}
@@ -278,24 +360,130 @@ def bench_history(tmp: Path, count: int, seconds: int) -> dict[str, dict]:
     return out
 
 
-def print_history(count: int, results: dict[str, dict]) -> None:
+def print_history(count: int, results: dict[str, dict], store: str = "SQLite") -> None:
     width = max(len(label) for label in results)
-    print(f"\nGET /_platform/jobs, {count} runs stored (SQLite), 1 connection")
+    print(f"\nGET /_platform/jobs, {count} runs stored ({store}), 1 connection")
     print(f"{'':{width}}  {'jobs':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/s':>7}")
     for label, r in results.items():
         figures = f"{r['p50']:>8.2f}  {r['p99']:>8.2f}  {r['rps']:>7.0f}"
         print(f"{label:{width}}  {r['jobs']:>5}  {figures}")
 
 
+def sse_events(response: requests.Response):
+    """(event, data) pairs of an SSE response as they arrive, with their arrival time."""
+    buffer = ""
+    for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
+        buffer += chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+            if "event" in fields:
+                yield time.time(), fields["event"], json.loads(fields["data"])
+
+
+def live_latency_ms(url: str, lines: int) -> list[float]:
+    """Printed-to-read delay of each line of a printing job, read from its events."""
+    job_id = requests.get(
+        f"{url}/api/printer.py", params={"lines": lines}, headers=ASYNC, timeout=10
+    ).json()["id"]
+    delays: list[float] = []
+    for _ in range(5):  # a response lives JOB_EVENTS_SECONDS; resume after it (rarely)
+        last = None
+        with requests.get(
+            f"{url}/_platform/jobs/{job_id}/events", headers=KEY, stream=True, timeout=30
+        ) as response:
+            for arrived, event, data in sse_events(response):
+                if event == "log":
+                    printed = float(data["message"].split()[1])
+                    delays.append((arrived - printed) * 1000)
+                if event == "state" and data["state"] not in ("queued", "running"):
+                    return delays
+                last = event
+        if last is None:
+            break
+    return delays
+
+
+def dispatch_ms(url: str, rounds: int) -> tuple[list[float], list[float]]:
+    """No-op jobs one after another: (record's 202 to succeeded, client's)."""
+    recorded, seen = [], []
+    for _ in range(rounds):
+        sent = time.time()
+        job_id = submit(url, "noop.py")
+        with requests.get(
+            f"{url}/_platform/jobs/{job_id}/events", headers=KEY, stream=True, timeout=30
+        ) as response:
+            for arrived, event, data in sse_events(response):
+                if event == "state" and data["state"] == "succeeded":
+                    seen.append((arrived - sent) * 1000)
+                    break
+        done = job_state(url, job_id)
+        recorded.append(_ms(done["created_at"], done["finished_at"]))
+    return recorded, seen
+
+
+def bench_live(name: str, tmp: Path, broker: str | None, lines: int, rounds: int) -> dict:
+    scripts = write_scripts(tmp / "scripts")
+    env = {"API_KEY": API_KEY, "JOB_WORKERS": "2"}
+    if broker:
+        env["JOB_BROKER_URL"] = broker
+    with gunicorn(scripts, tmp, workers=3, env=env) as server:
+        for _ in range(10):  # warm: the script imported, the store open in each worker
+            reached(server.url, submit(server.url, "noop.py"), "succeeded", 0.02)
+        latency = live_latency_ms(server.url, lines)
+        recorded, seen = dispatch_ms(server.url, rounds)
+    return {"store": name, "latency": latency, "recorded": recorded, "seen": seen}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def print_live(results: list[dict]) -> None:
+    print("\nlive output and dispatch, `scriptgate serve` with 2 job workers")
+    print(f"{'':52}  {'n':>5}  {'p50 ms':>8}  {'p99 ms':>8}")
+    for r in results:
+        for label, values in (
+            ("printed line -> SSE client", r["latency"]),
+            ("no-op job, 202 -> succeeded (record)", r["recorded"]),
+            ("no-op job, request -> final state (client)", r["seen"]),
+        ):
+            row = f"{r['store'] + ': ' + label:52}  {len(values):>5}"
+            print(f"{row}  {percentile(values, 0.5):>8}  {percentile(values, 0.99):>8}")
+    print("Windmill publishes 12 ms for a no-op job on dedicated workers.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s wrk runs, 3 rounds")
     parser.add_argument("--history", type=int, metavar="N", help="time the run history")
+    parser.add_argument("--live", action="store_true", help="live output and dispatch")
+    parser.add_argument("--redis", action="store_true", help="--history in a redis-server")
     args = parser.parse_args()
     seconds, rounds = (2, 3) if args.quick else (5, 6)
+    if args.live:
+        lines, jobs = (50, 50) if args.quick else (300, 300)
+        live = []
+        with tempfile.TemporaryDirectory(prefix="scriptgate-bench-live-") as tmp_dir:
+            tmp = Path(tmp_dir)
+            (tmp / "sqlite").mkdir()
+            live.append(bench_live("SQLite", tmp / "sqlite", None, lines, jobs))
+            (tmp / "redis").mkdir()
+            with redis_server(tmp / "redis") as url:
+                live.append(bench_live("Redis", tmp / "redis", url, lines, jobs))
+        print_live(live)
+        return 0
     if args.history:
         with tempfile.TemporaryDirectory(prefix="scriptgate-bench-history-") as tmp_dir:
-            print_history(args.history, bench_history(Path(tmp_dir), args.history, seconds))
+            tmp = Path(tmp_dir)
+            if args.redis:
+                (tmp / "redis").mkdir()
+                with redis_server(tmp / "redis") as url:
+                    found = bench_history(tmp, args.history, seconds, url)
+                print_history(args.history, found, "Redis")
+            else:
+                print_history(args.history, bench_history(tmp, args.history, seconds))
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:

@@ -48,6 +48,8 @@ DEFAULT_JOB_WORKERS = 2
 DEFAULT_JOB_TIMEOUT = 3600.0
 DEFAULT_JOB_RETENTION = 86400.0
 DEFAULT_JOB_MAX_RESULT_BYTES = 50 * 1024 * 1024
+DEFAULT_JOB_LOG_LIMIT = 1024 * 1024  # bytes of a run's own log lines kept for /logs
+DEFAULT_JOB_EVENTS_SECONDS = 60.0  # an SSE response's life; the client resumes after
 DEFAULT_SCRIPT_MEMORY_LIMIT = 512 * 1024 * 1024
 DEFAULT_SCRIPT_OUTPUT_LIMIT = 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -123,6 +125,8 @@ class Settings:
     job_timeout: float = DEFAULT_JOB_TIMEOUT
     job_retention: float = DEFAULT_JOB_RETENTION
     job_max_result_bytes: int = DEFAULT_JOB_MAX_RESULT_BYTES
+    job_log_limit: int = DEFAULT_JOB_LOG_LIMIT
+    job_events_seconds: float = DEFAULT_JOB_EVENTS_SECONDS
     # Runner processes (service/runners): a script's memory, its output per call, and the
     # account runners run as when the server starts as root ("" = the server's own).
     script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
@@ -277,6 +281,12 @@ VARIABLES = (
         "SCRIPT_MEMORY_LIMIT",
         "script_memory_limit",
         _with_default(parse_memory, DEFAULT_SCRIPT_MEMORY_LIMIT),
+    ),
+    Variable("JOB_LOG_LIMIT", "job_log_limit", _count(DEFAULT_JOB_LOG_LIMIT, zero=True)),
+    Variable(
+        "JOB_EVENTS_SECONDS",
+        "job_events_seconds",
+        _with_default(parse_duration, DEFAULT_JOB_EVENTS_SECONDS),
     ),
     Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", _count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
     Variable("RUNNER_USER", "runner_user", parse_runner_user),

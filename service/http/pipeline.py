@@ -49,8 +49,16 @@ from service.jobs.http import start_job, wants_job
 from service.observability.metrics import ERROR_KINDS
 from service.observability.record import record_failure, record_request
 from service.observability.scriptlog import ScriptLines
+from service.observability.tracing import add_trace_headers, end_server_span_later
 from service.platform.views import platform_view
-from service.runners.pool import Hooks, ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
+from service.runners.pool import (
+    Hooks,
+    ImportFailed,
+    RunnerFailed,
+    RunnerStream,
+    ScriptStopped,
+    ScriptTimeout,
+)
 from service.runtime import Runtime, runtime
 from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
 from service.scripts.problems import ScriptProblem
@@ -65,8 +73,10 @@ def handle_request() -> Response:
     in_progress = rt.metrics.in_progress_for(ctx.zone) if rt.metrics is not None else None
     if in_progress is not None:
         in_progress.inc()
+    stream = None
     try:
         response = respond(rt, ctx, req)
+        stream = streamed(response)
     except (RequestError, ScriptProblem) as problem:
         exc = refusal_of(problem)
         if isinstance(exc, AccessDenied):
@@ -78,8 +88,18 @@ def handle_request() -> Response:
         rt.log.error("unhandled error", exc_info=exc, extra={"trace_id": ctx.trace_id})
         response = render_error(ScriptFailed(), ctx.trace_id)
     finally:
-        if in_progress is not None:
+        if in_progress is not None and stream is None:
             in_progress.dec()
+    if stream is not None:
+        # Its log line, duration and server span are the whole stream's: written when
+        # the server closes it (WSGI close(), also after a HEAD or a caller who left).
+        add_trace_headers(response, ctx.server_span, (ctx.trace_id, ctx.span_id))
+        if in_progress is not None:
+            stream.on_close(lambda _: in_progress.dec())
+        stream.on_close(lambda _: record_request(rt, ctx, req, response))
+        end_span = end_server_span_later(req.environ)
+        stream.on_close(lambda _: end_span())
+        return response
     record_request(rt, ctx, req, response)
     return response
 
@@ -196,23 +216,39 @@ def run(rt: Runtime, ctx: RequestContext, req: Request, script: LoadedScript) ->
         releases.append(release)
     if rt.metrics is not None:
         releases.append(rt.metrics.script_started(ctx.zone, ctx.script))
+    response = None
     try:
-        return call_handler(rt, ctx, script, req, script.timeout)
+        response = call_handler(rt, ctx, script, req, script.timeout)
+        return response
     finally:
-        for release in releases:
-            release()
+        stream = streamed(response) if response is not None else None
+        if stream is not None:  # the slot is held until the stream ends
+            stream.on_close(lambda _: [release() for release in releases])
+        else:
+            for release in releases:
+                release()
 
 
 class _CallHooks(Hooks):
-    """A call's log lines and `secret()` requests, answered for the runner's own zone."""
+    """A call's log lines and `secret()` requests, answered for the runner's own zone;
+    a job's lines and progress also go to its `output` (jobs/output.py)."""
 
-    def __init__(self, rt: Runtime, ctx: RequestContext, lines: ScriptLines) -> None:
+    def __init__(
+        self, rt: Runtime, ctx: RequestContext, lines: ScriptLines, output: Any = None
+    ) -> None:
         self.rt = rt
         self.zone = ctx.zone
         self.lines = lines
+        self.output = output
 
     def log(self, message: dict[str, Any]) -> None:
         self.lines.write(message)
+        if self.output is not None:
+            self.output.line(message)
+
+    def progress(self, message: dict[str, Any]) -> None:
+        if self.output is not None:
+            self.output.progress(message.get("fraction"), message.get("message"))
 
     def secret(self, name: str) -> dict[str, Any]:
         try:
@@ -233,6 +269,7 @@ def call_handler(
     *,
     check: bool = False,
     log_fields: dict[str, Any] | None = None,
+    output: Any = None,
 ) -> Response:
     """The script's handler in one of its runners under its deadline, in a `script.run`
     span; with `check`, only its declared parameters are checked.
@@ -245,38 +282,79 @@ def call_handler(
     # made, and the script's log lines carry the server span's id.
     child = (
         rt.tracer.start_as_current_span(
-            "script.run", record_exception=False, set_status_on_exception=False
+            "script.run",
+            record_exception=False,
+            set_status_on_exception=False,
+            end_on_exit=False,  # a stream's span ends with the stream
         )
         if ctx.server_span.is_recording() and not check
         else contextlib.nullcontext()
     )
     lines = ScriptLines(rt.log, ctx, rt.settings.script_output_limit, log_fields)
+    stream: RunnerStream | None = None
     with child as span:
         try:
-            hooks = _CallHooks(rt, ctx, lines)
-            runner = rt.runners.take(script.key)
-            if runner is None:
-                runner = rt.scripts.start_runner(script, rt.runners, hooks)
-            message = {
-                "environ": runner_environ(req.environ),
-                "check": check,
-                "budget": rt.settings.script_output_limit,
-            }
-            answer, body = rt.runners.call(runner, message, req.get_data(), seconds, stop, hooks)
-        except ScriptStopped:
-            raise
-        except ScriptTimeout as exc:
-            record_failure(rt, ctx, span, "timeout", exc)
-            raise ScriptTimedOut() from None
-        except RunnerFailed as exc:
-            record_failure(rt, ctx, span, exc.kind, exc)
-            raise ScriptFailed("runner_died") from exc
-        except (ScriptLoadError, ImportFailed) as exc:
-            record_failure(rt, ctx, span, "import", exc)
-            raise ScriptFailed() from exc
+            try:
+                hooks = _CallHooks(rt, ctx, lines, output)
+                runner = rt.runners.take(script.key)
+                if runner is None:
+                    runner = rt.scripts.start_runner(script, rt.runners, hooks)
+                message = {
+                    "environ": runner_environ(req.environ),
+                    "check": check,
+                    "budget": rt.settings.script_output_limit,
+                }
+                answer, body = rt.runners.call(
+                    runner, message, req.get_data(), seconds, stop, hooks
+                )
+            except ScriptStopped:
+                raise
+            except ScriptTimeout as exc:
+                record_failure(rt, ctx, span, "timeout", exc)
+                raise ScriptTimedOut() from None
+            except RunnerFailed as exc:
+                record_failure(rt, ctx, span, exc.kind, exc)
+                raise ScriptFailed("runner_died") from exc
+            except (ScriptLoadError, ImportFailed) as exc:
+                record_failure(rt, ctx, span, "import", exc)
+                raise ScriptFailed() from exc
+            if isinstance(body, RunnerStream):
+                stream = body
+                stream.on_close(lambda ended: _stream_ended(rt, ctx, span, lines, ended))
+                response = Response(status=answer["status"], headers=answer["headers"])
+                response.response = stream
+                response.direct_passthrough = True  # chunks as the runner sends them
+                return response
+            return answer_of(rt, ctx, span, answer, body)
         finally:
-            lines.close()
-        return answer_of(rt, ctx, span, answer, body)
+            if stream is None:
+                lines.close()
+                if span is not None:
+                    span.end()
+
+
+def _stream_ended(
+    rt: Runtime, ctx: RequestContext, span: Any, lines: ScriptLines, stream: RunnerStream
+) -> None:
+    """A streamed answer's end: its failure (a timeout cuts the stream) on the span, in
+    the error counter and the log, as a call's would be; then the span ends."""
+    lines.close()
+    failure = stream.failure
+    if isinstance(failure, ScriptTimeout):
+        record_failure(rt, ctx, span, "timeout", failure)
+    elif isinstance(failure, RunnerFailed):
+        record_failure(rt, ctx, span, failure.kind, failure)
+    if span is not None:
+        span.set_attribute("scriptgate.stream_bytes", stream.sent)
+        if stream.cut_short:
+            span.set_attribute("scriptgate.stream_cut_short", True)
+        span.end()
+
+
+def streamed(response: Response) -> RunnerStream | None:
+    """The runner stream a script's response is, when it is one."""
+    body = response.response
+    return body if isinstance(body, RunnerStream) else None
 
 
 def answer_of(

@@ -1,4 +1,5 @@
-"""The job endpoints in the OpenAPI document: the job record, one job, the run history.
+"""The job endpoints in the OpenAPI document: the job record, one job, the run history,
+its result, its log lines and its events (SSE).
 
 Kept beside the code that answers them (http.py), so the record's fields and the
 listing's filters are described where they are made; openapi.py adds them to every
@@ -39,7 +40,14 @@ JOB_SCHEMA: dict[str, Any] = {
         "attempts": {"type": "integer", "minimum": 1, "description": "1 + the script's RETRIES"},
         "retry_of": {**_MAYBE_ID, "description": "The run this one retries."},
         "retried_as": {**_MAYBE_ID, "description": "The run that retries this one."},
-        "progress": {"type": "null", "description": "Reserved: always null for now."},
+        "progress": {
+            "type": ["object", "null"],
+            "description": "The script's last `progress(fraction, message)`; null before.",
+            "properties": {
+                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                "message": {"type": "string", "maxLength": 200},
+            },
+        },
         "trace_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
         "created_at": _TIME,
         "started_at": _TIME,
@@ -69,6 +77,33 @@ JOB_LIST_SCHEMA: dict[str, Any] = {
 }
 
 
+LOG_LINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One of the run's own lines: its `logging` records (`logger`) and "
+    "what it wrote to stdout or stderr (`stream`).",
+    "required": ["id", "time", "level", "message"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1, "description": "The event's number."},
+        "time": {"type": "string", "format": "date-time"},
+        "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+        "logger": {"type": "string"},
+        "stream": {"enum": ["stdout", "stderr", "scriptgate"]},
+        "message": {"type": "string"},
+    },
+}
+JOB_LOGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "state", "lines", "next", "more"],
+    "properties": {
+        "id": _ID,
+        "state": {"enum": list(STATES)},
+        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/JobLogLine"}},
+        "next": {"type": "integer", "description": "Send as `after` for the lines after."},
+        "more": {"type": "boolean", "description": "More lines are stored already."},
+    },
+}
+
+
 def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
 
@@ -88,6 +123,14 @@ _LIST_PARAMETERS = [
     _query("cursor", {"type": "string"}, "The `next` of the page before."),
 ]
 _SECURITY = [{"apiKey": []}, {"adminKey": []}]
+_EVENTS_TEXT = (
+    "Server-Sent Events: `state` (data: state, at, and at the end error and status), "
+    "`progress` (fraction, message) and `log` (a line, as /logs has it), each with its "
+    "number as `id`. The stream ends with the final state, or after JOB_EVENTS_SECONDS "
+    "(60 s by default) with a `retry` hint: reconnect with `Last-Event-ID` to resume "
+    "with nothing lost or repeated (EventSource does so itself). After the final state "
+    "a reconnection gets 204."
+)
 _JOB_ID = {"name": "id", "in": "path", "required": True, "schema": _ID}
 
 
@@ -159,6 +202,66 @@ JOB_PATHS: dict[str, Any] = {
             },
         },
     },
+    "/_platform/jobs/{id}/logs": {
+        "parameters": [_JOB_ID],
+        "get": {
+            "tags": ["jobs"],
+            "operationId": "get_job_logs",
+            "summary": "The run's own log lines (print, logging, stderr), oldest first; "
+            "at most JOB_LOG_LIMIT bytes of them per run.",
+            "security": _SECURITY,
+            "parameters": [
+                _query(
+                    "after",
+                    {"type": "integer", "minimum": 0},
+                    "The `next` of an earlier answer: only the lines after it.",
+                )
+            ],
+            "responses": {
+                "200": _ok("Up to 1000 events' lines.", "JobLogs"),
+                "400": {"$ref": "#/components/responses/InvalidParameters"},
+                "404": _NOT_FOUND,
+            },
+        },
+    },
+    "/_platform/jobs/{id}/events": {
+        "parameters": [_JOB_ID],
+        "get": {
+            "tags": ["jobs"],
+            "operationId": "follow_job",
+            "summary": "The job's state, progress and log lines as they happen (SSE).",
+            "description": _EVENTS_TEXT,
+            "security": _SECURITY,
+            "parameters": [
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                    "description": "The `id` of the last event received: resume after it.",
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "The event stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "204": {"description": "Resumed after the final state: nothing follows."},
+                "400": {
+                    "description": "A Last-Event-ID this stream did not send.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                },
+                "404": _NOT_FOUND,
+            },
+        },
+    },
 }
-JOB_SCHEMAS = {"Job": JOB_SCHEMA, "JobList": JOB_LIST_SCHEMA}
+JOB_SCHEMAS = {
+    "Job": JOB_SCHEMA,
+    "JobList": JOB_LIST_SCHEMA,
+    "JobLogLine": LOG_LINE_SCHEMA,
+    "JobLogs": JOB_LOGS_SCHEMA,
+}
 JOBS_TAG = {"name": "jobs", "description": "Runs that outlive a request (Prefer: respond-async)."}

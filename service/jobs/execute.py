@@ -40,8 +40,9 @@ from service.http.errors import (
     render_error,
     script_refusals,
 )
-from service.http.pipeline import call_handler, check_method, lookup
+from service.http.pipeline import call_handler, check_method, lookup, streamed
 from service.jobs.http import log_fields
+from service.jobs.output import JobOutput
 from service.jobs.snapshot import environ
 from service.jobs.store import (
     CANCELLED,
@@ -56,7 +57,7 @@ from service.jobs.store import (
     JobStore,
     Result,
 )
-from service.runners.pool import ScriptStopped
+from service.runners.pool import ScriptStopped, ScriptTimeout
 from service.scripts.resolve import parse_target, url_for_script
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from service.scripts.loader import LoadedScript
 
 HEARTBEAT_SECONDS = 5.0
+FINISH_RETRY_SECONDS = (0.2, 1.0, 3.0)  # a store that refused a job's end, asked again
 STOP_GRACE_SECONDS = 10.0  # a running job's time to finish when its worker is stopped
 # Not sent back with a result: the response is re-framed by the server answering it.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
@@ -163,7 +165,8 @@ class Watch:
 
 
 def capture(response: Response, limit: int) -> Result:
-    """Status, headers and the whole body (a stream or a file read to its end)."""
+    """Status, headers and the whole body (a stream or a file read to its end). A script's
+    stream that did not reach its end is the job's failure, as the call's would be."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -175,6 +178,13 @@ def capture(response: Response, limit: int) -> Result:
             chunks.append(chunk)
     finally:
         response.close()
+    stream = streamed(response)
+    if stream is not None and stream.failure is not None:
+        if stream.stopped:
+            raise ScriptStopped("stopped on request")
+        if isinstance(stream.failure, ScriptTimeout):
+            raise ScriptTimedOut()
+        raise ScriptFailed() from stream.failure
     headers = response.headers.items()
     kept = tuple((k, v) for k, v in headers if k.lower() not in _FRAMING_HEADERS)
     return Result(response.status_code, kept, b"".join(chunks))
@@ -198,6 +208,7 @@ class JobExecutor:
         started = job.started_at or time.time()
         if metrics is not None:
             metrics.entered(job.zone, job.script, RUNNING)
+            metrics.attempts.labels(job.zone, job.script, str(min(job.attempt, 5))).inc()
             metrics.observe_wait(job.zone, job.script, started - job.created_at, job.traceparent)
         snapshot = store.request_of(job.id)  # read before finish() drops it: a retry's
         outcome = self.run(job, snapshot)
@@ -210,8 +221,10 @@ class JobExecutor:
         retry = None
         if outcome.retry_delay is not None and job.attempt < job.attempts and snapshot:
             retry = self.retry(job, snapshot, retry_delay(outcome.retry_delay, job.attempt))
-        if not store.finish(job.id, ending):
-            return  # declared lost meanwhile: whoever did so counted it
+        ending = self.finish(job, ending)
+        if ending is None:
+            return  # declared lost meanwhile (whoever did so counted it), or unrecorded
+        outcome = replace(outcome, state=ending.state, result=ending.result)
         if metrics is not None:
             metrics.entered(job.zone, job.script, outcome.state)
             metrics.observe_run(job.zone, job.script, finished - started, job.traceparent)
@@ -230,6 +243,27 @@ class JobExecutor:
                 "duration_ms": round((finished - started) * 1000, 3),
             },
         )
+
+    def finish(self, job: Job, ending: Ending) -> Ending | None:
+        """Record how the job ended; the ending recorded, or None if it was not running.
+
+        A store that refuses the write (a full disk, Redis out of memory) is tried again a
+        few times; a result it still cannot take is dropped and the job recorded failed
+        with why, so it does not stay `running` until the supervisor calls it lost.
+        """
+        store, log = self.rt.jobs.store, self.rt.log
+        for attempt, pause in enumerate((*FINISH_RETRY_SECONDS, None)):
+            try:
+                return ending if store.finish(job.id, ending) else None
+            except Exception as exc:
+                log.error("job store did not take the job's end: %s", exc, extra=log_fields(job))
+                if ending.result is not None and attempt >= 1:
+                    error = f"the result could not be stored: {exc}"[:500]
+                    ending = replace(ending, state=FAILED, error=error, result=None)
+                if pause is None:
+                    return None  # left running: the supervisor's heartbeat check ends it
+                time.sleep(pause)
+        return None
 
     def retry(self, job: Job, snapshot: bytes, delay: float) -> str | None:
         """Queue the next run of a failed job, to start in `delay` seconds; its id."""
@@ -295,7 +329,12 @@ class JobExecutor:
             job_log = JobLog(rt.log, {"job_id": job.id, "caller": fields["caller"]})
             job_rt = replace(rt, metrics=None, log=job_log)
             watch = Watch(rt.jobs.store, job.id, self.shutdown, job_rt.log)
-            outcome = self.attempt(job_rt, ctx, req, watch)
+            limit, scrub = rt.settings.job_log_limit, rt.secrets.scrub
+            output = JobOutput(rt.jobs.store, job.id, limit, scrub, job_rt.log)
+            try:
+                outcome = self.attempt(job_rt, ctx, req, watch, output)
+            finally:
+                output.close()  # before the final state: no line comes after it
             span.set_attributes(
                 {"scriptgate.script": ctx.script, "scriptgate.job_state": outcome.state}
             )
@@ -303,7 +342,9 @@ class JobExecutor:
                 span.set_status(Status(StatusCode.ERROR, f"job {outcome.state}"))
         return outcome
 
-    def attempt(self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch) -> Outcome:
+    def attempt(
+        self, rt: Runtime, ctx: RequestContext, req: Any, watch: Watch, output: JobOutput
+    ) -> Outcome:
         """The synchronous call's stages from lookup to conversion, answers captured."""
         limit = rt.settings.job_max_result_bytes
         script: LoadedScript | None = None
@@ -313,7 +354,9 @@ class JobExecutor:
             check_method(req.method, script.methods)
             seconds = script.job_timeout or rt.settings.job_timeout
             fields = {"job_id": watch.job_id}  # the caller comes from ctx
-            answer = call_handler(rt, ctx, script, req, seconds, watch, log_fields=fields)
+            answer = call_handler(
+                rt, ctx, script, req, seconds, watch, log_fields=fields, output=output
+            )
             return Outcome(SUCCEEDED, result=capture(answer, limit))
         except ScriptStopped:
             if watch.cancelled:

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 JOBS_PATH = f"{PLATFORM_PREFIX}/jobs"
 JOBS_PREFIX = JOBS_PATH + "/"
 RESULT_SUFFIX = "/result"
+LOGS_SUFFIX = "/logs"
+EVENTS_SUFFIX = "/events"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 
 
@@ -363,7 +365,7 @@ def describe(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "retry_of": job.retry_of,  # the run this one retries
         "retried_as": job.retried_as,  # the run that retries this one
-        "progress": None,
+        "progress": json.loads(job.progress) if job.progress else None,
         "trace_id": job.trace_id,
         "created_at": iso_time(job.created_at),
         "started_at": iso_time(job.started_at),

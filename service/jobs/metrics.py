@@ -78,6 +78,19 @@ class JobMetrics:
             ["zone", "script"],
             registry=registry,
         )
+        self.event_streams = Gauge(
+            "scriptgate_job_event_streams",
+            "Clients following a job's events (SSE) now, summed over live processes.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.attempts = Counter(
+            "scriptgate_job_attempts",
+            "Runs started, by zone, script and attempt (1 for a first run, 2 for its "
+            "first retry, ...; 5 stands for 5 and over).",
+            ["zone", "script", "attempt"],
+            registry=registry,
+        )
         self.workers = Gauge(
             "scriptgate_job_workers",
             "Job worker processes alive, summed over live processes.",

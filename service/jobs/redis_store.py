@@ -7,23 +7,26 @@ a TTL of JOB_RETENTION: Redis removes it, no sweep needed.
 
 The run history (GET /_platform/jobs) reads two more sorted sets by creation time: every
 job, and each caller's jobs. The other filters are applied to the hashes read, at most
-SCAN_LIMIT per page: a rare filter over many runs answers a short page with a `next`
+SCAN_LIMIT per page, inside Redis (one Lua script a page: only the matching records
+cross the network): a rare filter over many runs answers a short page with a `next`
 cursor rather than read the whole history in one request. An index entry whose hash has
 expired is dropped when a listing meets it, and by the supervisor's sweep (the oldest).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from service.jobs import store
-from service.jobs.store import Ending, Job, JobQuery, Page, QueueStats, Result
+from service.jobs.store import Ending, Event, Job, JobQuery, Page, QueueStats, Result
 
 PREFIX = "scriptgate.job."
 QUEUED_SET = "scriptgate.jobs.queued"
 RUNNING_SET = "scriptgate.jobs.running"
 CREATED_SET = "scriptgate.jobs.created"
 CALLER_SET = "scriptgate.jobs.caller."  # + the caller's key id
+EVENTS = "scriptgate.job_events."  # + job id: a list, event n at index n - 1
 IDEMPOTENCY = "scriptgate.idempotency."  # + caller + "." + key hash: the job id
 # How long an Idempotency-Key is remembered beyond JOB_RETENTION: a job is expected to
 # have finished by then (its record lives JOB_RETENTION after it finishes).
@@ -32,16 +35,18 @@ SCAN_LIMIT = 2000  # index entries read for one page, at most
 PRUNE_BATCH = 1000  # the oldest index entries checked by a sweep, per index
 _BATCH = 200
 
-# KEYS: job, queued set, running set. ARGV: id, now, worker.
+# KEYS: job, queued set, running set, events. ARGV: id, now, worker, state event.
 _CLAIM = """
 if redis.call('hget', KEYS[1], 'state') ~= 'queued' then return 0 end
 redis.call('hset', KEYS[1], 'state', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+redis.call('rpush', KEYS[4], ARGV[4])
 return 1
 """
-# KEYS: job, queued set, running set. ARGV: id, expected state, state, now, expires_at,
-# ttl seconds, error, status, headers, body.
+# KEYS: job, queued set, running set, events. ARGV: id, expected state, state, now,
+# expires_at, ttl seconds, error, status, headers, body, state event. The events expire
+# with the record.
 _FINISH = """
 if redis.call('hget', KEYS[1], 'state') ~= ARGV[2] then return 0 end
 redis.call('hset', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4], 'expires_at', ARGV[5],
@@ -50,6 +55,16 @@ redis.call('hdel', KEYS[1], 'request')
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('expire', KEYS[1], ARGV[6])
+redis.call('rpush', KEYS[4], ARGV[11])
+redis.call('expire', KEYS[4], ARGV[6])
+return 1
+"""
+# KEYS: job, events. ARGV: progress ('' for none), then the events. Only while running:
+# a line that comes late never follows the final state.
+_APPEND = """
+if redis.call('hget', KEYS[1], 'state') ~= 'running' then return 0 end
+if ARGV[1] ~= '' then redis.call('hset', KEYS[1], 'progress', ARGV[1]) end
+for i = 2, #ARGV do redis.call('rpush', KEYS[2], ARGV[i]) end
 return 1
 """
 # KEYS: idempotency key. ARGV: job id, ttl, job prefix. The job holding it, if it is
@@ -59,6 +74,72 @@ local held = redis.call('get', KEYS[1])
 if held and held ~= ARGV[1] and redis.call('exists', ARGV[3] .. held) == 1 then return held end
 redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
+"""
+# KEYS: index. ARGV: top, bottom, after score ('' for none), after id, limit, scan limit,
+# batch, now, job prefix, the wanted caller, zone, script, state, trigger ('' for any),
+# then the record's fields. Returns {more, last score, last id, n, the n records'
+# fields ('\0' for a missing one)...}: `more` 1 when the page is full (another job
+# follows), 2 when the scan limit stopped it, 0 at the end of the index.
+_LIST = """
+local top, bottom = ARGV[1], ARGV[2]
+local after_score, after_id = tonumber(ARGV[3]), ARGV[4]
+local limit, scan_limit, batch = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now, prefix = tonumber(ARGV[8]), ARGV[9]
+local fields, at = {}, {}
+for i = 15, #ARGV do fields[#fields + 1] = ARGV[i]; at[ARGV[i]] = #fields end
+local wanted = {}  -- {field's place, value wanted, the value of a record without it}
+for i, name in ipairs({'caller', 'zone', 'script', 'state', 'trigger'}) do
+  local missing = name == 'trigger' and 'call' or ''
+  if ARGV[9 + i] ~= '' then wanted[#wanted + 1] = {at[name], ARGV[9 + i], missing} end
+end
+-- Byte order, as the sorted set orders equal scores (Lua's `<` on strings may collate).
+local function before(a, b)
+  for k = 1, math.min(#a, #b) do
+    local x, y = a:byte(k), b:byte(k)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local expires = at['expires_at']
+local found, scanned, skip = 0, 0, 0
+local out = {0, '', '', 0}  -- then the records' fields (not unpacked: Lua's stack is small)
+local function answer(more)
+  out[1], out[4] = more, found
+  return out
+end
+while scanned < scan_limit do
+  local entries = redis.call('zrevrangebyscore', KEYS[1], top, bottom, 'WITHSCORES',
+    'LIMIT', skip, batch)
+  if #entries == 0 then return answer(0) end
+  local gone = {}
+  for i = 1, #entries, 2 do
+    local id, score = entries[i], entries[i + 1]
+    local number = tonumber(score)
+    scanned = scanned + 1
+    if not after_score or number < after_score or
+      (number == after_score and before(id, after_id)) then
+      out[2], out[3] = score, id
+      local values = redis.call('hmget', prefix .. id, unpack(fields))
+      if not values[1] then
+        gone[#gone + 1] = id
+      else
+        local ok = values[expires] == false or values[expires] == '' or
+          tonumber(values[expires]) > now
+        for _, want in ipairs(wanted) do
+          if (values[want[1]] or want[3]) ~= want[2] then ok = false end
+        end
+        if ok then
+          if found == limit then return answer(1) end
+          found = found + 1
+          for j = 1, #fields do out[#out + 1] = values[j] or '\\0' end
+        end
+      end
+    end
+  end
+  if #gone > 0 then redis.call('zrem', KEYS[1], unpack(gone)) end
+  skip = skip + #entries / 2 - #gone
+end
+return answer(2)
 """
 # KEYS: job. Asks a running job to stop; returns the state found.
 _ASK_STOP = """
@@ -80,9 +161,11 @@ class RedisJobStore(store.JobStore):
         self._finish = conn.register_script(_FINISH)
         self._ask_stop = conn.register_script(_ASK_STOP)
         self._hold = conn.register_script(_HOLD)
+        self._append = conn.register_script(_APPEND)
+        self._list = conn.register_script(_LIST)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [PREFIX + job_id, QUEUED_SET, RUNNING_SET]
+        return [PREFIX + job_id, QUEUED_SET, RUNNING_SET, EVENTS + job_id]
 
     def create(self, job: Job, request: bytes, now: float) -> Job | None:
         record: dict[str, Any] = {name: _text(getattr(job, name)) for name in store.COLUMNS}
@@ -93,6 +176,7 @@ class RedisJobStore(store.JobStore):
         pipe.zadd(QUEUED_SET, {job.id: job.created_at})
         pipe.zadd(CREATED_SET, {job.id: job.created_at})
         pipe.zadd(CALLER_SET + job.caller, {job.id: job.created_at})
+        pipe.rpush(EVENTS + job.id, store.state_event(store.QUEUED, job.created_at))
         pipe.execute()
         if job.idempotency_key is None:
             return None
@@ -123,7 +207,8 @@ class RedisJobStore(store.JobStore):
         return store.result_from(*self.conn.hmget(PREFIX + job_id, fields))
 
     def claim(self, job_id: str, worker: str, now: float) -> Job | None:
-        if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker]):
+        event = store.state_event(store.RUNNING, now)
+        if not self._claim(keys=self._keys(job_id), args=[job_id, now, worker, event]):
             return None
         return self.get(job_id, now)
 
@@ -140,7 +225,7 @@ class RedisJobStore(store.JobStore):
         status, headers, body = store.result_fields(ending.result)
         args = [job_id, expected, ending.state, ending.at, ending.expires_at]
         args += [max(1, int(ending.retention)), _text(ending.error), _text(status)]
-        args += [_text(headers), body or b""]
+        args += [_text(headers), body or b"", store.state_event(ending.state, ending.at, ending)]
         return bool(self._finish(keys=self._keys(job_id), args=args))
 
     def finish(self, job_id: str, ending: Ending) -> bool:
@@ -160,7 +245,7 @@ class RedisJobStore(store.JobStore):
             if self.conn.get(held) != job_id.encode():
                 held = None  # another job's: a loser of the race lets the winner keep it
         pipe = self.conn.pipeline(transaction=True)
-        pipe.delete(PREFIX + job_id)
+        pipe.delete(PREFIX + job_id, EVENTS + job_id)
         pipe.zrem(QUEUED_SET, job_id)
         pipe.zrem(CREATED_SET, job_id)
         if caller is not None:
@@ -206,43 +291,36 @@ class RedisJobStore(store.JobStore):
         if self.conn.exists(PREFIX + job_id):  # never re-create an expired hash
             self.conn.hset(PREFIX + job_id, "retried_as", retry_id)
 
+    def append(self, job_id: str, events: Sequence[str], progress: str | None) -> bool:
+        keys = [PREFIX + job_id, EVENTS + job_id]
+        return bool(self._append(keys=keys, args=[progress or "", *events]))
+
+    def events(self, job_id: str, after: int, limit: int) -> list[Event]:
+        texts = self.conn.lrange(EVENTS + job_id, after, after + limit - 1)
+        return [store.event_from(after + n, text) for n, text in enumerate(texts, 1)]
+
     def list_jobs(self, query: JobQuery, now: float) -> Page:
         index = CREATED_SET if query.caller is None else CALLER_SET + query.caller
-        top = "+inf" if query.until is None else f"({query.until}"
+        top = "+inf" if query.until is None else f"({query.until!r}"
         if query.after is not None:
-            top = str(query.after[0])  # inclusive: ties on created_at are cut by id below
-        bottom = "-inf" if query.since is None else str(query.since)
-        jobs: list[Job] = []
-        scanned, skip = 0, 0
-        last: tuple[float, str] | None = None
-        while scanned < SCAN_LIMIT:
-            entries = self.conn.zrevrangebyscore(
-                index, top, bottom, start=skip, num=_BATCH, withscores=True
-            )
-            if not entries:
-                return Page(jobs, None)
-            pipe = self.conn.pipeline(transaction=False)
-            for member, _ in entries:
-                pipe.hmget(PREFIX + member.decode(), store.COLUMNS)
-            gone = []
-            for (member, score), values in zip(entries, pipe.execute(), strict=True):
-                scanned += 1
-                job_id = member.decode()
-                position = (score, job_id)
-                if query.after is not None and position >= query.after:
-                    continue
-                last = position
-                if values[0] is None:
-                    gone.append(member)
-                    continue
-                job = store.job_from(dict(zip(store.COLUMNS, values, strict=True)))
-                if job.visible(now) and query.matches(job):
-                    jobs.append(job)
-                    if len(jobs) == query.limit + 1:
-                        jobs.pop()
-                        return Page(jobs, (jobs[-1].created_at, jobs[-1].id))
-            if gone:
-                self.conn.zrem(index, *gone)
-                skip -= len(gone)
-            skip += len(entries)
-        return Page(jobs, last)
+            top = repr(query.after[0])  # inclusive: ties on created_at are cut by id
+        bottom = "-inf" if query.since is None else repr(query.since)
+        after_score, after_id = (
+            ("", "") if query.after is None else (repr(query.after[0]), query.after[1])
+        )
+        wanted = (query.caller, query.zone, query.script, query.state, query.trigger)
+        args = [top, bottom, after_score, after_id, query.limit, SCAN_LIMIT]
+        args += [min(_BATCH, query.limit + 1), now, PREFIX]
+        args += [_text(value) for value in wanted] + list(store.COLUMNS)
+        reply = self._list(keys=[index], args=args)
+        more, last_score, last_id, found = int(reply[0]), reply[1], reply[2], int(reply[3])
+        width = len(store.COLUMNS)
+        jobs = []
+        for n in range(found):
+            values = [None if v == b"\0" else v for v in reply[4 + n * width : 4 + (n + 1) * width]]
+            jobs.append(store.job_from(dict(zip(store.COLUMNS, values, strict=True))))
+        if more == 1:
+            return Page(jobs, (jobs[-1].created_at, jobs[-1].id))
+        if more == 2 and last_id:
+            return Page(jobs, (float(last_score), last_id.decode()))
+        return Page(jobs, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from service.jobs.store import (
@@ -17,18 +18,22 @@ from service.jobs.store import (
     QUEUED,
     RUNNING,
     Ending,
+    Event,
     Job,
     JobQuery,
     JobStore,
     Page,
     QueueStats,
     Result,
+    event_from,
     job_from,
     result_fields,
     result_from,
+    state_event,
 )
 
 TABLE = "scriptgate_job"
+EVENTS = "scriptgate_job_event"  # a run's state, progress and log events, numbered per job
 DDL = (
     f"""create table if not exists {TABLE} (
         id text primary key, state text not null, zone text not null, script text not null,
@@ -40,7 +45,10 @@ DDL = (
         caller text not null default '', trigger text not null default 'call',
         attempt integer not null default 1, attempts integer not null default 1,
         query text not null default '{{}}', retry_of text, retried_as text,
-        idempotency_key text, fingerprint text)""",
+        idempotency_key text, fingerprint text, progress text)""",
+    f"""create table if not exists {EVENTS} (
+        job_id text not null, seq integer not null, event text not null,
+        primary key (job_id, seq)) without rowid""",
     f"create index if not exists {TABLE}_state on {TABLE} (state, created_at)",
     f"create index if not exists {TABLE}_expires on {TABLE} (expires_at)",
 )
@@ -57,6 +65,7 @@ ADDED = (
     ("retried_as", "text"),
     ("idempotency_key", "text"),
     ("fingerprint", "text"),
+    ("progress", "text"),
 )
 # The listing's orders: every filter a listing may start from, then (created_at, id),
 # so a page is one range of one index, read backwards (keyset, no OFFSET).
@@ -83,6 +92,14 @@ _FINISH = (
 def _values(ending: Ending) -> tuple:
     """The values _FINISH sets, in its order."""
     return (ending.state, ending.at, ending.expires_at, ending.error, *result_fields(ending.result))
+
+
+def _add_events(cursor: Any, job_id: str, events: Sequence[str]) -> None:
+    """After the job's last event, inside the caller's (exclusive) transaction."""
+    cursor.execute(f"select coalesce(max(seq), 0) from {EVENTS} where job_id = ?", (job_id,))
+    last = cursor.fetchone()[0]
+    rows = [(job_id, last + n, text) for n, text in enumerate(events, 1)]
+    cursor.executemany(f"insert into {EVENTS} (job_id, seq, event) values (?, ?, ?)", rows)
 
 
 class SqliteJobStore(JobStore):
@@ -124,7 +141,9 @@ class SqliteJobStore(JobStore):
                     if held.visible(now):
                         return held
                     cursor.execute(f"delete from {TABLE} where id = ?", (held.id,))  # expired
+                    cursor.execute(f"delete from {EVENTS} where job_id = ?", (held.id,))
             cursor.execute(f"insert into {TABLE} ({', '.join(names)}) values ({marks})", values)
+            _add_events(cursor, job.id, [state_event(QUEUED, job.created_at)])
         return None
 
     def get(self, job_id: str, now: float) -> Job | None:
@@ -146,9 +165,27 @@ class SqliteJobStore(JobStore):
             f"update {TABLE} set state = ?, started_at = ?, heartbeat_at = ?, worker = ? "
             "where id = ? and state = ?"
         )
-        if not self._change(sql, (RUNNING, now, now, worker, job_id, QUEUED)):
+        if not self._moved(sql, (RUNNING, now, now, worker, job_id, QUEUED), job_id, RUNNING, now):
             return None
         return self.get(job_id, now)
+
+    def _moved(
+        self,
+        sql: str,
+        params: tuple,
+        job_id: str,
+        state: str,
+        at: float,
+        ending: Ending | None = None,
+    ) -> bool:
+        """A state change and its `state` event, in one transaction; False if the job was
+        not in the state `sql` expects."""
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(sql, params)
+            if not cursor.rowcount:
+                return False
+            _add_events(cursor, job_id, [state_event(state, at, ending)])
+            return True
 
     def beat(self, job_id: str, now: float) -> bool:
         with self.storage.db(commit=True) as cursor:
@@ -165,7 +202,8 @@ class SqliteJobStore(JobStore):
         return bool(rows and rows[0][0])
 
     def finish(self, job_id: str, ending: Ending) -> bool:
-        return bool(self._change(_FINISH, (*_values(ending), job_id, RUNNING)))
+        params = (*_values(ending), job_id, RUNNING)
+        return self._moved(_FINISH, params, job_id, ending.state, ending.at, ending)
 
     def cancel(self, job_id: str, now: float, retention: float) -> str:
         with self.storage.db(commit=True) as cursor:
@@ -175,20 +213,31 @@ class SqliteJobStore(JobStore):
             if state == QUEUED:
                 ending = Ending(CANCELLED, now, retention, "cancelled")
                 cursor.execute(_FINISH, (*_values(ending), job_id, QUEUED))
+                _add_events(cursor, job_id, [state_event(CANCELLED, now, ending)])
                 return CANCELLED
             if state == RUNNING:
                 cursor.execute(f"update {TABLE} set cancel_requested = 1 where id = ?", (job_id,))
             return state  # type: ignore[no-any-return]
 
     def delete(self, job_id: str) -> None:
-        self._change(f"delete from {TABLE} where id = ?", (job_id,))
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(f"delete from {TABLE} where id = ?", (job_id,))
+            cursor.execute(f"delete from {EVENTS} where job_id = ?", (job_id,))
 
     def running_ids(self, worker: str | None, beat_before: float) -> list[str]:
         sql = f"select id from {TABLE} where state = ? and (worker = ? or heartbeat_at < ?)"
         return [row[0] for row in self._rows(sql, (RUNNING, worker, beat_before))]
 
     def sweep(self, now: float) -> int:
-        return self._change(f"delete from {TABLE} where expires_at <= ?", (now,))
+        """Jobs past their retention, with their events (logs, progress), in one go."""
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(
+                f"delete from {EVENTS} where job_id in "
+                f"(select id from {TABLE} where expires_at <= ?)",
+                (now,),
+            )
+            cursor.execute(f"delete from {TABLE} where expires_at <= ?", (now,))
+            return cursor.rowcount  # type: ignore[no-any-return]
 
     def stats(self) -> QueueStats:
         sql = (
@@ -201,6 +250,21 @@ class SqliteJobStore(JobStore):
 
     def mark_retried(self, job_id: str, retry_id: str) -> None:
         self._change(f"update {TABLE} set retried_as = ? where id = ?", (retry_id, job_id))
+
+    def append(self, job_id: str, events: Sequence[str], progress: str | None) -> bool:
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(f"select state from {TABLE} where id = ?", (job_id,))
+            row = cursor.fetchone()
+            if row is None or row[0] != RUNNING:
+                return False
+            if progress is not None:
+                cursor.execute(f"update {TABLE} set progress = ? where id = ?", (progress, job_id))
+            _add_events(cursor, job_id, events)
+            return True
+
+    def events(self, job_id: str, after: int, limit: int) -> list[Event]:
+        sql = f"select seq, event from {EVENTS} where job_id = ? and seq > ? order by seq limit ?"
+        return [event_from(seq, text) for seq, text in self._rows(sql, (job_id, after, limit))]
 
     def list_jobs(self, query: JobQuery, now: float) -> Page:
         where = ["(expires_at is null or expires_at > ?)"]

@@ -11,9 +11,11 @@ one transaction (SQLite) or one Lua script (Redis).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
+
+from service.small import iso_z
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
@@ -77,6 +79,7 @@ class Job:
     retried_as: str | None = None  # the run that retries this one
     idempotency_key: str | None = None  # SHA-256 of the caller's Idempotency-Key header
     fingerprint: str | None = None  # SHA-256 of method, path, query and body
+    progress: str | None = None  # JSON {"fraction", "message"}: the script's last progress()
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -126,6 +129,41 @@ class JobQuery:
 class Page:
     jobs: list[Job]
     after: tuple[float, str] | None  # where the next page starts; None: no more
+
+
+STATE, PROGRESS, LOG = "state", "progress", "log"
+EVENT_KINDS = (STATE, PROGRESS, LOG)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One of a run's events, numbered from 1 in the order the store took them: the
+    SSE `id`, so a client that reconnects with Last-Event-ID misses and repeats none."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
+
+
+def event_text(kind: str, data: Mapping[str, Any]) -> str:
+    """An event as the stores keep it (one JSON text)."""
+    return json.dumps({"kind": kind, "data": dict(data)}, separators=(",", ":"))
+
+
+def event_from(number: int, text: str | bytes) -> Event:
+    stored = json.loads(text)
+    return Event(number, str(stored["kind"]), dict(stored["data"]))
+
+
+def state_event(state: str, at: float, ending: Ending | None = None) -> str:
+    """The `state` event a store writes with each change of a job's state."""
+    data: dict[str, Any] = {"state": state, "at": iso_z(at)}
+    if ending is not None:
+        if ending.error:
+            data["error"] = ending.error
+        if ending.result is not None:
+            data["status"] = ending.result.status
+    return event_text(STATE, data)
 
 
 COLUMNS = tuple(f.name for f in fields(Job))
@@ -232,6 +270,15 @@ class JobStore:
 
     def mark_retried(self, job_id: str, retry_id: str) -> None:
         """A finished run points to the run that retries it."""
+        raise NotImplementedError
+
+    def append(self, job_id: str, events: Sequence[str], progress: str | None) -> bool:
+        """Add a running job's events (event_text) after its last, and set its progress
+        when given, in one write; False (nothing written) when it is not running."""
+        raise NotImplementedError
+
+    def events(self, job_id: str, after: int, limit: int) -> list[Event]:
+        """The job's events numbered after `after`, oldest first, at most `limit`."""
         raise NotImplementedError
 
     def list_jobs(self, query: JobQuery, now: float) -> Page:

@@ -15,6 +15,9 @@ The supervisor, and nothing else, also:
   does for HTTP workers;
 - every SWEEP_SECONDS removes jobs past JOB_RETENTION and fails running jobs whose
   heartbeat stopped (their whole server was lost);
+- when it starts, fails at once the running jobs of job workers of this host that are
+  gone (a server killed with SIGKILL, or the machine restarted): they would otherwise
+  wait LOST_AFTER_SECONDS for the heartbeat check;
 - on SIGTERM or SIGINT stops the workers: no new job; a running one has
   STOP_GRACE_SECONDS to finish, then is interrupted and reported `failed`.
 """
@@ -94,6 +97,7 @@ class JobSupervisor:
         self.due = dict.fromkeys(range(s.job_workers), 0.0)
         self.due[SCHEDULER_SLOT] = 0.0  # the scheduler: one per supervisor (schedules/)
         self.log.info("job workers starting", extra={"job_workers": s.job_workers})
+        self.fail_orphans()
         next_sweep = 0.0
         while not self.stopping.is_set():
             self.reap()
@@ -165,6 +169,25 @@ class JobSupervisor:
                 self.metrics.entered(job.zone, job.script, FAILED)
             self.log.error(f"job failed: {error}", extra=log_fields(job))
 
+    def fail_orphans(self) -> None:
+        """Running jobs held by a job worker of this host that no longer runs. A pid
+        that now belongs to another process (reused) is not a job worker by its name."""
+        assert self.queue is not None
+        host = socket.gethostname() + ":"
+        try:
+            held = self.queue.store.running_ids(None, float("inf"))
+            jobs = [self.queue.store.get(job_id, time.time()) for job_id in held]
+        except Exception as exc:
+            self.log.error("job store did not answer: %s", exc)
+            return
+        for job in jobs:
+            worker = job.worker if job is not None else None
+            if worker is None or not worker.startswith(host):
+                continue
+            pid = worker[len(host) :]
+            if pid.isdigit() and not _is_job_worker(int(pid)):
+                self.fail_lost("lost: its server stopped while it ran", worker, 0.0)
+
     def sweep(self) -> None:
         assert self.queue is not None
         now = time.time()
@@ -192,6 +215,16 @@ class JobSupervisor:
         while self.workers and time.monotonic() < end:
             self.reap()
             time.sleep(0.05)
+
+
+def _is_job_worker(pid: int) -> bool:
+    """A live job worker (a killed one may linger as a zombie until it is reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, _, rest = stat.partition("(")[2].rpartition(")")
+    return name == WORKER_NAME and rest.split()[:1] != ["Z"]
 
 
 def _exit_text(status: int) -> str:

@@ -12,6 +12,7 @@ from time import time_ns
 from typing import Any
 
 from flask import Flask, Response
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation import flask as otel_flask
 from opentelemetry.instrumentation import wsgi as otel_wsgi
@@ -147,6 +148,33 @@ class ServerSpan:
             return start_response(status, headers, *args)
 
         return self.app(environ, respond)
+
+
+class _Kept:
+    """Stands in for the server span's activation at teardown: the span stays open."""
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def end_server_span_later(environ: dict[str, Any]) -> Callable[[], None]:
+    """For a streamed answer: the server span ends when the stream does, not when the
+    view returns (the instrumentation's teardown runs then). Returns the function that
+    ends it; a no-op when this request has no span of the instrumentation's."""
+    key = getattr(otel_flask, "_ENVIRON_ACTIVATION_KEY", None)  # test_private_apis.py
+    activation = environ.get(key) if key is not None else None
+    if activation is None or not hasattr(activation, "__exit__"):
+        return lambda: None
+    environ[key] = _Kept()
+
+    def end() -> None:
+        current = otel_context.get_current()
+        try:
+            activation.__exit__(None, None, None)
+        finally:
+            otel_context.attach(current)  # the span's own context detached: as it was
+
+    return end
 
 
 def span_ids(span: trace.Span) -> tuple[str, str]:

@@ -17,7 +17,16 @@ from flask import Request, Response, jsonify
 
 from service.access.callers import keys_view
 from service.access.policy import Guard
-from service.jobs.http import JOBS_PREFIX, RESULT_SUFFIX, job_list, job_result, job_status
+from service.jobs.follow import job_events, job_logs
+from service.jobs.http import (
+    EVENTS_SUFFIX,
+    JOBS_PREFIX,
+    LOGS_SUFFIX,
+    RESULT_SUFFIX,
+    job_list,
+    job_result,
+    job_status,
+)
 from service.platform.console import ASSETS as CONSOLE_ASSETS
 from service.platform.console import console_asset, console_page, console_scripts, platform_root
 from service.platform.docs import ASSETS, docs_asset, docs_page
@@ -125,6 +134,8 @@ PREFIX_VIEWS = (
     (SCHEDULES_PREFIX, PAUSE, PlatformView("schedules", schedule_steer, Guard.KEY, POST)),
     (SCHEDULES_PREFIX, RESUME, PlatformView("schedules", schedule_steer, Guard.KEY, POST)),
     (JOBS_PREFIX, RESULT_SUFFIX, PlatformView("jobs/result", job_result, Guard.CALLER)),
+    (JOBS_PREFIX, LOGS_SUFFIX, PlatformView("jobs/logs", job_logs, Guard.CALLER)),
+    (JOBS_PREFIX, EVENTS_SUFFIX, PlatformView("jobs/events", job_events, Guard.CALLER)),
     (JOBS_PREFIX, "", PlatformView("jobs", job_status, Guard.CALLER, READ_METHODS | {"DELETE"})),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, current_app
@@ -29,11 +30,14 @@ def _body(value: Any) -> Response:
         return Response(value, content_type=TEXT)
     if isinstance(value, bytes | bytearray | memoryview):
         return Response(bytes(value), content_type=BINARY)
+    if isinstance(value, Iterator):  # a generator: streamed, each chunk as it is made
+        return Response(value, content_type=TEXT)
     raise UnsupportedResult(f"handler returned {type(value).__name__}")
 
 
 def to_response(result: Any) -> Response:
     """dict/list → JSON, str → text, bytes → octet-stream, None → 204, Response as is,
+    a generator (of str or bytes) → a text stream,
     and (body, status) / (body, status, headers) / (body, headers) as Flask does."""
     if not isinstance(result, tuple):
         return _body(result)

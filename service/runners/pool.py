@@ -90,6 +90,9 @@ class Hooks:
     def secret(self, name: str) -> dict[str, Any]:
         return {"error": "no secrets here"}
 
+    def progress(self, message: dict[str, Any]) -> None:
+        """The script's `progress(fraction, message)`: a job's, or nobody's."""
+
 
 class Runner:
     __slots__ = ("idle_since", "key", "memory", "pid", "reader", "sock")
@@ -321,6 +324,7 @@ class RunnerPool:
                 "log",
                 "output",
                 "dropped",
+                "progress",
             ):
                 return False
 
@@ -352,9 +356,10 @@ class RunnerPool:
         seconds: float,
         stop: Callable[[], bool] | None,
         hooks: Hooks,
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[dict[str, Any], bytes | RunnerStream]:
         """Send one call and read until its answer: (message, response body). The runner
-        goes back to the idle pool when it can serve again; else it is killed."""
+        goes back to the idle pool when it can serve again; else it is killed. A streamed
+        answer's body is a RunnerStream, which holds the runner until the stream ends."""
         deadline = time.monotonic() + seconds
         with self._killed_on_failure(runner, hooks, seconds):
             runner.sock.sendall(
@@ -364,6 +369,8 @@ class RunnerPool:
             answer = self._read(runner, deadline, stop, hooks)
             if not isinstance(answer, dict):
                 raise RunnerFailed("crashed", "the runner answered out of turn")
+            if answer.get("t") == protocol.STREAM_HEAD:
+                return answer, RunnerStream(self, runner, deadline, seconds, stop, hooks)
             data = b""
             if answer.get("t") == "response":
                 chunk = self._read(runner, deadline, stop, hooks)
@@ -429,8 +436,116 @@ class RunnerPool:
             kind = message.get("t")
             if kind in ("log", "output", "dropped"):
                 hooks.log(message)
+            elif kind == "progress":
+                hooks.progress(message)
             elif kind == "secret":
                 reply = hooks.secret(str(message.get("name", "")))
                 runner.sock.sendall(protocol.encode({"t": "secret", **reply}))
             else:
                 return message
+
+
+class RunnerStream:
+    """A streamed answer's chunks, read from its runner as the caller's server sends
+    them, under the call's deadline: the whole stream is within the script's timeout.
+
+    It ends at the runner's `end`, at the deadline (the runner is killed: `failure` is a
+    ScriptTimeout), when the runner dies or the script's generator raised (`failure` is
+    a RunnerFailed), or at `close()` before its end (the client went away: the runner is
+    killed). `close()` then runs the callbacks the pipeline added (its log line, span,
+    metrics), once.
+    """
+
+    def __init__(
+        self,
+        pool: RunnerPool,
+        runner: Runner,
+        deadline: float,
+        seconds: float,
+        stop: Callable[[], bool] | None,
+        hooks: Hooks,
+    ) -> None:
+        self.pool = pool
+        self.runner: Runner | None = runner
+        self.deadline = deadline
+        self.seconds = seconds
+        self.stop = stop
+        self.hooks = hooks
+        self.failure: BaseException | None = None
+        self.stopped = False  # `stop()` ended it (a cancelled job)
+        self.sent = 0  # bytes handed on
+        self.cut_short = False  # closed before its end: the client went away
+        self._callbacks: list[Callable[[RunnerStream], None]] = []
+        self._closed = False
+
+    def on_close(self, callback: Callable[[RunnerStream], None]) -> None:
+        """Run at close, in the order added: the innermost layer (the call) adds first,
+        as nested `finally` blocks would run."""
+        self._callbacks.append(callback)
+
+    def __iter__(self) -> RunnerStream:
+        return self
+
+    def __next__(self) -> bytes:
+        runner = self.runner
+        if runner is None:
+            raise StopIteration
+        while True:
+            try:
+                message = self.pool._read(runner, self.deadline, self.stop, self.hooks)
+            except ScriptTimeout:
+                where = self.pool._where(runner, self.hooks)
+                self._end(kill=True, failure=_timeout(self.seconds, where))
+                raise StopIteration from None
+            except ScriptStopped as exc:
+                self.stopped = True
+                self._end(kill=True, failure=exc)
+                raise StopIteration from None
+            except RunnerFailed as exc:
+                self._end(kill=True, failure=exc)
+                raise StopIteration from None
+            if isinstance(message, bytes):
+                if message:
+                    self.sent += len(message)
+                    return message
+                continue
+            if message.get("t") != protocol.STREAM_END:
+                failure = RunnerFailed("crashed", "the runner sent something else mid-stream")
+                self._end(kill=True, failure=failure)
+                raise StopIteration
+            failed = message.get("failed")
+            if isinstance(failed, dict):
+                self.failure = RunnerFailed(
+                    "memory" if failed.get("kind") == "memory" else "exception",
+                    str(failed.get("message", "")),
+                    str(failed.get("traceback", "")),
+                    str(failed.get("type", "Exception")),
+                )
+            self._end(kill=bool(message.get("retire")), failure=self.failure)
+            raise StopIteration
+
+    def _end(self, *, kill: bool, failure: BaseException | None) -> None:
+        runner, self.runner = self.runner, None
+        self.failure = failure
+        if runner is None:
+            return
+        if kill:
+            self.pool.kill(runner)
+        else:
+            self.pool.put_back(runner)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.runner is not None:  # the reader stopped early: the script is stopped too
+            self.cut_short = True
+            self._end(kill=True, failure=self.failure)
+        error: Exception | None = None
+        for callback in self._callbacks:
+            try:
+                callback(self)
+            except Exception as exc:  # the others still run (a slot, a gauge)
+                error = error or exc
+        if error is not None:
+            raise error

@@ -15,6 +15,10 @@ from typing import Any
 HEADER = struct.Struct("!IB")
 JSON, BYTES = ord("J"), ord("B")
 MAX_FRAME = 64 * 1024 * 1024  # a frame over this is a broken (or hostile) runner
+# A streamed response: a STREAM_HEAD message (status, headers), its chunks as bytes
+# frames (log, output and progress messages may come between them), then STREAM_END
+# (with `failed` when the script's generator raised).
+STREAM_HEAD, STREAM_END = "stream", "end"
 # Bound once: a script that patches json.dumps or json.loads in its runner breaks only
 # its own answers, never the frames its runner speaks.
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode

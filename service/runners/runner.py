@@ -37,6 +37,7 @@ from service.scripts.revision import root_of
 
 SCRIPT_LOGGER = "scriptgate_script"  # parent of every script module's logger
 MAX_LINE_CHARS = 64 * 1024
+MAX_CHUNK = 1024 * 1024  # a streamed chunk larger than this is sent in pieces
 MAX_THREADS = 256  # a runner past this many threads after a call is replaced
 # A thread's stack counts in the memory limit (RLIMIT_DATA): glibc's default, 8 MiB, would
 # let a 512M script start only about 60 threads.
@@ -59,6 +60,10 @@ class Channel:
             data += protocol.encode_bytes(body)
         with self.lock:
             self.sock.sendall(data)
+
+    def send_bytes(self, chunk: bytes) -> None:
+        with self.lock:
+            self.sock.sendall(protocol.encode_bytes(chunk))
 
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -118,6 +123,13 @@ class Output:
         with self.lock:
             self.left, self.dropped = budget, 0
 
+    def catch_up(self) -> None:
+        """Send the whole lines already written, before a message the script sends now
+        (a log record, a progress): `print("a"); log.info("b")` reads a, then b."""
+        with self.lock:
+            for fd in self.fds:
+                self._read(fd)
+
     def _emit(self, name: str, line: bytes) -> None:
         if len(line) > self.left:
             self.left = 0
@@ -152,12 +164,15 @@ class ForwardRecords(logging.Handler):
     """On the root logger: every record the script makes goes to the worker, which writes
     it as a line of the call (the script cannot set the call's fields)."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, output: Output | None = None) -> None:
         super().__init__()
         self.channel = channel
+        self.output = output
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.output is not None:
+                self.output.catch_up()
             extra = {
                 k: v
                 for k, v in vars(record).items()
@@ -199,8 +214,19 @@ class RemoteSecrets:
 
 
 class _Extension:
-    def __init__(self, secrets: RemoteSecrets) -> None:
+    def __init__(
+        self, secrets: RemoteSecrets, channel: Channel, output: Output | None = None
+    ) -> None:
         self.secrets = secrets
+        self.channel = channel
+        self.output = output
+
+    def progress(self, fraction: float, message: str) -> None:
+        """scriptgate.progress in a runner: one message, no answer to wait for (a job's
+        worker records it; a call's ignores it)."""
+        if self.output is not None:
+            self.output.catch_up()
+        self.channel.send({"t": "progress", "fraction": fraction, "message": message})
 
 
 class _RunnerFlask(Flask):
@@ -212,12 +238,12 @@ class _RunnerFlask(Flask):
         return super().create_url_adapter(request)
 
 
-def build_app(max_body_bytes: int, channel: Channel) -> Flask:
+def build_app(max_body_bytes: int, channel: Channel, output: Output | None = None) -> Flask:
     """The Flask app a script's request, `jsonify` and `send_file` live in."""
     app = _RunnerFlask("scriptgate_runner", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel))
+    app.extensions["scriptgate"] = _Extension(RemoteSecrets(channel), channel, output)
     return app
 
 
@@ -227,9 +253,9 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
     threading.stack_size(THREAD_STACK_BYTES)
     signal.signal(signal.SIGUSR1, lambda _, frame: _send_stack(channel, frame, root))
     output = Output(channel)
-    logging.getLogger().addHandler(ForwardRecords(channel))
+    logging.getLogger().addHandler(ForwardRecords(channel, output))
     logging.getLogger(SCRIPT_LOGGER).setLevel(log_level)
-    app = build_app(max_body_bytes, channel)
+    app = build_app(max_body_bytes, channel, output)
     root = root_of(path, root)  # the real folder (a git-sync worktree) the path lies in
     os.chdir(root)
     try:
@@ -258,10 +284,12 @@ def serve(sock: socket.socket, path: str, root: str, log_level: str, max_body_by
             return
         os.chdir(root)  # every call starts in the scripts folder, whatever the last did
         output.start(int(message.get("budget", 1 << 62)))
-        reply, reply_body = _call(app, imported, message, body)
+        reply, reply_body = _call(app, imported, message, body, channel)
         output.drain()
         # Said in the answer itself, so the worker never hands a worn-out runner a call.
-        why = "it ran out of memory" if reply.get("kind") == "memory" else _worn_out()
+        failed = reply.get("failed") if reply.get("t") == protocol.STREAM_END else reply
+        memory = isinstance(failed, dict) and failed.get("kind") == "memory"
+        why = "it ran out of memory" if memory else _worn_out()
         if why:
             reply["retire"] = why
         channel.send(reply, reply_body)
@@ -300,9 +328,11 @@ def _environ(message: dict[str, Any], body: bytes) -> dict[str, Any]:
 
 
 def _call(
-    app: Flask, imported: Imported, message: dict[str, Any], body: bytes
+    app: Flask, imported: Imported, message: dict[str, Any], body: bytes, channel: Channel
 ) -> tuple[dict[str, Any], bytes | None]:
-    """One call: the reply message, and the response body when there is one."""
+    """One call: the reply message, and the response body when there is one. A streamed
+    response (a generator) is sent here as it is made: its head, its chunks, and the
+    reply is its `end`."""
     environ = _environ(message, body)
     try:
         with app.request_context(environ):
@@ -311,6 +341,8 @@ def _call(
             if message.get("check"):
                 return {"t": "checked"}, None
             response = to_response(imported.handler(req, **values))
+            if response.is_streamed and not response.direct_passthrough:
+                return _stream(channel, response, environ), None
             try:
                 data = b"".join(response.get_app_iter(environ))
             finally:
@@ -325,6 +357,29 @@ def _call(
         return _failure("memory", exc), None
     except BaseException as exc:  # a script's own BaseException too: the script's fault
         return _failure("exception", exc), None
+
+
+def _stream(channel: Channel, response: Any, environ: dict[str, Any]) -> dict[str, Any]:
+    """Head, then each chunk as the script yields it (protocol.STREAM_HEAD, bytes frames,
+    STREAM_END). The worker answers the caller as they come and holds the deadline; an
+    exception the generator raises ends the stream and is reported in the `end`."""
+    headers = [[k, v] for k, v in response.headers.items()]
+    channel.send({"t": protocol.STREAM_HEAD, "status": response.status, "headers": headers})
+    end: dict[str, Any] = {"t": protocol.STREAM_END}
+    try:
+        for chunk in response.get_app_iter(environ):
+            for start in range(0, len(chunk), MAX_CHUNK):
+                channel.send_bytes(bytes(chunk[start : start + MAX_CHUNK]))
+    except MemoryError as exc:
+        end["failed"] = _failure("memory", exc)
+    except BaseException as exc:  # the script's generator raised: its fault
+        end["failed"] = _failure("exception", exc)
+    finally:
+        try:
+            response.close()
+        except Exception as exc:
+            end.setdefault("failed", _failure("exception", exc))
+    return end
 
 
 def _failure(kind: str, exc: BaseException) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class Receiver:
                                 },
                                 "status": span.status.code,
                                 "service": resource.get("service.name"),
+                                "seconds": (span.end_time_unix_nano - span.start_time_unix_nano)
+                                / 1e9,
+                                "end": span.end_time_unix_nano,
                             }
                         )
 

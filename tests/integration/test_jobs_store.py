@@ -14,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.queue import JobQueue
-from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result
+from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result, event_text
 from tests.servers import redis_server
 
 RETENTION = 3600.0
@@ -234,3 +234,40 @@ def test_the_sweep_leaves_no_history_entry_of_an_expired_job(queue) -> None:
         conn = queue.huey.storage.conn
         for index in ("scriptgate.jobs.created", "scriptgate.jobs.caller.alpha"):
             assert [m.decode() for m in conn.zrange(index, 0, -1)] == ["v" * 32]
+
+
+def test_events_are_numbered_in_order_only_while_running_and_expire_with_the_job(queue) -> None:
+    """A run's events: its state changes and what append() adds, numbered from 1; a line
+    that comes after the final state is refused (it would follow the end); retention
+    removes them with the record."""
+    store = queue.store
+    job_id = "h" * 32
+    store.create(make_job(job_id), b"{}", time.time())
+    assert not store.append(job_id, [event_text("log", {"message": "early"})], None)
+    store.claim(job_id, "w:1", time.time())
+    lines = [event_text("log", {"message": f"line {n}"}) for n in range(3)]
+    assert store.append(job_id, lines, '{"fraction": 0.5, "message": "half"}')
+    assert store.get(job_id, time.time()).progress == '{"fraction": 0.5, "message": "half"}'
+    store.finish(job_id, Ending("succeeded", time.time(), 1.0))
+    assert not store.append(job_id, [event_text("log", {"message": "late"})], None)
+    events = store.events(job_id, 0, 100)
+    assert [e.id for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [e.kind for e in events] == ["state", "state", "log", "log", "log", "state"]
+    assert [e.data.get("state") for e in events if e.kind == "state"] == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+    assert [e.id for e in store.events(job_id, 2, 2)] == [3, 4]
+    store.sweep(time.time() + 2)
+    if queue.settings.job_broker_url:
+        assert 0 < queue.huey.storage.conn.ttl("scriptgate.job_events." + job_id) <= 1
+    else:
+        assert store.events(job_id, 0, 100) == []
+
+
+def test_a_deleted_job_leaves_no_events(queue) -> None:
+    store = queue.store
+    store.create(make_job("i" * 32), b"{}", time.time())
+    store.delete("i" * 32)
+    assert store.events("i" * 32, 0, 10) == []

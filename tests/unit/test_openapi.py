@@ -259,6 +259,18 @@ def test_every_document_describes_the_job_endpoints_and_the_job_record(client) -
     assert {p["name"] for p in listing["parameters"]} == {
         "script", "state", "trigger", "since", "until", "caller", "limit", "cursor"
     }  # fmt: skip
-    assert {"/_platform/jobs/{id}", "/_platform/jobs/{id}/result"} <= set(doc["paths"])
+    assert {
+        "/_platform/jobs/{id}",
+        "/_platform/jobs/{id}/result",
+        "/_platform/jobs/{id}/logs",
+        "/_platform/jobs/{id}/events",
+    } <= set(doc["paths"])
     record = doc["components"]["schemas"]["Job"]["properties"]
     assert {"caller", "trigger", "attempt", "attempts", "progress", "query"} <= set(record)
+    assert record["progress"]["properties"]["fraction"]["maximum"] == 1
+    events = doc["paths"]["/_platform/jobs/{id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert [p["name"] for p in events["parameters"]] == ["Last-Event-ID"]
+    assert "after" in [
+        p["name"] for p in doc["paths"]["/_platform/jobs/{id}/logs"]["get"]["parameters"]
+    ]

@@ -23,3 +23,10 @@ def test_every_service_package_is_in_the_distribution() -> None:
         for init in (REPO / "service").rglob("__init__.py")
     }
     assert found <= declared, f"add to [tool.setuptools] packages: {sorted(found - declared)}"
+
+
+def test_the_script_authors_package_is_in_the_distribution() -> None:
+    """`from scriptgate import progress` in a script needs `scriptgate` installed."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "scriptgate" in declared["packages"]
+    assert (REPO / "scriptgate" / "__init__.py").is_file()

@@ -41,3 +41,13 @@ def test_prometheus_multiprocess_readers_are_where_observability_reads_them() ->
         "files",
         "accumulate",
     ]
+
+
+def test_the_flask_instrumentation_keeps_the_server_spans_activation_in_the_environ() -> None:
+    """tracing.end_server_span_later keeps a streamed answer's server span open until the
+    stream ends by swapping the activation the instrumentation's teardown exits."""
+    from opentelemetry.instrumentation import flask as otel_flask
+
+    assert isinstance(otel_flask._ENVIRON_ACTIVATION_KEY, str)
+    source = inspect.getsource(otel_flask._wrapped_teardown_request)
+    assert "_ENVIRON_ACTIVATION_KEY" in source and "__exit__" in source

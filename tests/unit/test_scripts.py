@@ -23,6 +23,12 @@ RETURNS = {
         "text/x-raw",
         b"raw",
     ),
+    "generator": (
+        "return (f'{n}\\n' for n in range(3))",
+        200,
+        "text/plain; charset=utf-8",
+        b"0\n1\n2\n",
+    ),
     "send_file": (
         "import io\n    from flask import send_file\n"
         "    return send_file(io.BytesIO(b'file!'), download_name='a.txt')",
