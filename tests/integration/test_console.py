@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import re
 import shutil
 import textwrap
@@ -23,9 +22,6 @@ ADMIN_KEY = "console-admin-key-2c9a"
 REPORTS_KEY = "console-reports-key-5e0b"  # a named key for api/reports/* only
 OTHER_KEY = "console-other-key-88aa"  # another api key: must not see the first one's runs
 TIMEOUT_MS = 20_000
-# Job progress for scripts (`from scriptgate import progress`), with the events endpoint:
-# the live journey runs once they are on this branch.
-HAS_PROGRESS = importlib.util.find_spec("scriptgate") is not None
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -168,8 +164,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn,
     go = tmp / "go"
     go.mkdir()
     for name, source in SCRIPTS.items():
-        if name == "api/steps.py" and not HAS_PROGRESS:
-            continue
         text = textwrap.dedent(source).lstrip()
         (scripts / name).write_text(text.replace("GO_FILE", repr(str(go / "slow.go"))))
     keys = tmp / "keys.toml"
@@ -367,11 +361,6 @@ def runs_of(server: Gunicorn, key: str, script: str) -> list[dict]:
     return answer.json()["jobs"]
 
 
-@pytest.mark.skipif(
-    not HAS_PROGRESS,
-    reason="job progress (`from scriptgate import progress`) and the events endpoint are "
-    "not on this branch yet",
-)
 def test_a_job_shows_its_progress_and_log_lines_as_they_happen(
     server: Gunicorn, browser: Browser, go_file: Path, tmp_path: Path
 ) -> None:
