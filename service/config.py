@@ -48,6 +48,7 @@ DEFAULT_JOB_WORKERS = 2
 DEFAULT_JOB_TIMEOUT = 3600.0
 DEFAULT_JOB_RETENTION = 86400.0
 DEFAULT_JOB_MAX_RESULT_BYTES = 50 * 1024 * 1024
+DEFAULT_SCHEDULE_CATCHUP = 3600.0
 DEFAULT_JOB_LOG_LIMIT = 1024 * 1024  # bytes of a run's own log lines kept for /logs
 DEFAULT_JOB_EVENTS_SECONDS = 60.0  # an SSE response's life; the client resumes after
 DEFAULT_SCRIPT_MEMORY_LIMIT = 512 * 1024 * 1024
@@ -132,9 +133,11 @@ class Settings:
     script_memory_limit: int = DEFAULT_SCRIPT_MEMORY_LIMIT
     script_output_limit: int = DEFAULT_SCRIPT_OUTPUT_LIMIT
     runner_user: str = ""
-    # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, and
-    # for tests only, a file holding the time the scheduler goes by (clock.FileClock).
+    # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, how
+    # late a missed run may still run once without SCHEDULE_CATCHUP, and for tests only, a
+    # file holding the time the scheduler goes by (clock.FileClock).
     schedule_tz: str = "UTC"
+    schedule_catchup: float = DEFAULT_SCHEDULE_CATCHUP
     schedule_test_clock: Path | None = None
 
     def __post_init__(self) -> None:
@@ -291,6 +294,11 @@ VARIABLES = (
     Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", _count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
     Variable("RUNNER_USER", "runner_user", parse_runner_user),
     Variable("SCHEDULE_TZ", "schedule_tz", lambda v, raw: parse_timezone(v, raw)),
+    Variable(
+        "SCHEDULE_CATCHUP",
+        "schedule_catchup",
+        _with_default(parse_duration, DEFAULT_SCHEDULE_CATCHUP),
+    ),
     Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
 )
 # Read by from_env itself (they depend on each other), and those of other libraries.

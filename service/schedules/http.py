@@ -65,7 +65,9 @@ def describe_all(rt: Runtime, found: list[Scheduled]) -> list[dict[str, Any]]:
                     "consecutive_failures": state.failures if state else 0,
                     "paused": (item.zone, item.script) in paused,
                     "overlap": item.spec.overlap,
-                    "catchup_s": item.spec.catchup,
+                    "catchup_s": item.spec.catchup
+                    if item.spec.catchup is not None
+                    else rt.settings.schedule_catchup,
                     "method": item.spec.method,
                 }
             )

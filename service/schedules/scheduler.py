@@ -180,7 +180,8 @@ class Scheduler:
         if claim is None:  # another scheduler has it, or it was handled already
             return
         missed = count_between(cron, entry.tz, claim.previous, due)
-        if now - due > spec.catchup:
+        catchup = spec.catchup if spec.catchup is not None else self.rt.settings.schedule_catchup
+        if now - due > catchup:
             missed += 1
             self.outcome(entry, due, MISSED, None, count=missed, late_s=round(now - due, 3))
             return

@@ -24,7 +24,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-DEFAULT_CATCHUP = 3600.0
 MAX_SCHEDULES = 20  # cron expressions per script
 ATTRIBUTES = ("SCHEDULE", "SCHEDULE_TZ", "SCHEDULE_PARAMS", "SCHEDULE_OVERLAP", "SCHEDULE_CATCHUP")
 # The scheduler only asks a runner to import files that contain this word: a thousand
@@ -66,7 +65,7 @@ class ScheduleSpec:
     crons: tuple[str, ...]
     timezone: str | None  # None: the SCHEDULE_TZ setting
     overlap: bool
-    catchup: float
+    catchup: float | None  # None: the SCHEDULE_CATCHUP setting
     method: str
     query: str  # the query string the job's request carries
     body: str | None  # the JSON body, when the handler declares a body parameter
@@ -88,7 +87,7 @@ class ScheduleSpec:
             tuple(data["crons"]),
             data.get("timezone"),
             bool(data.get("overlap")),
-            float(data.get("catchup", DEFAULT_CATCHUP)),
+            None if data.get("catchup") is None else float(data["catchup"]),
             data["method"],
             data.get("query", ""),
             data.get("body"),
@@ -134,15 +133,18 @@ def read_schedule(module: Any, params: Any, methods: list[str]) -> ScheduleSpec 
     overlap = getattr(module, "SCHEDULE_OVERLAP", False)
     if not isinstance(overlap, bool):
         raise ScheduleError("SCHEDULE_OVERLAP must be True or False")
-    catchup = getattr(module, "SCHEDULE_CATCHUP", DEFAULT_CATCHUP)
-    if isinstance(catchup, bool) or not isinstance(catchup, int | float) or not 0 <= catchup < 1e9:
+    catchup = getattr(module, "SCHEDULE_CATCHUP", None)
+    if catchup is not None and (
+        isinstance(catchup, bool) or not isinstance(catchup, int | float) or not 0 <= catchup < 1e9
+    ):
         raise ScheduleError("SCHEDULE_CATCHUP must be a number of seconds, 0 or more")
     given = getattr(module, "SCHEDULE_PARAMS", None) or {}
     if not isinstance(given, dict) or not all(isinstance(k, str) for k in given):
         raise ScheduleError("SCHEDULE_PARAMS must be a dict of parameter names to values")
     query, body = _request_parts(given, params)
     method = _method(methods, body is not None)
-    return ScheduleSpec(crons, timezone, overlap, float(catchup), method, query, body)
+    catchup = None if catchup is None else float(catchup)
+    return ScheduleSpec(crons, timezone, overlap, catchup, method, query, body)
 
 
 def _method(methods: list[str], has_body: bool) -> str:

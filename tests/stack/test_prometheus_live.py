@@ -130,9 +130,8 @@ def _scraped(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-live")
     scripts = make_scripts(tmp / "scripts")
-    # Only here (SCRIPT_TIMEOUT 0.5): a runner that dies, and an import that never ends.
+    # Only here (SCRIPT_TIMEOUT 0.5): a runner that dies, and (below) an import that never ends.
     (scripts / "crash.py").write_text("import os\ndef main(request):\n    os._exit(1)\n")
-    (scripts / "hangs.py").write_text("while True:\n    pass\ndef main(request):\n    pass\n")
     clock = _scheduled_scripts(tmp, scripts)
     target = f"127.0.0.1:{free_port()}"
     gate = Gate(tmp / "gate")
@@ -160,6 +159,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = stack_.enter_context(prom.prometheus(tmp, [target, dead], alertmanager=am))
         _queue_a_stale_job(tmp, scripts)
         _run_schedules(server, clock)
+        # Written just before its call, so the health scanner has not backed it off yet.
+        (scripts / "hangs.py").write_text("while True:\n    pass\ndef main(request):\n    pass\n")
         statuses = _run(_calls(server, round_two=False))
         assert statuses == [200, 200, 401, 403, 404, 500, 504, 200, 202, 202, 403, 500, 504], (
             statuses

@@ -64,7 +64,7 @@ def test_a_schedule_becomes_the_request_its_job_runs_with() -> None:
     spec = spec_of(SCHEDULE="0  7 * * 1-5", SCHEDULE_PARAMS={"region": "eu", "count": 3})
     assert spec.crons == ("0 7 * * 1-5",)
     assert spec.method == "GET" and spec.query == "region=eu&count=3" and spec.body is None
-    assert spec.timezone is None and spec.overlap is False and spec.catchup == 3600.0
+    assert spec.timezone is None and spec.overlap is False and spec.catchup is None
 
 
 def test_a_body_parameter_is_sent_as_json_with_post() -> None:
@@ -251,6 +251,18 @@ def test_with_no_catchup_a_late_time_is_missed(make_app, scripts_dir, clock) -> 
     assert scheduled_jobs(app) == []
     state = open_store(app.extensions["scriptgate"].jobs).states()[0]
     assert state.last_outcome == MISSED and state.last_run_at == START + 30 + 3 * 3600
+
+
+def test_the_catchup_setting_is_the_default_of_scripts_without_their_own(
+    make_app, scripts_dir, clock
+) -> None:
+    """SCHEDULE_CATCHUP=3h on the server: a time two hours late still runs once."""
+    write_scripts(scripts_dir, {"api/tick.py": EVERY_MINUTE.replace("* * * * *", "0 7 * * *")})
+    app = make_app(schedule_catchup=3 * 3600.0)
+    scheduler(app, clock)  # first seen at 06:59:30
+    clock.advance(30 + 2 * 3600)  # back at 09:00: 07:00 is two hours late (window: 3 h)
+    scheduler(app, clock).step()
+    assert len(scheduled_jobs(app)) == 1
 
 
 def test_a_paused_script_is_skipped_until_resumed(sched_app, clock) -> None:
