@@ -21,6 +21,7 @@ import pytest
 from tests import redis_server
 from tests.integration.prom import call, scrape, series
 from tests.integration.test_core_otlp import Receiver
+from tests.keyfile import entry
 from tests.servers import WORKER_PID, Gunicorn, gunicorn, request_record, wait_until
 
 ALPHA = "sg_alpha_0123456789abcdefghijklmnopqrstuvwxyzABCD"
@@ -54,14 +55,6 @@ def main(request):
         "wsgi": {k: str(v) for k, v in request.environ.items()},
     }
 """
-
-
-def entry(key_id: str, secret: str, scopes: str = '["api:*"]', extra: str = "") -> str:
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    return (
-        f'[keys.{key_id}]\nowner = "{key_id}@example.com"\nhash = "sha256:{digest}"\n'
-        f"scopes = {scopes}\n{extra}\n"
-    )
 
 
 def replace(path: Path, text: str) -> None:

@@ -6,16 +6,14 @@ on the record; only whoever may see the job may follow it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
-from tests.servers import Gunicorn, gunicorn, log_records, redis_server, wait_until
+from tests.keyfile import entry
+from tests.servers import Gunicorn, gunicorn, log_records, wait_until
 
 ALPHA = "sg_alpha_follow_0123456789abcdefghijklmnopqr"
 BETA = "sg_beta_follow_0123456789abcdefghijklmnopqrs"
@@ -66,31 +64,6 @@ def main(request):
     return "done"
 ''',
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    import redis as redis_client
-
-    url = request.getfixturevalue("redis_url")
-    redis_client.Redis.from_url(url).flushdb()
-    return {"JOB_BROKER_URL": url}
-
-
-def entry(key_id: str, secret: str, scopes: str) -> str:
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    return (
-        f'[keys.{key_id}]\nowner = "{key_id}@example.com"\nhash = "sha256:{digest}"\n'
-        f"scopes = {scopes}\n"
-    )
 
 
 def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:

@@ -6,18 +6,15 @@ in the script's environ."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
+from tests.keyfile import entry
 from tests.servers import (
     Gunicorn,
     gunicorn,
     log_records,
-    redis_server,
     request_record,
     wait_until,
 )
@@ -46,32 +43,6 @@ def main(request):
     raise RuntimeError("boom")
 ''',
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    """The settings that choose the job store: none (SQLite) or a flushed Redis."""
-    if request.param == "sqlite":
-        return {}
-    import redis as redis_client
-
-    url = request.getfixturevalue("redis_url")
-    redis_client.Redis.from_url(url).flushdb()  # each test its own history
-    return {"JOB_BROKER_URL": url}
-
-
-def entry(key_id: str, secret: str, scopes: str) -> str:
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    return (
-        f'[keys.{key_id}]\nowner = "{key_id}@example.com"\nhash = "sha256:{digest}"\n'
-        f"scopes = {scopes}\n"
-    )
 
 
 def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from bench.procs import descendants
-from tests.servers import Gunicorn, gunicorn, redis_server, wait_until
+from tests.servers import Gunicorn, gunicorn, wait_until
 
 KEY = "storage-key-0123456789abcdef"
 ASYNC = {"X-API-Key": KEY, "Prefer": "respond-async"}
@@ -77,23 +77,6 @@ def main(request):
     return {"gate": os.path.exists(gate)}
 ''',
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    if request.param == "sqlite":
-        return {}
-    import redis as redis_client
-
-    url = request.getfixturevalue("redis_url")
-    redis_client.Redis.from_url(url).flushdb()
-    return {"JOB_BROKER_URL": url}
 
 
 def setup(tmp_path: Path) -> Path:

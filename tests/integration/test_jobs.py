@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from tests.servers import (
     free_port,
     gunicorn,
     log_records,
-    redis_server,
     stays_the_same,
     wait_until,
 )
@@ -77,26 +75,6 @@ def write_scripts(root: Path) -> Path:
     for name, source in SCRIPTS.items():
         (root / "api" / name).write_text(source)
     return root
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture
-def redis(redis_url: str) -> str:
-    import redis as redis_client
-
-    redis_client.Redis.from_url(redis_url).flushdb()  # each test its own queue
-    return redis_url
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_env(request) -> dict[str, str]:
-    """The settings that choose the job store: none (SQLite) or a flushed Redis."""
-    return {"JOB_BROKER_URL": request.getfixturevalue("redis")} if request.param == "redis" else {}
 
 
 def env(job_workers: int, **extra: str) -> dict[str, str]:

@@ -15,15 +15,8 @@ import pytest
 from service.config import Settings
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result, event_text
-from tests.servers import redis_server
 
 RETENTION = 3600.0
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import descendants, process_name
-from tests.servers import Gunicorn, gunicorn, log_records, redis_server, stays_the_same, wait_until
+from tests.servers import Gunicorn, gunicorn, log_records, stays_the_same, wait_until
 
 ADMIN_KEY = "sg_admin_schedules_0123456789abcdefghijklm"
 ADMIN = {"X-Admin-Key": ADMIN_KEY}
@@ -118,12 +118,6 @@ def counter(server: Gunicorn, outcome: str) -> float:
             ):
                 return sample.value
     return 0.0
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 def test_two_servers_on_one_redis_run_each_minute_once(tmp_path: Path, redis_url: str) -> None:
