@@ -101,11 +101,13 @@ def test_spans_of_a_request_reach_the_otlp_receiver(receiver, tmp_path: Path):
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     with gunicorn(scripts, tmp_path, workers=2, env=env) as server:
-        # Written once the server is up: the readiness probe (health) imports the scripts
-        # it counts, and these requests must import their own (the script.import span).
+        # Each written just before its request: the request must import it itself (the
+        # script.import span), so no scanner pass may describe it first. A pass that
+        # starts in between cannot finish a runner's import in that millisecond; one that
+        # started during the first request could have finished bad.py's (a CI flake).
         (scripts / "api" / "hello.py").write_text("def main(request):\n    return {'ok': True}\n")
-        (scripts / "bad.py").write_text("def main(request):\n    raise ValueError('x')\n")
         ok = server.get("/api/hello.py", headers={"X-API-Key": "otlp-key"})
+        (scripts / "bad.py").write_text("def main(request):\n    raise ValueError('x')\n")
         bad = server.get("/bad.py")
         assert (ok.status_code, bad.status_code) == (200, 500)
         spans = wait_until(
