@@ -3,7 +3,7 @@
 The way containers get secrets (Docker and Kubernetes mount each as a file, by default
 under /run/secrets), so nothing secret has to live in the environment:
 
-    from service.scripts.secrets import secret
+    from scriptgate import secret
 
     def main(request):
         password = secret("db_password")   # $SECRETS_DIR/db_password, trailing newline cut
