@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inproc import environ
-from service.http.pipeline import runner_environ
+from service.http.call import runner_environ
 from service.runners import protocol, runner
 from service.runners.pool import _Bytes
 from service.runners.script_import import import_script

@@ -319,7 +319,7 @@ def bulk_history(settings: Settings, count: int) -> tuple[float, str]:
 def bench_history(
     tmp: Path, count: int, seconds: int, broker: str | None = None
 ) -> dict[str, dict]:
-    from service.jobs.http import encode_cursor
+    from service.jobs.history import encode_cursor
 
     scripts = write_scripts(tmp / "scripts")
     began = time.monotonic()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.jobs.http import DEFAULT_LIMIT, MAX_LIMIT
+from service.jobs.history import DEFAULT_LIMIT, MAX_LIMIT
 from service.jobs.store import STATES, TRIGGERS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}

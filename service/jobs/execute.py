@@ -30,6 +30,7 @@ from service.access.callers import (
     OWNER_ENVIRON_KEY,
 )
 from service.access.keys import ANONYMOUS_ID, Caller
+from service.http.call import call_handler, streamed
 from service.http.context import RequestContext
 from service.http.errors import (
     CallerError,
@@ -40,7 +41,7 @@ from service.http.errors import (
     render_error,
     script_refusals,
 )
-from service.http.pipeline import call_handler, check_method, lookup, streamed
+from service.http.pipeline import check_method, lookup
 from service.jobs.http import log_fields
 from service.jobs.output import JobOutput
 from service.jobs.snapshot import environ

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 from flask import Request, Response, jsonify
 
 from service.http.errors import BadHeader
+from service.jobs.history import bad_query
 from service.jobs.http import (
     EVENTS_SUFFIX,
     JOBS_PREFIX,
     LOGS_SUFFIX,
-    bad_query,
     store_errors,
     visible_job,
 )

@@ -18,12 +18,12 @@ from flask import Request, Response, jsonify
 from service.access.callers import keys_view
 from service.access.policy import Guard
 from service.jobs.follow import job_events, job_logs
+from service.jobs.history import job_list
 from service.jobs.http import (
     EVENTS_SUFFIX,
     JOBS_PREFIX,
     LOGS_SUFFIX,
     RESULT_SUFFIX,
-    job_list,
     job_result,
     job_status,
 )
