@@ -90,8 +90,13 @@ def authorize_platform(
 ) -> Caller:
     """The caller of a platform view, as its guard says (policy.Guard). A TRUSTED view
     asked for from outside PLATFORM_TRUSTED_IPS without any key is 403 `ip`."""
-    if guard in (Guard.CALLER, Guard.CALLER_KEY):
-        return caller_of_any_zone(headers, keyring, strict=guard is Guard.CALLER_KEY)
+    if guard in (Guard.CALLER, Guard.CALLER_KEY, Guard.CALLER_IF_ANY):
+        return caller_of_any_zone(
+            headers,
+            keyring,
+            strict=guard is not Guard.CALLER,
+            required=guard is Guard.CALLER_KEY,
+        )
     if guard is Guard.OPEN:
         return ANONYMOUS
     trusted = settings.platform_trusted_ips
@@ -103,11 +108,13 @@ def authorize_platform(
     return caller_by_key(PLATFORM_ZONE, presented, keyring, "admin_key", PLATFORM_KEY_HEADER)
 
 
-def caller_of_any_zone(headers: Any, keyring: Keyring, *, strict: bool) -> Caller:
+def caller_of_any_zone(
+    headers: Any, keyring: Keyring, *, strict: bool, required: bool = False
+) -> Caller:
     """The key sent in whichever zone's header carries one (CALLER_KEY_HEADERS).
 
-    `strict` (CALLER_KEY): a key is required and one that matches none is 401. Otherwise
-    a wrong key is no key at all, so it gets the same 404 as another caller's job.
+    `strict`: a key that matches none is 401; otherwise a wrong key is no key at all, so
+    it gets the same 404 as another caller's job. `required`: no key is 401 too.
     """
     for header, zones, reason in CALLER_KEY_HEADERS:
         presented = header_values(headers, header)
@@ -122,7 +129,7 @@ def caller_of_any_zone(headers: Any, keyring: Keyring, *, strict: bool) -> Calle
         if strict:
             raise AccessDenied(reason, header)
         return ANONYMOUS
-    if strict:  # a listing of "mine" needs a "me"
+    if required:  # a listing of "mine" needs a "me"
         header, _, reason = CALLER_KEY_HEADERS[-1]
         raise AccessDenied(reason, header)
     return ANONYMOUS
@@ -159,6 +166,40 @@ def check_view(caller: Caller, name: str, guard: Guard, method: str) -> None:
     key_needs_scope = guard.scoped and caller.key is not None
     if key_needs_scope and not allowed(caller, READ_VIEW, View(name, method)):
         raise AccessDenied("scope")
+
+
+def may_call_as(caller: Caller, zone: str, path: str, client: str, settings: Settings) -> bool:
+    """Whether this caller, already identified (by any zone's header), could call the
+    script at `path` of `zone`: the zone's allowlists, a key of that zone where one is
+    needed, and `allowed`. What the console lists for a signed-in key."""
+    if not ip_allowed(client, settings.api_trusted_ips):
+        return False
+    if zone == "admin" and not ip_allowed(client, settings.admin_trusted_ips):
+        return False
+    if zone not in ZONE_KEY_HEADERS or not zone_keys(zone, settings)[1]:
+        caller = ANONYMOUS  # a zone that needs no key calls every caller anonymous
+    elif caller.key is None or zone not in caller.key.zones:
+        return False  # authorize would refuse this key in this zone's header
+    return allowed(caller, CALL, Script(zone, path, "GET"))
+
+
+def may_read_view_as(
+    caller: Caller, name: str, guard: Guard, client: str, settings: Settings
+) -> bool:
+    """Whether this caller, already identified, could GET the platform view `name` with
+    its key sent as X-Admin-Key: the guard (authorize_platform's rules), then its scope."""
+    if not ip_allowed(client, settings.api_trusted_ips):
+        return False
+    if guard in (Guard.OPEN, Guard.CALLER, Guard.CALLER_IF_ANY):
+        return True
+    if guard is Guard.CALLER_KEY:
+        return caller.key is not None
+    trusted = settings.platform_trusted_ips
+    if guard is Guard.TRUSTED and (not trusted or ip_allowed(client, trusted)):
+        return True
+    if caller.key is None or PLATFORM_ZONE not in caller.key.zones:
+        return False
+    return allowed(caller, READ_VIEW, View(name, "GET"))
 
 
 def may_call(

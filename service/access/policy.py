@@ -68,6 +68,8 @@ class Guard(enum.Enum):
               What it sees is per thing (SEE_RUN).
     CALLER_KEY  as CALLER, but a key is required and a wrong one is 401: a listing of
               "mine" needs a "me".
+    CALLER_IF_ANY  open without a key; a key sent must be one (401 otherwise): the
+              console's listing, which shows each caller what it may call.
     """
 
     OPEN = "open"
@@ -75,6 +77,7 @@ class Guard(enum.Enum):
     KEY = "key"
     CALLER = "caller"
     CALLER_KEY = "caller_key"
+    CALLER_IF_ANY = "caller_if_any"
 
     @property
     def scoped(self) -> bool:

@@ -8,10 +8,10 @@ loads nothing from elsewhere and runs under a CSP that allows this origin only, 
 inline script or style; it puts every text that came from a script (docstrings,
 parameter descriptions, output) in the page as text, never as HTML.
 
-Which scripts a key opens is the access decision's (`access.guard.may_call`, over
-`policy.allowed`), asked here per script, never guessed in the browser; every call the
-page makes then goes through the pipeline like any other, so the listing is a
-convenience and never a permission.
+Which scripts a key opens is the access decision's (`access.guard.may_call_as`, over
+`policy.allowed`), asked here per script for the caller the pipeline identified, never
+guessed in the browser; every call the page makes then goes through the pipeline like
+any other, so the listing is a convenience and never a permission.
 """
 
 from __future__ import annotations
@@ -23,27 +23,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response, jsonify, redirect
-from werkzeug.datastructures import Headers
 
-from service.access.guard import (
-    CALLER_KEY_HEADERS,
-    PLATFORM_KEY_HEADER,
-    ZONE_KEY_HEADERS,
-    authorize,
-    caller_of_any_zone,
-    check_view,
-    header_values,
-    may_call,
-)
+from service.access.guard import may_call_as, may_read_view_as
 from service.access.policy import SEE_ALL_RUNS, STEER_SCHEDULES, allowed
-from service.http.errors import AccessDenied, NotFound
+from service.http.errors import NotFound
 from service.platform.docs import STATIC
 from service.scripts.describe import ScriptState, all_states, script_state
 from service.scripts.problems import NoScript
-from service.scripts.resolve import PLATFORM_PREFIX, PLATFORM_ZONE, parse_target
+from service.scripts.resolve import PLATFORM_PREFIX, parse_target
 
 if TYPE_CHECKING:
-    from service.observability.record import RequestContext
+    from service.http.context import RequestContext
     from service.runtime import Runtime
 
 CONSOLE_PATH = f"{PLATFORM_PREFIX}/console"
@@ -109,22 +99,17 @@ def console_scripts(
     """GET /_platform/console/scripts: the scripts the caller's key may call, with what
     the page needs to build their forms, and which other views the key opens.
 
-    Open, like the API document: without a key, the root zone's scripts. A key comes in
-    X-API-Key or X-Admin-Key, as on the job endpoints; one that matches none is 401 (not
-    "no key"), so the page can say so at sign-in, and it is admitted like any call
-    (expiry, rate limit, last use). Each zone is then asked whether the same key, sent
-    in that zone's own header, may call each script. `view_at` finds a platform view
-    by path: platform.views hands in its own table (functools.partial), so the guards of
-    the views the page offers are read there, not restated here.
+    Guarded CALLER_IF_ANY: without a key, the root zone's scripts; a key comes in
+    X-API-Key or X-Admin-Key, as on the job endpoints, and one that matches none is 401
+    (not "no key"), so the page can say so at sign-in; the pipeline identified and
+    admitted it (expiry, rate limit, last use). Each zone is then asked whether this
+    caller, its key sent in that zone's own header, may call each script. `view_at`
+    finds a platform view by path: platform.views hands in its own table
+    (functools.partial), so the guards of the views the page offers are read there.
     """
-    keyring = rt.callers.keyring()
-    secret = _presented(req)
-    ctx.caller = caller_of_any_zone(req.headers, keyring, strict=secret is not None)
-    rt.callers.admit(ctx.caller)
-    as_zone = Headers([(h, secret) for h, _ in ZONE_KEY_HEADERS.values()] if secret else [])
 
     def visible(zone: str, path: str) -> bool:
-        return may_call(zone, path, ctx.client_ip, as_zone, rt.settings, keyring)
+        return may_call_as(ctx.caller, zone, path, ctx.client_ip, rt.settings)
 
     if "url" in req.args:
         return _one_script(rt, req.args["url"], visible)
@@ -133,9 +118,10 @@ def console_scripts(
     rt.scanner.poke(rt)
     states = all_states(rt, visible, known_only=True)
     scripts = [describe(state) for state in states if state.state in LISTED_STATES]
+    views = {name: view_at(f"{PLATFORM_PREFIX}/{name}") for name in ADMIN_VIEWS}
     may = {
-        name: _may_read(rt, ctx, view_at(f"{PLATFORM_PREFIX}/{name}"), secret)
-        for name in ADMIN_VIEWS
+        name: may_read_view_as(ctx.caller, view.name, view.guard, ctx.client_ip, rt.settings)
+        for name, view in views.items()
     }
     may["all_runs"] = allowed(ctx.caller, SEE_ALL_RUNS)
     may["schedules"] = allowed(ctx.caller, STEER_SCHEDULES)
@@ -185,29 +171,6 @@ def describe(state: ScriptState, *, form: bool = False) -> dict[str, Any]:
             params=script.params.to_json() if script.params else None,
         )
     return entry
-
-
-def _presented(req: Request) -> str | None:
-    """The key of the first key header sent, in the order the job endpoints read them
-    (CALLER_KEY_HEADERS), or None."""
-    for header, _, _ in CALLER_KEY_HEADERS:
-        values = header_values(req.headers, header)
-        if values:
-            return values[0]
-    return None
-
-
-def _may_read(rt: Runtime, ctx: RequestContext, view: Any, secret: str | None) -> bool:
-    """Would the pipeline let this key (as X-Admin-Key) GET this platform view, guarded
-    as it declares?"""
-    headers = Headers([(PLATFORM_KEY_HEADER, secret)] if secret else [])
-    try:
-        keyring = rt.callers.keyring()
-        caller = authorize(PLATFORM_ZONE, ctx.client_ip, headers, rt.settings, keyring, view.guard)
-        check_view(caller, view.name, view.guard, "GET")
-    except AccessDenied:
-        return False
-    return True
 
 
 def harden(response: Response) -> Response:

@@ -121,7 +121,7 @@ VIEWS = {
         PlatformView(  # filtered per caller; it reads the guards of this table
             "console/scripts",
             functools.partial(console_scripts, view_at=lambda path: platform_view(path)),
-            Guard.OPEN,
+            Guard.CALLER_IF_ANY,
         ),
     )
 }

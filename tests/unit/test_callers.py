@@ -298,3 +298,38 @@ def test_secret_helper_reads_secrets_dir_and_the_log_never_shows_the_value(
     assert "pa" + '\\"ss' not in text and 'pa"ss' not in text
     assert "no secret 'nope' in " + str(secrets) in text
     assert "is not a secret's file name" in text
+
+
+@pytest.mark.parametrize("api_auth", [True, False])
+def test_may_call_as_answers_as_may_call_with_the_key_in_each_zones_header(
+    make_app, keys_path, api_auth
+) -> None:
+    """The console asks may_call_as of the caller the pipeline identified; it must say what
+    may_call says of the same key sent in each zone's header, for every key and zone."""
+    from werkzeug.datastructures import Headers
+
+    from service.access.guard import ZONE_KEY_HEADERS, caller_of_any_zone, may_call, may_call_as
+
+    app = make_app(keys_file=keys_path, api_auth=api_auth)
+    rt = app.extensions["scriptgate"]
+    keyring = rt.callers.keyring()
+    paths = {"root": ["hello.py"], "api": ["hello.py", "reports/daily.py"], "admin": ["stats.py"]}
+    signed_in = [(None, None)] + [
+        (secret, header)
+        for secret in (API_KEY, ADMIN_KEY, REPORTS, EXPIRED, SCRAPER)
+        for header in ("X-Admin-Key", "X-API-Key")
+    ]
+    compared = 0
+    for secret, header in signed_in:
+        sent = Headers([(header, secret)] if secret else [])
+        caller = caller_of_any_zone(sent, keyring, strict=False)
+        if secret is not None and caller.key is None:
+            continue  # not a key of this header's zones: the console's sign-in is 401
+        compared += 1
+        as_zone = Headers([(h, secret) for h, _ in ZONE_KEY_HEADERS.values()] if secret else [])
+        for zone, zone_paths in paths.items():
+            for path in zone_paths:
+                expected = may_call(zone, path, "127.0.0.1", as_zone, rt.settings, keyring)
+                got = may_call_as(caller, zone, path, "127.0.0.1", rt.settings)
+                assert got == expected, (secret, zone, path)
+    assert compared >= 6  # anonymous and every key in at least one header
