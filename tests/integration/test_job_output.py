@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.keyfile import entry
+from tests.keyfile import api_scripts_and_keys
 from tests.servers import Gunicorn, gunicorn, log_records, wait_until
 
 ALPHA = "sg_alpha_follow_0123456789abcdefghijklmnopqr"
@@ -67,17 +67,9 @@ def main(request):
 
 
 def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    scripts = tmp_path / "scripts"
-    (scripts / "api").mkdir(parents=True)
-    for name, source in SCRIPTS.items():
-        (scripts / "api" / name).write_text(source)
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        entry("alpha", ALPHA, '["api:*"]')
-        + entry("beta", BETA, '["api:*"]')
-        + entry("auditor", AUDITOR, '["platform:jobs"]')
-    )
-    return scripts, {"KEYS_FILE": str(keys), "JOB_WORKERS": "1"}
+    keys = {"alpha": (ALPHA, '["api:*"]'), "beta": (BETA, '["api:*"]')}
+    keys["auditor"] = (AUDITOR, '["platform:jobs"]')
+    return api_scripts_and_keys(tmp_path, SCRIPTS, keys)
 
 
 def start(server: Gunicorn, script: str, **params: str) -> str:

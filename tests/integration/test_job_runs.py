@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.keyfile import entry
+from tests.keyfile import api_scripts_and_keys
 from tests.servers import (
     Gunicorn,
     gunicorn,
@@ -46,17 +46,9 @@ def main(request):
 
 
 def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    scripts = tmp_path / "scripts"
-    (scripts / "api").mkdir(parents=True)
-    for name, source in SCRIPTS.items():
-        (scripts / "api" / name).write_text(source)
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        entry("alpha", ALPHA, '["api:*"]')
-        + entry("beta", BETA, '["api:*"]')
-        + entry("auditor", AUDITOR, '["platform:jobs"]')
-    )
-    return scripts, {"KEYS_FILE": str(keys), "JOB_WORKERS": "1"}
+    keys = {"alpha": (ALPHA, '["api:*"]'), "beta": (BETA, '["api:*"]')}
+    keys["auditor"] = (AUDITOR, '["platform:jobs"]')
+    return api_scripts_and_keys(tmp_path, SCRIPTS, keys)
 
 
 def start(server: Gunicorn, secret: str, script: str = "ok.py", **params: str) -> str:
