@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from service.schedules.spec import MARKER, ScheduleSpec
 from service.scripts.describe import DESCRIBE_AT_ONCE, script_state
 from service.scripts.loader import Stamp, stamp
-from service.scripts.resolve import ZONES, list_scripts, zone_dir
+from service.scripts.resolve import ZONES, located_scripts, zone_dir
 from service.scripts.revision import served_root
 
 if TYPE_CHECKING:
@@ -79,17 +79,17 @@ def discover(rt: Runtime, marked: Marked = MARKED) -> list[Scheduled]:
     """Every script with a schedule, and every broken one that mentions SCHEDULE; new
     and changed ones described by a few runners at once (describe.DESCRIBE_AT_ONCE)."""
     root = Path(served_root(rt.settings.scripts_dir))
-    candidates: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     for zone in ZONES:
         folder = str(zone_dir(root, zone))
-        for path in list_scripts(root, zone):
+        for path, real in located_scripts(root, zone):
             joined = os.path.join(folder, path)
             seen.add(joined)
             if marked(joined):
-                candidates.append((zone, path))
+                candidates.append((zone, path, real))
     with ThreadPoolExecutor(DESCRIBE_AT_ONCE, thread_name_prefix="scriptgate-discover") as pool:
-        states = list(pool.map(lambda item: script_state(rt, *item), candidates))
+        states = list(pool.map(lambda c: script_state(rt, c[0], c[1], real=c[2]), candidates))
     found: list[Scheduled] = []
     for state in states:
         if state is None:  # deleted since it was listed

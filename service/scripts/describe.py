@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 from service.runners.pool import RunnerFailed, ScriptTimeout
 from service.scripts.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
 from service.scripts.problems import NoScript
-from service.scripts.resolve import ZONES, list_scripts, locate, parse_target, url_for_script
+from service.scripts.resolve import (
+    ZONES,
+    locate,
+    located_scripts,
+    parse_target,
+    url_for_script,
+)
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -42,14 +48,14 @@ class ScriptState:
 
 
 def script_state(
-    rt: Runtime, zone: str, path: str, *, known_only: bool = False
+    rt: Runtime, zone: str, path: str, *, known_only: bool = False, real: str = ""
 ) -> ScriptState | None:
     """Describe a listed script (cached if unchanged) and say how it went; None when it
-    was deleted since it was listed. `known_only` never starts a runner."""
+    was deleted since it was listed. `known_only` never starts a runner; `real` is the
+    script's real path when a listing (`located_scripts`) already found it."""
     url = url_for_script(zone, path)
-    real = ""
     try:
-        real = locate(rt.settings.scripts_dir, parse_target(url))
+        real = real or locate(rt.settings.scripts_dir, parse_target(url))
         script = rt.scripts.cached(real)
         if script is None:
             failure = rt.scripts.recent_failure(real)
@@ -82,16 +88,16 @@ def all_states(
     """The state of every listed script (of those `visible(zone, path)` allows), in
     listing order; scripts left out are not described."""
     listed = [
-        (zone, path)
+        (zone, path, real)
         for zone in ZONES
-        for path in list_scripts(rt.settings.scripts_dir, zone)
+        for path, real in located_scripts(rt.settings.scripts_dir, zone)
         if visible is None or visible(zone, path)
     ]
     if known_only:
-        found = [script_state(rt, zone, path, known_only=True) for zone, path in listed]
+        found = [script_state(rt, z, p, known_only=True, real=r) for z, p, r in listed]
     else:  # imports wait on their runners: a few at once (in listing order all the same)
         with ThreadPoolExecutor(DESCRIBE_AT_ONCE, thread_name_prefix="scriptgate-describe") as pool:
-            found = list(pool.map(lambda item: script_state(rt, *item), listed))
+            found = list(pool.map(lambda i: script_state(rt, i[0], i[1], real=i[2]), listed))
     return [state for state in found if state is not None]
 
 

@@ -108,20 +108,29 @@ def locate(scripts_dir: Path, target: Target) -> str:
 
 
 def list_scripts(scripts_dir: Path, zone: str) -> list[str]:
-    """Zone-relative paths of every public script of a zone, sorted: what would be served.
+    """Zone-relative paths of every public script of a zone, sorted: what would be served."""
+    return [rel for rel, _ in located_scripts(scripts_dir, zone)]
 
-    Plain files in plain folders are inside the zone by construction; only what a
-    symlink leads to is resolved and checked the way a request would be (`locate`).
+
+def located_scripts(scripts_dir: Path, zone: str) -> list[tuple[str, str]]:
+    """(zone-relative path, real path) of every public script of a zone, sorted by path:
+    what `locate` would answer for each, found in one walk.
+
+    Plain files in plain folders are inside the zone by construction, and their path is
+    their real path; only what a symlink leads to is resolved and checked the way a
+    request would be (`locate`). A listing of hundreds of scripts so costs one stat per
+    file, not a realpath (a stat per path segment) per file.
     """
     scripts_dir = Path(served_root(scripts_dir))  # one revision for the whole listing
-    found: list[str] = []
-    _walk(scripts_dir, zone, str(zone_dir(scripts_dir, zone)), "", found, linked=False)
+    folder = str(zone_dir(scripts_dir, zone))
+    found: list[tuple[str, str]] = []
+    _walk(scripts_dir, zone, folder, "", found, linked=os.path.islink(folder))
     found.sort()
     return found
 
 
 def _walk(
-    scripts_dir: Path, zone: str, folder: str, rel: str, found: list[str], linked: bool
+    scripts_dir: Path, zone: str, folder: str, rel: str, found: list[tuple[str, str]], linked: bool
 ) -> None:
     try:
         entries = list(os.scandir(folder))
@@ -143,9 +152,10 @@ def _walk(
             if rel_name.count("/") < MAX_SEGMENTS - 1:
                 _walk(scripts_dir, zone, entry.path, rel_name, found, via_link)
         elif name.endswith(SCRIPT_SUFFIX) and name != SCRIPT_SUFFIX and entry.is_file():
+            real = entry.path
             if via_link:
                 try:
-                    locate(scripts_dir, Target(zone, rel_name))
+                    real = locate(scripts_dir, Target(zone, rel_name))
                 except NoScript:
                     continue
-            found.append(rel_name)
+            found.append((rel_name, real))

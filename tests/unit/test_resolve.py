@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from service.scripts.problems import NoScript
+from service.scripts.resolve import ZONES, Target, locate, located_scripts
 from tests.unit.conftest import ADMIN, API
 
 ALL_KEYS = {**API, **ADMIN}
@@ -81,3 +83,31 @@ def test_symlink_inside_zone_is_served(client, scripts_dir):
 def test_symlink_to_private_file_is_404(client, scripts_dir):
     os.symlink(scripts_dir / "api" / "_private.py", scripts_dir / "api" / "public.py")
     assert client.get("/api/public.py", headers=API).status_code == 404
+
+
+def test_a_listing_names_what_a_request_reaches_each_by_its_real_path(scripts_dir, tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("def main(request):\n    return 'x'\n")
+    os.symlink(outside, scripts_dir / "api" / "escape.py")
+    os.symlink(scripts_dir / "api" / "hello.py", scripts_dir / "sneaky.py")
+    os.symlink(scripts_dir / "api" / "hello.py", scripts_dir / "api" / "alias.py")
+    os.symlink(scripts_dir / "api" / "_private.py", scripts_dir / "api" / "public.py")
+    listed = {zone: dict(located_scripts(scripts_dir, zone)) for zone in ZONES}
+    assert "alias.py" in listed["api"]
+    assert not {"escape.py", "public.py"} & listed["api"].keys()
+    assert "sneaky.py" not in listed["root"]
+    for zone, found in listed.items():
+        for rel, real in found.items():
+            assert real == locate(scripts_dir, Target(zone, rel)) == os.path.realpath(real)
+
+
+def test_a_zone_folder_that_is_a_symlink_lists_what_it_serves_nothing(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.py").write_text("def main(request):\n    return 'x'\n")
+    root = tmp_path / "linked-scripts"
+    root.mkdir()
+    os.symlink(elsewhere, root / "api")
+    assert located_scripts(root, "api") == []
+    with pytest.raises(NoScript):
+        locate(root, Target("api", "x.py"))
