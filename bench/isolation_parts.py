@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.inproc import environ
 from service.http.call import runner_environ
 from service.runners import protocol, runner
-from service.runners.pool import _Bytes
+from service.runners.channel import Channel
 from service.runners.script_import import import_script
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -73,14 +73,14 @@ def main() -> int:
     path = str(SCRIPTS / "api" / "hello.py")
     imported = import_script(path, str(SCRIPTS))
     left, right = socket.socketpair()
-    app = runner.build_app(1 << 20, runner.Channel(left))
+    app = runner.build_app(1 << 20, Channel(left))
     call = {"environ": runner_environ(base), "check": False, "t": "call", "body": True}
     frame = protocol.encode(call) + protocol.encode_bytes(b"")
     reply, body = runner._call(app, imported, call, b"")
     answer = protocol.encode(reply) + protocol.encode_bytes(body or b"")
 
     def decode(data: bytes) -> None:
-        protocol.Reader(_Bytes(data)).message()  # type: ignore[arg-type]
+        protocol.decode(data)
 
     def handler_alone() -> None:
         with app.test_request_context("/api/hello.py"):

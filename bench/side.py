@@ -95,7 +95,8 @@ def change_detection(iterations: int) -> dict:
 def _described(cache: Any, path: str) -> Any:
     """The script as the cache describes it: a runner imports it (the worker never does),
     then the runner and its zygote are stopped; the change check needs no runner."""
-    from service.runners.pool import RunnerConfig, RunnerPool
+    from service.runners.pool import RunnerPool
+    from service.runners.spawner import RunnerConfig
 
     runners = RunnerPool(RunnerConfig(str(cache.root), "INFO", 1 << 20, 512 << 20, None))
     try:

@@ -25,11 +25,13 @@ from service.http.bulkhead import Bulkhead
 from service.http.errors import ScriptFailed, render_error
 from service.http.pipeline import handle_request
 from service.jobs.queue import JobQueue
+from service.observability.catalog import RevisionCollector
 from service.observability.logs import build_logger
-from service.observability.metrics import Metrics, RevisionCollector
+from service.observability.metrics import Metrics
 from service.observability.tracing import build_tracer_provider, instrument, span_ids
 from service.runners.limits import RunnerUser
-from service.runners.pool import RunnerConfig, RunnerPool
+from service.runners.pool import RunnerPool
+from service.runners.spawner import RunnerConfig
 from service.runtime import Runtime
 from service.schedules.metrics import ScheduleCollector
 from service.scripts.loader import ScriptCache

@@ -7,16 +7,18 @@ value stops the server before it binds a port, with one line naming the variable
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from service.access.keys import key_digest
 from service.envparse import (
     DEFAULT_SECRETS_DIR,
     ConfigError,
     Network,
+    Parse,
+    choice,
+    count,
     parse_bind,
     parse_broker,
     parse_duration,
@@ -29,6 +31,9 @@ from service.envparse import (
     parse_runner_user,
     parse_secrets_dir,
     parse_switch,
+    parse_test_clock,
+    parse_timezone,
+    with_default,
 )
 from service.version import __version__
 
@@ -179,7 +184,7 @@ class Settings:
             raise ConfigError("PROMETHEUS_MULTIPROC_DIR", f"{multiproc!r} is not a directory")
         values["multiproc_dir"] = Path(multiproc) if multiproc else None
         workers = "WORKERS" if env.get("WORKERS") else "WEB_CONCURRENCY"  # gunicorn's name
-        values["workers"] = _count(DEFAULT_WORKERS)(workers, env.get(workers))
+        values["workers"] = count(DEFAULT_WORKERS)(workers, env.get(workers))
         values["max_script_timeout"] = parse_number(
             "MAX_SCRIPT_TIMEOUT",
             env.get("MAX_SCRIPT_TIMEOUT"),
@@ -196,35 +201,6 @@ class Settings:
         return cls(**values)
 
 
-# How each kind of value is read: (variable, raw text or None) -> value.
-Parse = Callable[[str, str | None], Any]
-
-
-def _count(default: int, *, zero: bool = False) -> Parse:
-    """A whole number of at least 1 (or 0, with `zero`)."""
-
-    def parse(variable: str, raw: str | None) -> int:
-        if zero and raw is not None and raw.strip() == "0":
-            return 0
-        return int(parse_number(variable, raw, default, integer=True))
-
-    return parse
-
-
-def _choice(options: tuple[str, ...], default: str, normal: Callable[[str], str]) -> Parse:
-    def parse(variable: str, raw: str | None) -> str:
-        value = normal((raw or default).strip())
-        if value not in options:
-            raise ConfigError(variable, f"{value!r} is not one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _with_default(parse: Callable[[str, str | None, Any], Any], default: Any) -> Parse:
-    return lambda variable, raw: parse(variable, raw, default)
-
-
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: the Settings field it fills, and how it is read."""
@@ -238,7 +214,7 @@ class Variable:
 # keeps them from scripts, and the README's configuration table documents them (a test
 # checks that every one is there).
 VARIABLES = (
-    Variable("MAX_BODY_BYTES", "max_body_bytes", _count(DEFAULT_MAX_BODY_BYTES)),
+    Variable("MAX_BODY_BYTES", "max_body_bytes", count(DEFAULT_MAX_BODY_BYTES)),
     Variable("API_TRUSTED_IPS", "api_trusted_ips", parse_networks),
     Variable("ADMIN_TRUSTED_IPS", "admin_trusted_ips", parse_networks),
     Variable("API_KEY", "api_keys", lambda _, raw: parse_keys(raw)),
@@ -246,13 +222,13 @@ VARIABLES = (
     Variable("PLATFORM_TRUSTED_IPS", "platform_trusted_ips", parse_networks),
     Variable("SECRETS_DIR", "secrets_dir", parse_secrets_dir),
     Variable("REDIS_URL", "redis_url", parse_redis_url),
-    Variable("API_AUTH", "api_auth", _with_default(parse_switch, True)),
-    Variable("ADMIN_AUTH", "admin_auth", _with_default(parse_switch, True)),
+    Variable("API_AUTH", "api_auth", with_default(parse_switch, True)),
+    Variable("ADMIN_AUTH", "admin_auth", with_default(parse_switch, True)),
     Variable("TRUSTED_PROXIES", "trusted_proxies", parse_networks),
     Variable(
-        "SCRIPT_TIMEOUT", "script_timeout", _with_default(parse_number, DEFAULT_SCRIPT_TIMEOUT)
+        "SCRIPT_TIMEOUT", "script_timeout", with_default(parse_number, DEFAULT_SCRIPT_TIMEOUT)
     ),
-    Variable("SCRIPT_CONCURRENCY", "script_concurrency", _count(0, zero=True)),
+    Variable("SCRIPT_CONCURRENCY", "script_concurrency", count(0, zero=True)),
     Variable(
         "LOG_FILE",
         "log_file",
@@ -260,44 +236,42 @@ VARIABLES = (
             None if raw is not None and not raw.strip() else Path(raw or DEFAULT_LOG_FILE)
         ),
     ),
-    Variable("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, "INFO", str.upper)),
-    Variable("METRICS", "metrics_enabled", _with_default(parse_switch, True)),
-    Variable("METRICS_EXEMPLARS", "metrics_exemplars", _with_default(parse_switch, True)),
+    Variable("LOG_LEVEL", "log_level", choice(LOG_LEVELS, "INFO", str.upper)),
+    Variable("METRICS", "metrics_enabled", with_default(parse_switch, True)),
+    Variable("METRICS_EXEMPLARS", "metrics_exemplars", with_default(parse_switch, True)),
     Variable("BIND", "bind", lambda v, raw: parse_bind(v, raw, DEFAULT_BIND) or DEFAULT_BIND),
-    Variable("PLATFORM_BIND", "platform_bind", _with_default(parse_bind, None)),
-    Variable("THREADS", "threads", _count(DEFAULT_THREADS)),
-    Variable("WORKER_CLASS", "worker_class", _choice(WORKER_CLASSES, "gthread", str.lower)),
-    Variable("SCRIPTGATE_MAX_REQUESTS", "max_requests", _count(0, zero=True)),
-    Variable("SCRIPTGATE_MAX_REQUESTS_JITTER", "max_requests_jitter", _count(0, zero=True)),
+    Variable("PLATFORM_BIND", "platform_bind", with_default(parse_bind, None)),
+    Variable("THREADS", "threads", count(DEFAULT_THREADS)),
+    Variable("WORKER_CLASS", "worker_class", choice(WORKER_CLASSES, "gthread", str.lower)),
+    Variable("SCRIPTGATE_MAX_REQUESTS", "max_requests", count(0, zero=True)),
+    Variable("SCRIPTGATE_MAX_REQUESTS_JITTER", "max_requests_jitter", count(0, zero=True)),
     Variable(
         "GUNICORN_LOG_LEVEL", "server_log_level", lambda _, raw: (raw or "warning").strip().lower()
     ),
     Variable("JOB_BROKER_URL", "job_broker_url", lambda _, raw: parse_broker(raw)),
     Variable("JOB_DATA_DIR", "job_data_dir", lambda _, raw: Path(raw or DEFAULT_JOB_DATA_DIR)),
-    Variable("JOB_WORKERS", "job_workers", _count(DEFAULT_JOB_WORKERS, zero=True)),
-    Variable("JOB_TIMEOUT", "job_timeout", _with_default(parse_duration, DEFAULT_JOB_TIMEOUT)),
-    Variable(
-        "JOB_RETENTION", "job_retention", _with_default(parse_duration, DEFAULT_JOB_RETENTION)
-    ),
-    Variable("JOB_MAX_RESULT_BYTES", "job_max_result_bytes", _count(DEFAULT_JOB_MAX_RESULT_BYTES)),
+    Variable("JOB_WORKERS", "job_workers", count(DEFAULT_JOB_WORKERS, zero=True)),
+    Variable("JOB_TIMEOUT", "job_timeout", with_default(parse_duration, DEFAULT_JOB_TIMEOUT)),
+    Variable("JOB_RETENTION", "job_retention", with_default(parse_duration, DEFAULT_JOB_RETENTION)),
+    Variable("JOB_MAX_RESULT_BYTES", "job_max_result_bytes", count(DEFAULT_JOB_MAX_RESULT_BYTES)),
     Variable(
         "SCRIPT_MEMORY_LIMIT",
         "script_memory_limit",
-        _with_default(parse_memory, DEFAULT_SCRIPT_MEMORY_LIMIT),
+        with_default(parse_memory, DEFAULT_SCRIPT_MEMORY_LIMIT),
     ),
-    Variable("JOB_LOG_LIMIT", "job_log_limit", _count(DEFAULT_JOB_LOG_LIMIT, zero=True)),
+    Variable("JOB_LOG_LIMIT", "job_log_limit", count(DEFAULT_JOB_LOG_LIMIT, zero=True)),
     Variable(
         "JOB_EVENTS_SECONDS",
         "job_events_seconds",
-        _with_default(parse_duration, DEFAULT_JOB_EVENTS_SECONDS),
+        with_default(parse_duration, DEFAULT_JOB_EVENTS_SECONDS),
     ),
-    Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", _count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
+    Variable("SCRIPT_OUTPUT_LIMIT", "script_output_limit", count(DEFAULT_SCRIPT_OUTPUT_LIMIT)),
     Variable("RUNNER_USER", "runner_user", parse_runner_user),
     Variable("SCHEDULE_TZ", "schedule_tz", lambda v, raw: parse_timezone(v, raw)),
     Variable(
         "SCHEDULE_CATCHUP",
         "schedule_catchup",
-        _with_default(parse_duration, DEFAULT_SCHEDULE_CATCHUP),
+        with_default(parse_duration, DEFAULT_SCHEDULE_CATCHUP),
     ),
     Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
 )
@@ -312,30 +286,3 @@ OTHER_VARIABLES = (
     "prometheus_multiproc_dir",
 )
 PLATFORM_VARIABLES = frozenset({v.name for v in VARIABLES} | set(OTHER_VARIABLES))
-
-
-def parse_timezone(variable: str, raw: str | None) -> str:
-    from service.schedules.spec import ScheduleError, valid_timezone
-
-    if raw is None or not raw.strip():
-        return "UTC"
-    try:
-        return valid_timezone(raw.strip())
-    except ScheduleError as exc:
-        raise ConfigError(variable, str(exc).replace("SCHEDULE_TZ: ", "")) from None
-
-
-def parse_test_clock(raw: str | None) -> Path | None:
-    """SCHEDULE_TEST_CLOCK, for tests only: an existing file holding the time (seconds
-    since the epoch) the scheduler goes by instead of the system's (schedules/clock.py).
-    Checked here so a typo stops the server instead of freezing every schedule."""
-    if raw is None or not raw.strip():
-        return None
-    path = Path(raw.strip())
-    try:
-        float(path.read_text().strip())
-    except (OSError, ValueError):
-        raise ConfigError(
-            "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
-        ) from None
-    return path

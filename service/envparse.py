@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.access.keys import key_digest
 from service.access.keys_file import KeysFileError, read_keys_file
@@ -169,3 +171,62 @@ def parse_broker(raw: str | None) -> str | None:
     if not url.startswith(BROKER_SCHEMES):
         raise ConfigError("JOB_BROKER_URL", f"must start with {', '.join(BROKER_SCHEMES)}")
     return url
+
+
+# How each kind of value is read: (variable, raw text or None) -> value.
+Parse = Callable[[str, str | None], Any]
+
+
+def count(default: int, *, zero: bool = False) -> Parse:
+    """A whole number of at least 1 (or 0, with `zero`)."""
+
+    def parse(variable: str, raw: str | None) -> int:
+        if zero and raw is not None and raw.strip() == "0":
+            return 0
+        return int(parse_number(variable, raw, default, integer=True))
+
+    return parse
+
+
+def choice(options: tuple[str, ...], default: str, normal: Callable[[str], str]) -> Parse:
+    """One of `options`, after `normal` (e.g. str.upper)."""
+
+    def parse(variable: str, raw: str | None) -> str:
+        value = normal((raw or default).strip())
+        if value not in options:
+            raise ConfigError(variable, f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def with_default(parse: Callable[[str, str | None, Any], Any], default: Any) -> Parse:
+    """A parser that takes a default, given its default."""
+    return lambda variable, raw: parse(variable, raw, default)
+
+
+def parse_timezone(variable: str, raw: str | None) -> str:
+    from service.schedules.spec import ScheduleError, valid_timezone
+
+    if raw is None or not raw.strip():
+        return "UTC"
+    try:
+        return valid_timezone(raw.strip())
+    except ScheduleError as exc:
+        raise ConfigError(variable, str(exc).replace("SCHEDULE_TZ: ", "")) from None
+
+
+def parse_test_clock(raw: str | None) -> Path | None:
+    """SCHEDULE_TEST_CLOCK, for tests only: an existing file holding the time (seconds
+    since the epoch) the scheduler goes by instead of the system's (schedules/clock.py).
+    Checked here so a typo stops the server instead of freezing every schedule."""
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    try:
+        float(path.read_text().strip())
+    except (OSError, ValueError):
+        raise ConfigError(
+            "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
+        ) from None
+    return path

@@ -24,14 +24,9 @@ from service.http.errors import (
 )
 from service.observability.record import record_failure
 from service.observability.scriptlog import ScriptLines
-from service.runners.pool import (
-    Hooks,
-    ImportFailed,
-    RunnerFailed,
-    RunnerStream,
-    ScriptStopped,
-    ScriptTimeout,
-)
+from service.runners.failures import ImportFailed, RunnerFailed, ScriptStopped, ScriptTimeout
+from service.runners.pool import Hooks
+from service.runners.stream import RunnerStream
 from service.runtime import Runtime
 from service.scripts.loader import LoadedScript, ScriptLoadError
 

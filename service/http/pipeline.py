@@ -43,15 +43,12 @@ from service.http.errors import (
     render_error,
 )
 from service.jobs.http import start_job, wants_job
-from service.observability.metrics import ERROR_KINDS
+from service.observability.catalog import ERROR_KINDS
 from service.observability.record import record_failure, record_request
 from service.observability.scriptlog import ScriptLines
 from service.observability.tracing import add_trace_headers, end_server_span_later
 from service.platform.views import platform_view
-from service.runners.pool import (
-    RunnerFailed,
-    ScriptTimeout,
-)
+from service.runners.failures import RunnerFailed, ScriptTimeout
 from service.runtime import Runtime, runtime
 from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
 from service.scripts.problems import ScriptProblem

@@ -9,17 +9,13 @@ cancelled; a cancel or the deadline kills the runner's process group at once.
 
 from __future__ import annotations
 
-import logging
-import math
 import random
 import secrets
-import threading
 import time
-from collections.abc import MutableMapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, request
+from flask import Flask, request
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -30,7 +26,7 @@ from service.access.callers import (
     OWNER_ENVIRON_KEY,
 )
 from service.access.keys import ANONYMOUS_ID, Caller
-from service.http.call import call_handler, streamed
+from service.http.call import call_handler
 from service.http.context import RequestContext
 from service.http.errors import (
     CallerError,
@@ -42,6 +38,7 @@ from service.http.errors import (
     script_refusals,
 )
 from service.http.pipeline import check_method, lookup
+from service.jobs.capture import ResultTooLarge, capture
 from service.jobs.http import log_fields
 from service.jobs.output import JobOutput
 from service.jobs.snapshot import environ
@@ -55,21 +52,17 @@ from service.jobs.store import (
     TIMED_OUT,
     Ending,
     Job,
-    JobStore,
     Result,
 )
-from service.runners.pool import ScriptStopped, ScriptTimeout
+from service.jobs.watch import JobLog, Shutdown, Watch
+from service.runners.failures import ScriptStopped
 from service.scripts.resolve import parse_target, url_for_script
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
     from service.scripts.loader import LoadedScript
 
-HEARTBEAT_SECONDS = 5.0
 FINISH_RETRY_SECONDS = (0.2, 1.0, 3.0)  # a store that refused a job's end, asked again
-STOP_GRACE_SECONDS = 10.0  # a running job's time to finish when its worker is stopped
-# Not sent back with a result: the response is re-framed by the server answering it.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 @dataclass(frozen=True)
@@ -93,102 +86,6 @@ def retry_delay(first: float, attempt: int) -> float:
     half and all of it), so runs that failed together do not all come back together."""
     ceiling = min(first * 2 ** (attempt - 1), MAX_RETRY_DELAY)
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
-
-
-class ResultTooLarge(Exception):
-    """The response is over JOB_MAX_RESULT_BYTES: the job fails instead of filling
-    the store."""
-
-
-class Shutdown:
-    """Set on SIGTERM: take no new job; a running one has STOP_GRACE_SECONDS left."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()  # huey's worker loop waits on it
-        self.deadline = math.inf
-
-    def request(self) -> None:
-        if not self.event.is_set():
-            self.deadline = time.monotonic() + STOP_GRACE_SECONDS
-            self.event.set()
-
-    def overdue(self) -> bool:
-        return self.event.is_set() and time.monotonic() >= self.deadline
-
-
-class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The app's logger with the job id on every record (the adapter's own `extra`
-    would replace the record's, not add to it)."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
-        return msg, kwargs
-
-    def handle(self, record: logging.LogRecord) -> None:
-        """A script's own record (scriptlog.py), with the job's fields where it has none
-        (its import's output is written without them). Without this method, a job whose
-        script logged anything failed outside its script."""
-        for name, value in (self.extra or {}).items():
-            if not hasattr(record, name):
-                setattr(record, name, value)
-        self.logger.handle(record)
-
-
-class Watch:
-    """The `stop()` the runner pool asks while the script runs; also the heartbeat.
-
-    It never raises: a store that does not answer for a moment must not abandon the
-    script (the next ask, 0.2 s later, tries again).
-    """
-
-    def __init__(self, store: JobStore, job_id: str, shutdown: Shutdown, log: Any) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.shutdown = shutdown
-        self.log = log
-        self.cancelled = False
-        self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
-        self._failing = False  # log a store outage once, not five times a second
-
-    def __call__(self) -> bool:
-        try:
-            if time.monotonic() >= self._next_beat:
-                self._next_beat = time.monotonic() + HEARTBEAT_SECONDS
-                self.cancelled = self.store.beat(self.job_id, time.time())
-            else:
-                self.cancelled = self.store.asked_to_stop(self.job_id)
-            self._failing = False
-        except Exception as exc:
-            if not self._failing:
-                self.log.warning("job store did not answer: %s", exc)
-            self._failing = True
-        return self.cancelled or self.shutdown.overdue()
-
-
-def capture(response: Response, limit: int) -> Result:
-    """Status, headers and the whole body (a stream or a file read to its end). A script's
-    stream that did not reach its end is the job's failure, as the call's would be."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        body = response.response if response.direct_passthrough else response.iter_encoded()
-        for chunk in body:
-            size += len(chunk)
-            if size > limit:
-                raise ResultTooLarge(f"the response is over JOB_MAX_RESULT_BYTES ({limit})")
-            chunks.append(chunk)
-    finally:
-        response.close()
-    stream = streamed(response)
-    if stream is not None and stream.failure is not None:
-        if stream.stopped:
-            raise ScriptStopped("stopped on request")
-        if isinstance(stream.failure, ScriptTimeout):
-            raise ScriptTimedOut()
-        raise ScriptFailed() from stream.failure
-    headers = response.headers.items()
-    kept = tuple((k, v) for k, v in headers if k.lower() not in _FRAMING_HEADERS)
-    return Result(response.status_code, kept, b"".join(chunks))
 
 
 class JobExecutor:

@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.jobs.execute import STOP_GRACE_SECONDS, JobExecutor, Shutdown
+from service.jobs.execute import JobExecutor
 from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, Ending
+from service.jobs.watch import STOP_GRACE_SECONDS, Shutdown
 from service.observability import multiproc
 from service.observability.logs import build_logger
 from service.processes import fork_from_master

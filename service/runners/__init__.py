@@ -8,6 +8,8 @@ descriptors; it imports Flask and the runner code once, then forks a runner per 
 request (a cold start costs a fork and the script's import). A runner imports its one
 script, describes it, then serves that script's calls until it is killed, retired or
 idle too long. Modules: `protocol` (frames on a socket), `zygote` (the template process),
-`runner` (inside a runner), `pool` (the worker's side: warm runners, deadlines),
+`spawner` (the worker's handle on it), `pool` (the worker's side: warm runners,
+deadlines), `stream` (a streamed answer), `failures` (what a call raises), `runner`
+(inside a runner), `channel` (a runner's output, log records, `secret()`, `progress()`),
 `limits` (rlimits, the runner user), `script_import` (importing one script).
 """

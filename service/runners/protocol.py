@@ -46,17 +46,26 @@ def send(sock: socket.socket, message: dict[str, Any], body: bytes | None = None
     sock.sendall(data)
 
 
+def decode(data: bytes) -> dict[str, Any] | bytes:
+    """The first frame of `data`, received whole (a message that came with descriptors)."""
+    reader = Reader(None)
+    reader.buffer += data
+    return reader.message()
+
+
 class Reader:
     """Reads frames from a socket; its timeout is the caller's business (settimeout)."""
 
     __slots__ = ("buffer", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock  # None: the frames are all in `buffer` already (decode)
         self.buffer = bytearray()
 
     def _fill(self, size: int) -> None:
         while len(self.buffer) < size:
+            if self.sock is None:
+                raise ProtocolError("a frame cut short")
             chunk = self.sock.recv(max(65536, size - len(self.buffer)))
             if not chunk:
                 raise ProtocolError("connection closed")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.runners.pool import RunnerFailed, ScriptTimeout
+from service.runners.failures import RunnerFailed, ScriptTimeout
 from service.scripts.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
 from service.scripts.problems import NoScript
 from service.scripts.resolve import (

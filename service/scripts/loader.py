@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.runners.pool import Hooks, ImportFailed, Runner, RunnerPool, ScriptTimeout
+from service.runners.failures import ImportFailed, ScriptTimeout
+from service.runners.pool import Hooks, Runner, RunnerPool
 from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
 from service.runners.script_import import MISSING, ScriptLoadError
 from service.schedules.spec import ScheduleSpec

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs.execute import JobExecutor, Shutdown
+from service.jobs.execute import JobExecutor
 from service.jobs.http import prefers_async
+from service.jobs.watch import Shutdown
 from tests.servers import stays_the_same, wait_until
 from tests.unit.conftest import ADMIN, API, API_KEY, log_records, write_scripts
 

@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.jobs.execute import JobExecutor, Shutdown
+from service.jobs.execute import JobExecutor
 from service.jobs.store import JobQuery
+from service.jobs.watch import Shutdown
 from service.schedules.backends import open_store
 from service.schedules.clock import ManualClock
 from service.schedules.scheduler import Scheduler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.runners.runner import MAX_LINE_CHARS
+from service.runners.channel import MAX_LINE_CHARS
 from tests.unit.conftest import API, log_records, write_scripts
 
 SCRIPTS = {
