@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 from service.access import keys_cli
 from service.config import ConfigError, Settings
-from service.scripts.resolve import ZONES, list_scripts
+from service.scripts.resolve import ZONES, list_scripts, located_scripts
 
 EXIT_CONFIG = 2
 
@@ -108,11 +108,15 @@ def check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = create_app(settings, log_file=None, log_stdout=False, metrics_enabled=False)
     rt = app.extensions["scriptgate"]
-    listed = [(zone, rel) for zone in ZONES for rel in list_scripts(settings.scripts_dir, zone)]
-    width = max((len(shown_name(zone, rel)) for zone, rel in listed), default=0)
+    listed = [
+        (zone, rel, real)
+        for zone in ZONES
+        for rel, real in located_scripts(settings.scripts_dir, zone)
+    ]
+    width = max((len(shown_name(zone, rel)) for zone, rel, _ in listed), default=0)
     failures = 0
-    for zone, rel in listed:
-        entry = describe_route(rt, zone, rel)
+    for zone, rel, real in listed:
+        entry = describe_route(rt, zone, rel, real)
         shown = shown_name(zone, rel)
         if entry["state"] != "ok":
             failures += 1

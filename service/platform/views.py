@@ -33,7 +33,7 @@ from service.platform.docs import ASSETS, docs_asset, docs_page
 from service.platform.openapi import openapi_document
 from service.schedules.http import PAUSE, RESUME, SCHEDULES_PREFIX, schedule_list, schedule_steer
 from service.scripts.describe import all_states, describe_route
-from service.scripts.resolve import PLATFORM_PREFIX, ZONES, list_scripts
+from service.scripts.resolve import PLATFORM_PREFIX, ZONES, located_scripts
 from service.scripts.revision import current_revision, revision_of, served_root
 
 if TYPE_CHECKING:
@@ -78,8 +78,11 @@ def routes(rt: Runtime, ctx: RequestContext, req: Request) -> Response:
     listing: dict[str, list] = {}
     root = Path(served_root(rt.settings.scripts_dir))  # one revision for the whole listing
     for zone in ZONES:
-        paths = list_scripts(root, zone)
-        listing[zone] = [describe_route(rt, zone, p) for p in paths] if detail else paths
+        found = located_scripts(root, zone)
+        if detail:
+            listing[zone] = [describe_route(rt, zone, path, real) for path, real in found]
+        else:
+            listing[zone] = [path for path, _ in found]
     response = jsonify(listing)
     # A header, not a key: the body's keys are the zones (the contract).
     revision = revision_of(str(root))

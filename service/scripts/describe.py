@@ -130,10 +130,10 @@ class Scanner:
             self.wake.wait(SCAN_SECONDS)
 
 
-def describe_route(rt: Runtime, zone: str, path: str) -> dict[str, Any]:
+def describe_route(rt: Runtime, zone: str, path: str, real: str = "") -> dict[str, Any]:
     """{path, url, methods, summary, state, timeout[, error][, warning][, async,
-    job_timeout][, parameters]}."""
-    found = script_state(rt, zone, path) or ScriptState(
+    job_timeout][, parameters]}; `real` as for script_state."""
+    found = script_state(rt, zone, path, real=real) or ScriptState(
         zone, path, url_for_script(zone, path), "import_error", error="deleted"
     )
     entry: dict[str, Any] = {"path": path, "url": found.url}
