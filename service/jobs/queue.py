@@ -20,6 +20,7 @@ from huey.serializer import Serializer
 from huey.storage import SqliteStorage
 
 from service.config import ConfigError, Settings
+from service.jobs.doorbell import queue_bell, ring
 from service.jobs.metrics import JobMetrics, QueueCollector
 from service.jobs.redis_store import RedisJobStore
 from service.jobs.sqlite_store import SqliteJobStore
@@ -112,6 +113,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._opened: PerProcess[_Opened] = PerProcess(self._open)
         self._execute: Callable[[str], None] | None = None
+        self._bell = queue_bell(settings)
 
     def _open(self) -> _Opened:
         huey = build_huey(self.settings)
@@ -157,6 +159,8 @@ class JobQueue:
         except Exception as exc:
             self.store.delete(job.id)
             raise StoreError(str(exc)) from exc
+        if self._bell is not None and delay <= 0:
+            ring(self._bell)
         return None
 
     def release_due(self) -> int:

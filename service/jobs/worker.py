@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
+from service.jobs.doorbell import WakeOnBell, queue_bell
 from service.jobs.execute import JobExecutor
 from service.jobs.http import log_fields
 from service.jobs.metrics import JobMetrics
@@ -55,7 +56,8 @@ YOUNG_SECONDS = 10.0  # a worker that dies younger than this counts toward the b
 MAX_RESTART_DELAY = 30.0
 # The supervisor's own stop: the workers' grace, the interrupt's, and a margin.
 STOP_SECONDS = STOP_GRACE_SECONDS + 5.0
-# huey's worker loop polls SQLite: from every 50 ms after a job up to every 0.5 s idle.
+# huey's worker loop polls SQLite: from every 50 ms after a job up to every 0.5 s idle;
+# a job queued meanwhile rings the doorbell (doorbell.py), which ends the wait at once.
 POLL_MIN, POLL_MAX, POLL_BACKOFF = 0.05, 0.5, 1.15
 SUPERVISOR_NAME, WORKER_NAME = "scriptgate-jobs", "scriptgate-job"  # /proc/PID/comm
 SCHEDULER_SLOT = -1  # the slot of the scheduler process, supervised as a worker is
@@ -242,8 +244,14 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
 
     name_process(WORKER_NAME)
     shutdown = Shutdown()
+    idle = WakeOnBell(shutdown.event, queue_bell(settings))  # huey's idle sleep, rung awake
+
+    def stop(*_: Any) -> None:
+        shutdown.request()
+        idle.wake()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: shutdown.request())
+        signal.signal(sig, stop)
     die_with_parent()  # gone with the supervisor
     os.nice(WORKER_NICENESS)
     app = create_app(settings, run_dir=run_dir, started_at=started_at)
@@ -258,7 +266,7 @@ def run_worker(settings: Settings, run_dir: Path, started_at: float) -> None:
         workers.inc()
     loop = Worker(
         huey=rt.jobs.huey,
-        stop_flag=shutdown.event,
+        stop_flag=idle,
         default_delay=POLL_MIN,
         max_delay=POLL_MAX,
         backoff=POLL_BACKOFF,

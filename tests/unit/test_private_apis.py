@@ -25,6 +25,24 @@ def test_huey_worker_takes_what_jobs_worker_passes() -> None:
     }
 
 
+def test_huey_workers_idle_sleep_is_its_stop_flags_wait(tmp_path) -> None:
+    """jobs/doorbell.py wakes an idle worker through the `stop_flag` it passes: huey's
+    Worker must sleep between empty SQLite polls with `stop_flag.wait(delay)`."""
+    from huey import SqliteHuey
+
+    class Flag:
+        waits: list[float] = []
+
+        def wait(self, timeout: float) -> bool:
+            self.waits.append(timeout)
+            return False
+
+    flag = Flag()
+    huey = SqliteHuey("private-api", filename=str(tmp_path / "q.db"))
+    Worker(huey=huey, stop_flag=flag, default_delay=0.05, max_delay=0.5, backoff=2).loop()
+    assert flag.waits == [0.05]
+
+
 def test_flask_hooks_the_app_overrides_keep_their_signatures() -> None:
     """app.py replaces routing: dispatch_request() with no argument (Flask 3.2 passes the
     request context) and create_url_adapter(request)."""
