@@ -49,6 +49,7 @@ from service.observability.scriptlog import ScriptLines
 from service.observability.tracing import add_trace_headers, end_server_span_later
 from service.platform.views import platform_view
 from service.runners.failures import RunnerFailed, ScriptTimeout
+from service.runners.stream import RunnerStream
 from service.runtime import Runtime, runtime
 from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
 from service.scripts.problems import ScriptProblem
@@ -80,18 +81,32 @@ def handle_request() -> Response:
     finally:
         if in_progress is not None and stream is None:
             in_progress.dec()
-    if stream is not None:
+    on_close = when_closed(response, stream, ctx.zone)
+    if on_close is not None:
         # Its log line, duration and server span are the whole stream's: written when
         # the server closes it (WSGI close(), also after a HEAD or a caller who left).
         add_trace_headers(response, ctx.server_span, (ctx.trace_id, ctx.span_id))
-        if in_progress is not None:
-            stream.on_close(lambda _: in_progress.dec())
-        stream.on_close(lambda _: record_request(rt, ctx, req, response))
-        end_span = end_server_span_later(req.environ)
-        stream.on_close(lambda _: end_span())
+        if in_progress is not None and stream is not None:
+            on_close(in_progress.dec)
+        on_close(lambda: record_request(rt, ctx, req, response))
+        on_close(end_server_span_later(req.environ))
         return response
     record_request(rt, ctx, req, response)
     return response
+
+
+def when_closed(
+    response: Response, stream: RunnerStream | None, zone: str
+) -> Callable[[Callable[[], object]], None] | None:
+    """How to run something when a streamed answer ends: a script's stream (its runner's,
+    which the server reads directly) or a platform view's (a run's events, closed
+    through werkzeug; a file, passed straight to the server, never reaches werkzeug's
+    close). None for an answer sent whole."""
+    if stream is not None:
+        return lambda callback: stream.on_close(lambda _: callback())
+    if response.is_streamed and not response.direct_passthrough and zone == PLATFORM_ZONE:
+        return response.call_on_close
+    return None
 
 
 def respond(rt: Runtime, ctx: RequestContext, req: Request) -> Response:

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from tests.keyfile import api_scripts_and_keys
-from tests.servers import Gunicorn, gunicorn, log_records, wait_until
+from tests.servers import Gunicorn, gunicorn, log_records, request_record, wait_until
 
 ALPHA = "sg_alpha_follow_0123456789abcdefghijklmnopqr"
 BETA = "sg_beta_follow_0123456789abcdefghijklmnopqrs"
@@ -241,6 +241,9 @@ def test_a_stream_lives_its_bounded_time_and_the_client_resumes_after_it(tmp_pat
         seen = first.rest()  # ends at JOB_EVENTS_SECONDS, the job still waiting
         assert time.monotonic() - began < 8
         assert any("Last-Event-ID" in comment for comment in first.comments)
+        # Its request log line is the whole stream's, written when it ended.
+        record = request_record(first.response.headers["X-Trace-Id"], server)
+        assert record["path"].endswith("/events") and record["duration_ms"] >= 900
         assert not any(is_final(e) for e in seen) and seen
         assert job(server, job_id)["state"] == "running"
         gate.touch()
