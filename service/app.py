@@ -37,6 +37,7 @@ from service.schedules.metrics import ScheduleCollector
 from service.scripts.loader import ScriptCache
 from service.scripts.resolve import zone_and_script
 from service.scripts.secrets import Secrets
+from service.scripts.shared import SharedDescriptions
 
 
 def create_app(
@@ -91,6 +92,7 @@ def create_app(
             settings.script_concurrency,
             log,
             on_backoff=None if metrics is None else _count_backoff(metrics, settings.scripts_dir),
+            shared=SharedDescriptions(run_dir / "descriptions"),
         ),
         metrics=metrics,
         tracer_provider=provider,

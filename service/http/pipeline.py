@@ -51,7 +51,8 @@ from service.platform.views import platform_view
 from service.runners.failures import RunnerFailed, ScriptTimeout
 from service.runners.stream import RunnerStream
 from service.runtime import Runtime, runtime
-from service.scripts.loader import BackedOff, LoadedScript, ScriptLoadError
+from service.scripts.backoff import BackedOff
+from service.scripts.loader import LoadedScript, ScriptLoadError
 from service.scripts.problems import ScriptProblem
 from service.scripts.resolve import PLATFORM_ZONE, Target, locate, parse_target, zone_of
 

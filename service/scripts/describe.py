@@ -5,7 +5,7 @@ here. Listings that need every script's details (routes?detail=1, the API docume
 `check`) have a runner describe what changed, under the import deadline; health never
 waits for one: it reports what is known, and a scanner thread, started by the first
 probe, keeps that knowledge current off the probe path. A failed import of an unchanged
-file is not retried for a while (loader.FAILURE_RECHECK_SECONDS, longer for a backed-off
+file is not retried for a while (backoff.FAILURE_RECHECK_SECONDS, longer for a backed-off
 one): listings are polled, and must not start a broken script's runner on every call.
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.runners.failures import RunnerFailed, ScriptTimeout
-from service.scripts.loader import DEFAULT_METHODS, BackedOff, LoadedScript, ScriptLoadError
+from service.scripts.backoff import BackedOff
+from service.scripts.loader import DEFAULT_METHODS, LoadedScript, ScriptLoadError
 from service.scripts.problems import NoScript
 from service.scripts.resolve import (
     ZONES,

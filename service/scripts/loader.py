@@ -5,9 +5,10 @@ its description, kept here by real path with the stat stamps of the script and t
 helpers it imported. Each request costs one `os.stat` per file the script depends on;
 any change makes the next call start a fresh runner, which imports the new code.
 
-A script whose import timed out is backed off: calls get 503 at once, for a time that
-doubles with each timeout (BACKOFF_SECONDS to MAX_BACKOFF_SECONDS) until the file
-changes, so a hanging import cannot wedge a runner per call or per probe.
+A script whose import timed out is backed off (backoff.py): calls get 503 at once, for
+a time that doubles with each timeout until the file changes, so a hanging import cannot
+wedge a runner per call or per probe. A description one process's runner made is shared
+with the server's other processes (shared.py): each need not import every script.
 """
 
 from __future__ import annotations
@@ -26,29 +27,18 @@ from service.runners.pool import Hooks, Runner, RunnerPool
 from service.runners.script_import import DEFAULT_METHODS as _DEFAULT_METHODS
 from service.runners.script_import import MISSING, ScriptLoadError
 from service.schedules.spec import ScheduleSpec
+from service.scripts.backoff import FAILURE_RECHECK_SECONDS, BackedOff, Failure
 from service.scripts.params import Params
 from service.scripts.problems import NoScript
 from service.scripts.resolve import Target, zone_dir
+from service.scripts.shared import SharedDescriptions
 from service.small import file_stamp
 
 DEFAULT_METHODS = frozenset(_DEFAULT_METHODS)
-# Listings (health, routes, the API document) retry a failed import of an unchanged file
-# after this long: a package installed since then is found without touching the script.
-FAILURE_RECHECK_SECONDS = 30.0
-BACKOFF_SECONDS = 30.0
-MAX_BACKOFF_SECONDS = 600.0
 
 Stamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
 __all__ = ["DEFAULT_METHODS", "BackedOff", "LoadedScript", "ScriptCache", "ScriptLoadError"]
-
-
-class BackedOff(Exception):
-    """The script's import kept timing out; it is not tried again before `retry_after`."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"import timed out; tried again in {retry_after:.0f} s")
-        self.retry_after = retry_after
 
 
 DEFAULT_RETRY_DELAY = 1.0  # seconds before a job's first retry, without RETRY_DELAY
@@ -91,19 +81,6 @@ def unchanged(stamps: Iterable[Stamp]) -> bool:
     return all(stamp(s[0]) == s for s in stamps)
 
 
-@dataclass
-class _Failure:
-    stamp: Stamp | None
-    at: float
-    error: BaseException
-    timeouts: int = 0  # in a row, for the back-off
-
-    def backoff(self) -> float:
-        if not self.timeouts:
-            return 0.0
-        return min(BACKOFF_SECONDS * 2 ** (self.timeouts - 1), MAX_BACKOFF_SECONDS)
-
-
 class ScriptCache:
     """Per-worker descriptions of scripts, keyed by real path and checked by stat."""
 
@@ -115,8 +92,10 @@ class ScriptCache:
         default_concurrency: int = 0,
         log: logging.Logger | None = None,
         on_backoff: Callable[[str], None] | None = None,
+        shared: SharedDescriptions | None = None,
     ) -> None:
         self.root = str(scripts_dir)  # may lead through git-sync's link: see revision.py
+        self.shared = shared  # what the server's other processes' runners described
         self.on_backoff = on_backoff  # told the real path of each script it backs off
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
@@ -124,7 +103,7 @@ class ScriptCache:
         self.log = log or logging.getLogger("scriptgate")
         self._scripts: dict[str, LoadedScript] = {}
         self._targets: dict[Target, tuple[str, LoadedScript]] = {}
-        self._failures: dict[str, _Failure] = {}
+        self._failures: dict[str, Failure] = {}
         self._lock = threading.Lock()
 
     def cached_target(self, target: Target) -> LoadedScript | None:
@@ -160,11 +139,25 @@ class ScriptCache:
         )
 
     def cached(self, path: str) -> LoadedScript | None:
-        """The description if nothing the script depends on changed since its import."""
+        """The description if nothing the script depends on changed since its import:
+        this process's, or, for a script it never described, another process's."""
         script = self._scripts.get(path)
-        if script is not None and unchanged(script.stamps):
-            return script
-        return None
+        if script is None:
+            return self._shared(path)
+        return script if unchanged(script.stamps) else None
+
+    def _shared(self, path: str) -> LoadedScript | None:
+        """Another process's description, while every file it imported is unchanged (a
+        changed one is left to `load`, which also retires the old runners)."""
+        found = self.shared.read(path) if self.shared is not None else None
+        if found is None or not unchanged(found[0]):
+            return None
+        try:
+            script = self._describe(path, found[0][0], found[1])
+        except (KeyError, TypeError, ValueError):  # not a description: import instead
+            return None
+        with self._lock:
+            return self._scripts.setdefault(path, script)
 
     def load(
         self, path: str, runners: RunnerPool, hooks: Hooks | None = None
@@ -206,6 +199,8 @@ class ScriptCache:
                 runners.discard(lambda key: key == old.key)
             self._scripts[path] = script
             self._failures.pop(path, None)
+        if self.shared is not None:
+            self.shared.write(path, script.stamps, info)
         return script, runner
 
     def start_runner(
@@ -257,7 +252,7 @@ class ScriptCache:
         with self._lock:
             last = self._failures.get(path)
             timeouts = last.timeouts + 1 if timeout and last and last.stamp == own else 0
-            failure = _Failure(own, time.monotonic(), exc, timeouts or int(timeout))
+            failure = Failure(own, time.monotonic(), exc, timeouts or int(timeout))
             self._failures[path] = failure
         if failure.timeouts:
             self.log.warning(
