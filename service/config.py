@@ -135,10 +135,12 @@ class Settings:
     runner_user: str = ""
     # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, how
     # late a missed run may still run once without SCHEDULE_CATCHUP, and for tests only, a
-    # file holding the time the scheduler goes by (clock.FileClock).
+    # file holding the time the scheduler goes by (clock.FileClock) and one that kills
+    # or stops the scheduler at a fault point (process.fault_point).
     schedule_tz: str = "UTC"
     schedule_catchup: float = DEFAULT_SCHEDULE_CATCHUP
     schedule_test_clock: Path | None = None
+    schedule_test_fault: Path | None = None
 
     def __post_init__(self) -> None:
         # Keys are hashed on the way in: no cleartext key outlives startup (a digest
@@ -300,6 +302,7 @@ VARIABLES = (
         _with_default(parse_duration, DEFAULT_SCHEDULE_CATCHUP),
     ),
     Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
+    Variable("SCHEDULE_TEST_FAULT", "schedule_test_fault", lambda v, raw: parse_test_fault(raw)),
 )
 # Read by from_env itself (they depend on each other), and those of other libraries.
 OTHER_VARIABLES = (
@@ -338,4 +341,17 @@ def parse_test_clock(raw: str | None) -> Path | None:
         raise ConfigError(
             "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
         ) from None
+    return path
+
+
+def parse_test_fault(raw: str | None) -> Path | None:
+    """SCHEDULE_TEST_FAULT, for tests only: a file, in an existing folder, that the test
+    writes when it wants the scheduler killed or stopped (schedules/process.py)."""
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    if not path.parent.is_dir():
+        raise ConfigError(
+            "SCHEDULE_TEST_FAULT", f"{raw!r} is not in an existing folder (tests only)"
+        )
     return path
