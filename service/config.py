@@ -136,7 +136,7 @@ class Settings:
     # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, how
     # late a missed run may still run once without SCHEDULE_CATCHUP, and for tests only, a
     # file holding the time the scheduler goes by (clock.FileClock) and one that kills
-    # or stops the scheduler at a fault point (process.fault_point).
+    # or stops the scheduler at a fault point (schedules/faults.py).
     schedule_tz: str = "UTC"
     schedule_catchup: float = DEFAULT_SCHEDULE_CATCHUP
     schedule_test_clock: Path | None = None
@@ -346,7 +346,7 @@ def parse_test_clock(raw: str | None) -> Path | None:
 
 def parse_test_fault(raw: str | None) -> Path | None:
     """SCHEDULE_TEST_FAULT, for tests only: a file, in an existing folder, that the test
-    writes when it wants the scheduler killed or stopped (schedules/process.py)."""
+    writes when it wants the scheduler killed or stopped (schedules/faults.py)."""
     if raw is None or not raw.strip():
         return None
     path = Path(raw.strip())

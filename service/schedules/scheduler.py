@@ -40,8 +40,8 @@ from service.jobs.store import FINISHED, QUEUED, RUNNING, SUCCEEDED
 from service.schedules.backends import open_store
 from service.schedules.clock import Clock
 from service.schedules.discovery import MARKED, Marked, Scheduled, discover
+from service.schedules.faults import fault_point
 from service.schedules.metrics import ScheduleMetrics, schedule_metrics
-from service.schedules.process import fault_point
 from service.schedules.runs import iso, log_fields, start_job
 from service.schedules.store import (
     CLAIM_LEASE_SECONDS,
@@ -81,7 +81,7 @@ class Scheduler:
     marked: Marked = MARKED
     log: logging.Logger | Any = None
     metrics: ScheduleMetrics | None = None
-    fault_file: Path | None = None  # SCHEDULE_TEST_FAULT (process.py)
+    fault_file: Path | None = None  # SCHEDULE_TEST_FAULT (faults.py)
     entries: dict[str, Entry] = field(default_factory=dict)
     pending: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # job -> label
     _first_scan: bool = True

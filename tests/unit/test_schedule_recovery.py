@@ -213,3 +213,15 @@ def test_a_run_key_is_one_per_time_and_never_a_callers() -> None:
     assert key != run_key("api", "tick.py", "* * * * *", DUE + MINUTE)
     assert key != run_key("api", "tick.py", "*/1 * * * *", DUE)
     assert key.startswith("schedule:") and len(key) != 64
+
+
+def test_the_fault_setting_needs_an_existing_folder(scripts_dir: Path, tmp_path: Path) -> None:
+    from service.config import ConfigError, Settings
+
+    base = {"SCRIPTS_DIR": str(scripts_dir)}
+    with pytest.raises(ConfigError, match="SCHEDULE_TEST_FAULT"):
+        Settings.from_env({**base, "SCHEDULE_TEST_FAULT": str(tmp_path / "absent" / "fault")})
+    fault = tmp_path / "fault"  # need not exist: the test writes it when it strikes
+    assert (
+        Settings.from_env({**base, "SCHEDULE_TEST_FAULT": str(fault)}).schedule_test_fault == fault
+    )
