@@ -205,9 +205,9 @@ class Scheduler:
         earlier = count_between(entry.cron, entry.tz, claim.previous, due)
         catchup = spec.catchup if spec.catchup is not None else self.rt.settings.schedule_catchup
         if claim.recovered and latest_time(entry.cron, entry.tz, now) > due:
-            self.outcome(entry, claim, MISSED, None, earlier, count=1, reason="superseded")
+            self.outcome(entry, claim, MISSED, None, earlier, reason="superseded")
         elif now - due > catchup:
-            self.outcome(entry, claim, MISSED, None, earlier, count=1, late_s=round(now - due, 3))
+            self.outcome(entry, claim, MISSED, None, earlier, late_s=round(now - due, 3))
         elif paused:
             self.outcome(entry, claim, SKIPPED, None, earlier, reason="paused")
         elif not spec.overlap and claim.last_job and self._still_on(claim.last_job):
@@ -232,11 +232,11 @@ class Scheduler:
         outcome: str,
         job_id: str | None,
         earlier: int,
-        count: int = 1,
         **extra: Any,
     ) -> None:
         """Record what became of the claimed time; if this scheduler still held the
-        claim, log and count it, and the `earlier` times missed before it."""
+        claim, log and count it, and the `earlier` times missed before it (one line
+        with the time itself when it is missed too)."""
         assert self.store is not None
         fields = {**self._fields(entry), "scheduled_at": iso(claim.due)}
         if claim.recovered:
@@ -248,9 +248,8 @@ class Scheduler:
             )
             return
         zone, script = entry.found.zone, entry.found.script
-        if outcome == MISSED:
-            count += earlier
-        elif earlier:
+        count = 1 + earlier if outcome == MISSED else 1
+        if earlier and outcome != MISSED:
             self.log.warning(
                 "schedule",
                 extra={**self._fields(entry), "outcome": MISSED, "count": earlier,
