@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 SCAN_SECONDS = 2.0  # how often the scripts folder is looked at again (real time)
+SWEEP_SECONDS = 3600.0  # claims are kept CLAIM_DAYS: removing them hourly is plenty
 
 
 @dataclass
@@ -114,12 +115,22 @@ class Scheduler:
         scanner.join(timeout=SCAN_SECONDS)
 
     def _scan_loop(self, stop: threading.Event) -> None:
+        next_sweep = 0.0
         while not stop.is_set():
             try:
                 self.scan()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_SECONDS
+                    self.sweep()
             except Exception as exc:  # a store outage or a platform bug: again next scan
                 self.log.error("scheduler step failed: %s", exc)
             stop.wait(SCAN_SECONDS)
+
+    def sweep(self) -> int:
+        """Remove the claims older than CLAIM_DAYS (and open ones as old: their
+        schedule is gone); how many."""
+        assert self.store is not None
+        return self.store.sweep(self.clock.now())
 
     def step(self) -> None:
         """Settle the claims left open past their lease, then fire every schedule whose

@@ -225,3 +225,16 @@ def test_the_fault_setting_needs_an_existing_folder(scripts_dir: Path, tmp_path:
     assert (
         Settings.from_env({**base, "SCHEDULE_TEST_FAULT": str(fault)}).schedule_test_fault == fault
     )
+
+
+def test_claims_older_than_a_week_are_swept(make_app, scripts_dir, clock) -> None:
+    """Each time's claim is a row: the scheduler removes them after CLAIM_DAYS, open
+    ones too (no scheduler knew their schedule any more)."""
+    app = app_with(make_app, scripts_dir)
+    s = scheduler(app, clock)
+    dead_claim(app, DUE)
+    store_of(app).claim(*TICK, DUE + MINUTE, DUE + MINUTE)
+    clock.set(DUE + 7 * 86400 + 30)
+    assert s.sweep() == 1  # 07:00 a week ago; 07:01 still kept
+    [left] = store_of(app).open_claims(clock.now())
+    assert left.due == DUE + MINUTE
