@@ -5,7 +5,8 @@ claim over after its lease (store.py): the first holder may have been slow, not 
 and create it too. Both send the job store the idempotency key of the scheduled time
 (store.run_key), and the store keeps one job per key (JobStore.create returns the job
 already holding it), so the second creation gets the first's job back and queues
-nothing.
+nothing. A recoverer first looks for that job (made_job): a holder killed after
+creating it started that time, whatever the rules would say by now.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from service.jobs.store import QUEUED, SCHEDULE, Job
+from service.jobs.store import QUEUED, RUNNING, SCHEDULE, Job, JobQuery
 from service.observability.logs import redact_query
 from service.observability.tracing import span_ids
 from service.schedules.discovery import Scheduled
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from service.runtime import Runtime
 
 CALLER = "schedule"  # the `caller` of a scheduled job: no key started it
+# A time's job is among its script's latest scheduled jobs: only later times' come first.
+LOOK_BACK = 20
 
 
 def start_job(rt: Runtime, found: Scheduled, cron: str, due: float) -> tuple[str, bool]:
@@ -65,6 +68,24 @@ def start_job(rt: Runtime, found: Scheduled, cron: str, due: float) -> tuple[str
     if rt.jobs.metrics is not None:
         rt.jobs.metrics.entered(found.zone, found.script, QUEUED)
     return job_id, True
+
+
+def made_job(rt: Runtime, found: Scheduled, cron: str, due: float) -> str | None:
+    """The job a scheduler already created for scheduled time `due`, if one did: it was
+    killed after creating it, before recording it. That run is under way whatever the
+    rules would say now (paused since, later than the catch-up window)."""
+    key = run_key(found.zone, found.script, cron, due)
+    query = JobQuery(
+        LOOK_BACK, caller=CALLER, zone=found.zone, script=found.script, trigger=SCHEDULE
+    )
+    jobs = rt.jobs.store.list_jobs(query, time.time()).jobs
+    return next((job.id for job in jobs if job.idempotency_key == key), None)
+
+
+def still_on(rt: Runtime, job_id: str) -> bool:
+    """Is the job still queued or running (the overlap rule)?"""
+    last = rt.jobs.store.get(job_id, time.time())
+    return last is not None and last.state in (QUEUED, RUNNING)
 
 
 def iso(moment: float) -> str:

@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.jobs.store import FINISHED, QUEUED, RUNNING, SUCCEEDED
+from service.jobs.store import FINISHED, SUCCEEDED
 from service.schedules.backends import open_store
 from service.schedules.clock import Clock
 from service.schedules.discovery import MARKED, Marked, Scheduled, discover
 from service.schedules.faults import fault_point
 from service.schedules.metrics import ScheduleMetrics, schedule_metrics
-from service.schedules.runs import iso, log_fields, start_job
+from service.schedules.runs import iso, log_fields, made_job, start_job, still_on
 from service.schedules.store import (
     CLAIM_LEASE_SECONDS,
     MISSED,
@@ -208,20 +208,23 @@ class Scheduler:
 
     def settle(self, entry: Entry, claim: Claim, now: float, paused: bool) -> None:
         """Run a claimed time, skip it or record it missed. A claim taken over is
-        missed, too, once a later time of its schedule has come: after downtime only
-        the latest time runs."""
+        `started` when its holder created the job before it died, and missed once a
+        later time of its schedule has come: after downtime only the latest time runs."""
         spec = entry.found.spec
         assert spec is not None
         due = claim.due
         earlier = count_between(entry.cron, entry.tz, claim.previous, due)
         catchup = spec.catchup if spec.catchup is not None else self.rt.settings.schedule_catchup
-        if claim.recovered and latest_time(entry.cron, entry.tz, now) > due:
+        made = made_job(self.rt, entry.found, entry.cron, due) if claim.recovered else None
+        if made is not None:
+            self.outcome(entry, claim, STARTED, made, earlier)
+        elif claim.recovered and latest_time(entry.cron, entry.tz, now) > due:
             self.outcome(entry, claim, MISSED, None, earlier, reason="superseded")
         elif now - due > catchup:
             self.outcome(entry, claim, MISSED, None, earlier, late_s=round(now - due, 3))
         elif paused:
             self.outcome(entry, claim, SKIPPED, None, earlier, reason="paused")
-        elif not spec.overlap and claim.last_job and self._still_on(claim.last_job):
+        elif not spec.overlap and claim.last_job and still_on(self.rt, claim.last_job):
             self.outcome(
                 entry, claim, SKIPPED, None, earlier, reason="overlap", running=claim.last_job
             )
@@ -231,10 +234,6 @@ class Scheduler:
                 self.pending[job_id] = entry.label
             fault_point(self.fault_file, "job")
             self.outcome(entry, claim, STARTED, job_id, earlier)
-
-    def _still_on(self, job_id: str) -> bool:
-        last = self.rt.jobs.store.get(job_id, time.time())
-        return last is not None and last.state in (QUEUED, RUNNING)
 
     def outcome(
         self,

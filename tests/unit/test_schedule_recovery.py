@@ -121,10 +121,7 @@ def test_a_job_created_before_the_crash_is_the_one_recorded(make_app, scripts_di
     app = app_with(make_app, scripts_dir)
     s = scheduler(app, clock)
     clock.set(DUE)
-    dead_claim(app)
-    entry = next(iter(s.entries.values()))
-    job_id, created = start_job(app.extensions["scriptgate"], entry.found, entry.cron, DUE)
-    assert created
+    job_id = made_before_the_crash(app, s)
     clock.set(DUE + CLAIM_LEASE_SECONDS)
     s.step()
     assert [j.id for j in jobs_of(app)] == [job_id]
@@ -238,3 +235,40 @@ def test_claims_older_than_a_week_are_swept(make_app, scripts_dir, clock) -> Non
     assert s.sweep() == 1  # 07:00 a week ago; 07:01 still kept
     [left] = store_of(app).open_claims(clock.now())
     assert left.due == DUE + MINUTE
+
+
+def made_before_the_crash(app, s: Scheduler) -> str:
+    """Killed after creating the 07:00 job, before recording it: the job exists."""
+    dead_claim(app)
+    entry = next(iter(s.entries.values()))
+    job_id, created = start_job(app.extensions["scriptgate"], entry.found, entry.cron, DUE)
+    assert created
+    return job_id
+
+
+def test_a_job_made_before_the_crash_is_started_though_paused_since(
+    make_app, scripts_dir, clock
+) -> None:
+    app = app_with(make_app, scripts_dir)
+    s = scheduler(app, clock)
+    clock.set(DUE)
+    job_id = made_before_the_crash(app, s)
+    store_of(app).set_paused("api", "tick.py", True, DUE)
+    clock.set(DUE + CLAIM_LEASE_SECONDS)
+    s.step()
+    [started] = outcomes(app)
+    assert (started["outcome"], started["job_id"], started["recovered"]) == (STARTED, job_id, True)
+
+
+def test_a_job_made_before_downtime_counts_as_the_last_run(make_app, scripts_dir, clock) -> None:
+    """Killed after creating 07:00's job, back at 07:01:30: 07:00 was started, and 07:01
+    overlaps it (the job, with no worker here, is still queued)."""
+    app = app_with(make_app, scripts_dir)
+    s = scheduler(app, clock)
+    clock.set(DUE)
+    job_id = made_before_the_crash(app, s)
+    clock.set(DUE + MINUTE + 30)
+    scheduler(app, clock).step()
+    assert [j.id for j in jobs_of(app)] == [job_id]
+    records = [(r["outcome"], r["scheduled_at"][11:16], r.get("reason")) for r in outcomes(app)]
+    assert records == [(STARTED, "07:00", None), (SKIPPED, "07:01", "overlap")]
