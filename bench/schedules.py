@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/schedules.py            # make bench-schedules, a few minutes
     .venv/bin/python bench/schedules.py --quick    # 10 samples, 200 schedules
+    .venv/bin/python bench/schedules.py --part recovery   # a killed scheduler's time
 
 On `scriptgate serve` (2 HTTP workers, 2 job workers, the scheduler of its job
 supervisor), with the time given by a test clock (SCHEDULE_TEST_CLOCK: a file the
@@ -13,7 +14,11 @@ scheduler reads every 50 ms), so a sample is not a real minute:
 2. 1,000 `* * * * *` scripts in the folder: how long the scheduler takes to find them
    (a runner imports each), then the clock is set to the next minute: the delay until
    the last of the 1,000 jobs is created and started, and the scheduler process's CPU
-   over that real minute (scans every 2 s, 1,000 claims and jobs).
+   over that real minute (scans every 2 s, 1,000 claims and jobs);
+3. recovery: the scheduler kills itself right after claiming the minute
+   (SCHEDULE_TEST_FAULT); how long the job supervisor takes to have a new scheduler
+   that knows the schedule, and, once the clock is set past the claim's lease, how long
+   until the job is created and started; SQLite and Redis.
 
 The clock stands in for waiting: the scheduler's path from "the time has come" to the
 job is the same as with the system clock (which sleeps until the time instead of
@@ -132,6 +137,60 @@ def accuracy(tmp: Path, samples: int, redis_url: str | None) -> dict[str, float]
     }
 
 
+def recovery(tmp: Path, samples: int, redis_url: str | None) -> dict[str, float]:
+    from service.schedules.store import CLAIM_LEASE_SECONDS
+
+    scripts = tmp / "scripts"
+    (scripts / "api").mkdir(parents=True)
+    (scripts / "api" / "tick.py").write_text(OVERLAPPING)
+    clock, fault = tmp / "clock.txt", tmp / "fault"
+    set_clock(clock, START)
+    env = {"JOB_WORKERS": "2", "SCHEDULE_TEST_CLOCK": str(clock), "JOB_DATA_DIR": str(tmp / "data")}
+    env["SCHEDULE_TEST_FAULT"] = str(fault)
+    if redis_url:
+        env["JOB_BROKER_URL"] = redis_url
+    jobs = Jobs(tmp / "data", redis_url)
+    replaced, created, started = [], [], []
+    with gunicorn(scripts, tmp, workers=2, env=env) as server:
+        wait_until(lambda: found_count(server.log_file) >= 1, timeout=60, what="the schedule")
+        for n in range(1, samples + 1):
+            fault.write_text("kill claim")
+            killed = time.time()
+            set_clock(clock, START + 30 + (n - 1) * 60)
+            wait_until(lambda n=n: found_count(server.log_file) > n, timeout=60, what="a new one")
+            replaced.append(time.time() - killed)
+            moment = time.time()
+            set_clock(clock, START + 30 + (n - 1) * 60 + CLAIM_LEASE_SECONDS)
+            done = wait_until(
+                lambda n=n: (t := jobs.times()) and len(t) >= n and all(s for _, s in t) and t,
+                timeout=30,
+                what=f"recovered job {n}",
+            )
+            last = max(done)
+            created.append(last[0] - moment)
+            started.append((last[1] or 0.0) - moment)
+    return {
+        "replaced p50": statistics.median(replaced),
+        "replaced max": max(replaced),
+        "created p50": statistics.median(created),
+        "created max": max(created),
+        "started p50": statistics.median(started),
+        "started max": max(started),
+    }
+
+
+def run_recovery(tmp: Path, samples: int) -> None:
+    print(f"a killed scheduler's time, {samples} samples (seconds):", flush=True)
+    (tmp / "rsqlite").mkdir()
+    for key, value in recovery(tmp / "rsqlite", samples, None).items():
+        print(f"  SQLite  {key:12} {value:8.3f}", flush=True)
+    (tmp / "rredis").mkdir()
+    with redis_server(tmp / "rredis") as url:
+        (tmp / "rredis" / "run").mkdir()
+        for key, value in recovery(tmp / "rredis" / "run", samples, url).items():
+            print(f"  Redis   {key:12} {value:8.3f}", flush=True)
+
+
 def thousand(tmp: Path, count: int) -> dict[str, float]:
     scripts = tmp / "scripts"
     for n in range(count):
@@ -188,13 +247,15 @@ def run_accuracy(tmp: Path, samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=("all", "accuracy", "many"), default="all")
+    parser.add_argument("--part", choices=("all", "accuracy", "many", "recovery"), default="all")
     args = parser.parse_args()
     samples, count = (10, 200) if args.quick else (50, 1000)
     with tempfile.TemporaryDirectory(prefix="bench-schedules-") as name:
         tmp = Path(name)
         if args.part in ("all", "accuracy"):
             run_accuracy(tmp, samples)
+        if args.part in ("all", "recovery"):
+            run_recovery(tmp, 5 if args.quick else 10)  # each kill grows the restart delay
         if args.part in ("all", "many"):
             (tmp / "many").mkdir()
             print(f"{count} schedules due at the same minute (SQLite):", flush=True)

@@ -32,6 +32,7 @@ from service.envparse import (
     parse_secrets_dir,
     parse_switch,
     parse_test_clock,
+    parse_test_fault,
     parse_timezone,
     with_default,
 )
@@ -140,10 +141,12 @@ class Settings:
     runner_user: str = ""
     # Schedules (service/schedules): the time zone of a SCHEDULE without SCHEDULE_TZ, how
     # late a missed run may still run once without SCHEDULE_CATCHUP, and for tests only, a
-    # file holding the time the scheduler goes by (clock.FileClock).
+    # file holding the time the scheduler goes by (clock.FileClock) and one that kills
+    # or stops the scheduler at a fault point (schedules/faults.py).
     schedule_tz: str = "UTC"
     schedule_catchup: float = DEFAULT_SCHEDULE_CATCHUP
     schedule_test_clock: Path | None = None
+    schedule_test_fault: Path | None = None
 
     def __post_init__(self) -> None:
         # Keys are hashed on the way in: no cleartext key outlives startup (a digest
@@ -274,6 +277,7 @@ VARIABLES = (
         with_default(parse_duration, DEFAULT_SCHEDULE_CATCHUP),
     ),
     Variable("SCHEDULE_TEST_CLOCK", "schedule_test_clock", lambda v, raw: parse_test_clock(raw)),
+    Variable("SCHEDULE_TEST_FAULT", "schedule_test_fault", lambda v, raw: parse_test_fault(raw)),
 )
 # Read by from_env itself (they depend on each other), and those of other libraries.
 OTHER_VARIABLES = (

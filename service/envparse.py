@@ -230,3 +230,16 @@ def parse_test_clock(raw: str | None) -> Path | None:
             "SCHEDULE_TEST_CLOCK", f"{raw!r} is not a file holding a Unix time (tests only)"
         ) from None
     return path
+
+
+def parse_test_fault(raw: str | None) -> Path | None:
+    """SCHEDULE_TEST_FAULT, for tests only: a file, in an existing folder, that the test
+    writes when it wants the scheduler killed or stopped (schedules/faults.py)."""
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw.strip())
+    if not path.parent.is_dir():
+        raise ConfigError(
+            "SCHEDULE_TEST_FAULT", f"{raw!r} is not in an existing folder (tests only)"
+        )
+    return path

@@ -5,7 +5,7 @@ as it does the platform plane; `scriptgate jobs` runs the supervisor in the fore
 so job workers can run (and scale) apart from the HTTP servers. The supervisor forks
 JOB_WORKERS job workers. Each runs huey's own worker loop (take a job id off the queue,
 run it: execute.py), one job at a time, at a lower CPU priority than HTTP workers. It
-also forks the scheduler (schedules/scheduler.py), replaced like a worker when it dies.
+also forks the scheduler (schedules/process.py), replaced like a worker when it dies.
 
 The supervisor, and nothing else, also:
 - replaces a worker that died, after a delay that grows while workers keep dying young
@@ -46,7 +46,7 @@ from service.observability import multiproc
 from service.observability.logs import build_logger
 from service.processes import fork_from_master
 from service.runners.limits import die_with_parent, name_process
-from service.schedules.scheduler import run_scheduler
+from service.schedules.process import run_scheduler
 
 WORKER_NICENESS = 10  # below HTTP workers (5): a job never slows a call down
 SWEEP_SECONDS = 30.0

@@ -2,11 +2,16 @@
 
 A schedule's state is a hash, listed in one set; a claim is a key taken with SET NX
 (expiring after CLAIM_DAYS), in the same Lua script that checks and moves the
-schedule's last handled time, so the claim is atomic against every other server.
+schedule's last handled time, so the claim is atomic against every other server. The
+same script adds it to the sorted set of open claims (scored by when it was claimed);
+`take_over` rescores it only while its score is still the one its lister saw, and
+`record` removes it only for that holder (Lua scripts: compare-and-set).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 from service.schedules.store import (
@@ -20,18 +25,39 @@ from service.schedules.store import (
 
 PREFIX = "scriptgate.schedule."  # + schedule_key: the state hash
 INDEX = "scriptgate.schedules"  # every schedule_key
-CLAIM = "scriptgate.schedule.claim."  # + schedule_key + "@" + due
+CLAIM = "scriptgate.schedule.claim."  # + schedule_key + "@" + due: the previous time
+OPEN = "scriptgate.schedules.open"  # sorted set: schedule_key + "@" + due, by claimed at
 PAUSED = "scriptgate.schedules.paused"  # hash: script_key -> paused at
 _FLOATS = ("last_at", "last_run_at", "next_at", "last_success_at")
 
-# KEYS: claim, state. ARGV: due, ttl, now, zone, script, cron, index, key.
+# KEYS: claim, state, open. ARGV: due, ttl, now, zone, script, cron, index, key, member.
 _CLAIM = """
 local last = redis.call('hget', KEYS[2], 'last_at')
 if last and tonumber(last) >= tonumber(ARGV[1]) then return false end
-if not redis.call('set', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[2]) then return false end
+if not redis.call('set', KEYS[1], last or ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
 redis.call('hset', KEYS[2], 'last_at', ARGV[1], 'zone', ARGV[4], 'script', ARGV[5], 'cron', ARGV[6])
 redis.call('sadd', ARGV[7], ARGV[8])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[9])
 return {last or ARGV[1], redis.call('hget', KEYS[2], 'last_job') or ''}
+"""
+# KEYS: open, state. ARGV: member, claimed at as listed, now.
+_TAKE_OVER = """
+local at = redis.call('zscore', KEYS[1], ARGV[1])
+if not at or tonumber(at) ~= tonumber(ARGV[2]) then return false end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[1])
+return {redis.call('hget', KEYS[2], 'last_job') or ''}
+"""
+# KEYS: open, state. ARGV: member, claimed at, due, outcome, next at, job id ('' for none).
+_RECORD = """
+local at = redis.call('zscore', KEYS[1], ARGV[1])
+if not at or tonumber(at) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('zrem', KEYS[1], ARGV[1])
+if redis.call('exists', KEYS[2]) == 0 then return 1 end
+local last = redis.call('hget', KEYS[2], 'last_run_at')
+if last and tonumber(last) > tonumber(ARGV[3]) then return 1 end
+redis.call('hset', KEYS[2], 'last_outcome', ARGV[4], 'last_run_at', ARGV[3], 'next_at', ARGV[5])
+if ARGV[6] ~= '' then redis.call('hset', KEYS[2], 'last_job', ARGV[6]) end
+return 1
 """
 # KEYS: state. ARGV: job id, at, ok ("1"/"0"). Once per job.
 _FINISHED = """
@@ -55,10 +81,16 @@ def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode()
 
 
+def _member(key: str, due: float) -> str:
+    return f"{key}@{due!r}"
+
+
 class RedisScheduleStore(ScheduleStore):
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # huey's redis.Redis client
         self._claim = conn.register_script(_CLAIM)
+        self._take_over = conn.register_script(_TAKE_OVER)
+        self._record = conn.register_script(_RECORD)
         self._finished = conn.register_script(_FINISHED)
 
     def _state(self, values: dict[bytes, bytes]) -> ScheduleState:
@@ -88,27 +120,40 @@ class RedisScheduleStore(ScheduleStore):
 
     def claim(self, zone: str, script: str, cron: str, due: float, now: float) -> Claim | None:
         key = schedule_key(zone, script, cron)
-        args = [repr(due), CLAIM_DAYS * 86400, repr(now), zone, script, cron, INDEX, key]
-        found = self._claim(keys=[f"{CLAIM}{key}@{due!r}", PREFIX + key], args=args)
+        member = _member(key, due)
+        args = [repr(due), CLAIM_DAYS * 86400, repr(now), zone, script, cron, INDEX, key, member]
+        found = self._claim(keys=[CLAIM + member, PREFIX + key, OPEN], args=args)
         if found is None:
             return None
         last, job = found
-        return Claim(float(last), job.decode() if job else None)
+        return Claim(zone, script, cron, due, float(last), job.decode() if job else None, now)
 
-    def record(
-        self,
-        zone: str,
-        script: str,
-        cron: str,
-        due: float,
-        outcome: str,
-        job_id: str | None,
-        next_at: float,
-    ) -> None:
-        fields = {"last_outcome": outcome, "last_run_at": repr(due), "next_at": repr(next_at)}
-        if job_id is not None:
-            fields["last_job"] = job_id
-        self.conn.hset(PREFIX + schedule_key(zone, script, cron), mapping=fields)
+    def open_claims(self, claimed_before: float) -> list[Claim]:
+        found = []
+        for member, claimed_at in self.conn.zrangebyscore(
+            OPEN, "-inf", repr(claimed_before), withscores=True
+        ):
+            key, _, due = member.decode().rpartition("@")
+            previous = self.conn.get(CLAIM + member.decode())
+            zone, script, cron = json.loads(key)
+            at = float(due)
+            found.append(Claim(zone, script, cron, at, float(previous or at), None, claimed_at))
+        return found
+
+    def take_over(self, claim: Claim, now: float) -> Claim | None:
+        key = schedule_key(*claim.label)
+        args = [_member(key, claim.due), repr(claim.claimed_at), repr(now)]
+        found = self._take_over(keys=[OPEN, PREFIX + key], args=args)
+        if found is None:
+            return None
+        last_job = found[0].decode() or None
+        return replace(claim, last_job=last_job, claimed_at=now, recovered=True)
+
+    def record(self, claim: Claim, outcome: str, job_id: str | None, next_at: float) -> bool:
+        key = schedule_key(*claim.label)
+        args = [_member(key, claim.due), repr(claim.claimed_at), repr(claim.due), outcome]
+        args += [repr(next_at), job_id or ""]
+        return bool(self._record(keys=[OPEN, PREFIX + key], args=args))
 
     def set_next(self, zone: str, script: str, cron: str, next_at: float) -> None:
         key = PREFIX + schedule_key(zone, script, cron)
@@ -132,14 +177,15 @@ class RedisScheduleStore(ScheduleStore):
 
     def forget(self, zone: str, script: str, cron: str) -> None:
         key = schedule_key(zone, script, cron)
+        claims = [m for m in self.conn.zrange(OPEN, 0, -1) if m.decode().startswith(key + "@")]
         pipe = self.conn.pipeline(transaction=True)
         pipe.delete(PREFIX + key)
         pipe.srem(INDEX, key)
+        if claims:
+            pipe.zrem(OPEN, *claims)
         pipe.execute()
 
     def paused(self) -> set[tuple[str, str]]:
-        import json
-
         return {tuple(json.loads(k)) for k in self.conn.hkeys(PAUSED)}  # type: ignore[misc]
 
     def set_paused(self, zone: str, script: str, paused: bool, now: float) -> None:
@@ -147,3 +193,7 @@ class RedisScheduleStore(ScheduleStore):
             self.conn.hsetnx(PAUSED, script_key(zone, script), repr(now))
         else:
             self.conn.hdel(PAUSED, script_key(zone, script))
+
+    def sweep(self, now: float) -> int:
+        """Claims expire by themselves; an open one as old lost its schedule."""
+        return int(self.conn.zremrangebyscore(OPEN, "-inf", repr(now - CLAIM_DAYS * 86400)))

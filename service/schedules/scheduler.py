@@ -17,6 +17,11 @@ come, then runs, skips or records it as missed:
 - a paused script's time is claimed and skipped;
 - after downtime the latest missed time runs if it is within SCHEDULE_CATCHUP, and the
   older ones are counted as missed, never run.
+A claim whose outcome was not recorded within its lease (store.CLAIM_LEASE_SECONDS: its
+scheduler was killed between claim and job) is taken over and settled by the same rules,
+as any other claim; its job carries the scheduled time's idempotency key (runs.py), so
+a first holder that was only slow gets the same job, and only the holder of the claim
+records, logs and counts the outcome.
 
 Time is the clock's (clock.py), which a test drives; the rest is real.
 """
@@ -25,31 +30,34 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind
-
-from service.jobs.store import FINISHED, QUEUED, RUNNING, SCHEDULE, SUCCEEDED, Job
-from service.observability.logs import redact_query
-from service.observability.tracing import span_ids
+from service.jobs.store import FINISHED, SUCCEEDED
 from service.schedules.backends import open_store
 from service.schedules.clock import Clock
 from service.schedules.discovery import MARKED, Marked, Scheduled, discover
+from service.schedules.faults import fault_point
 from service.schedules.metrics import ScheduleMetrics, schedule_metrics
-from service.schedules.store import MISSED, SKIPPED, STARTED, ScheduleStore
+from service.schedules.runs import iso, log_fields, made_job, start_job, still_on
+from service.schedules.store import (
+    CLAIM_LEASE_SECONDS,
+    MISSED,
+    SKIPPED,
+    STARTED,
+    Claim,
+    ScheduleStore,
+)
 from service.schedules.times import count_between, latest_time, next_time
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
-CALLER = "schedule"  # the `caller` of a scheduled job: no key started it
 SCAN_SECONDS = 2.0  # how often the scripts folder is looked at again (real time)
+SWEEP_SECONDS = 3600.0  # claims are kept CLAIM_DAYS: removing them hourly is plenty
 
 
 @dataclass
@@ -74,6 +82,7 @@ class Scheduler:
     marked: Marked = MARKED
     log: logging.Logger | Any = None
     metrics: ScheduleMetrics | None = None
+    fault_file: Path | None = None  # SCHEDULE_TEST_FAULT (faults.py)
     entries: dict[str, Entry] = field(default_factory=dict)
     pending: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # job -> label
     _first_scan: bool = True
@@ -106,21 +115,39 @@ class Scheduler:
         scanner.join(timeout=SCAN_SECONDS)
 
     def _scan_loop(self, stop: threading.Event) -> None:
+        next_sweep = 0.0
         while not stop.is_set():
             try:
                 self.scan()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_SECONDS
+                    self.sweep()
             except Exception as exc:  # a store outage or a platform bug: again next scan
                 self.log.error("scheduler step failed: %s", exc)
             stop.wait(SCAN_SECONDS)
 
-    def step(self) -> None:
-        """Fire every schedule whose time has come."""
-        now = self.clock.now()
-        due = [e for e in list(self.entries.values()) if e.next_at <= now]
-        if not due:
-            return
+    def sweep(self) -> int:
+        """Remove the claims older than CLAIM_DAYS (and open ones as old: their
+        schedule is gone); how many."""
         assert self.store is not None
+        return self.store.sweep(self.clock.now())
+
+    def step(self) -> None:
+        """Settle the claims left open past their lease, then fire every schedule whose
+        time has come."""
+        now = self.clock.now()
+        assert self.store is not None
+        stale = self.store.open_claims(now - CLAIM_LEASE_SECONDS)  # a read of a tiny table
+        due = [e for e in list(self.entries.values()) if e.next_at <= now]
+        if not due and not stale:
+            return
         paused = self.store.paused()
+        known = {e.label: e for e in list(self.entries.values())}
+        for left in stale:  # a schedule this scheduler does not know: left to one that does
+            entry = known.get(left.label)
+            claim = self.store.take_over(left, now) if entry is not None else None
+            if entry is not None and claim is not None:
+                self.settle(entry, claim, now, (claim.zone, claim.script) in paused)
         for entry in due:
             self.fire(entry, now, (entry.found.zone, entry.found.script) in paused)
 
@@ -169,88 +196,80 @@ class Scheduler:
         self.follow_jobs()
 
     def fire(self, entry: Entry, now: float, paused: bool) -> None:
-        """Claim the latest due time; run it, skip it or record it missed."""
+        """Claim the latest due time and settle it."""
         assert self.store is not None
-        zone, script, cron = entry.label
-        spec = entry.found.spec
-        assert spec is not None
-        due = latest_time(cron, entry.tz, now)
-        entry.next_at = next_time(cron, entry.tz, max(due, now))
-        claim = self.store.claim(zone, script, cron, due, now)
+        due = latest_time(entry.cron, entry.tz, now)
+        entry.next_at = next_time(entry.cron, entry.tz, max(due, now))
+        claim = self.store.claim(*entry.label, due, now)
         if claim is None:  # another scheduler has it, or it was handled already
             return
-        missed = count_between(cron, entry.tz, claim.previous, due)
-        catchup = spec.catchup if spec.catchup is not None else self.rt.settings.schedule_catchup
-        if now - due > catchup:
-            missed += 1
-            self.outcome(entry, due, MISSED, None, count=missed, late_s=round(now - due, 3))
-            return
-        if missed:
-            self.log.warning(
-                "schedule",
-                extra={**self._fields(entry), "outcome": MISSED, "count": missed,
-                       "since": _iso(claim.previous)},
-            )  # fmt: skip
-            if self.metrics is not None:
-                self.metrics.runs.labels(zone, script, MISSED).inc(missed)
-        if paused:
-            self.outcome(entry, due, SKIPPED, None, reason="paused")
-            return
-        if not spec.overlap and claim.last_job:
-            last = self.rt.jobs.store.get(claim.last_job, time.time())
-            if last is not None and last.state in (QUEUED, RUNNING):
-                self.outcome(entry, due, SKIPPED, None, reason="overlap", running=last.id)
-                return
-        job_id = self.start_job(entry, due)
-        self.outcome(entry, due, STARTED, job_id)
+        fault_point(self.fault_file, "claim")
+        self.settle(entry, claim, now, paused)
 
-    def start_job(self, entry: Entry, due: float) -> str:
-        found, spec = entry.found, entry.found.spec
+    def settle(self, entry: Entry, claim: Claim, now: float, paused: bool) -> None:
+        """Run a claimed time, skip it or record it missed. A claim taken over is
+        `started` when its holder created the job before it died, and missed once a
+        later time of its schedule has come: after downtime only the latest time runs."""
+        spec = entry.found.spec
         assert spec is not None
-        job_id = secrets.token_urlsafe(24)
-        with self.rt.tracer.start_as_current_span(
-            f"schedule {found.url}", kind=SpanKind.PRODUCER
-        ) as span:
-            span.set_attributes({"scriptgate.job_id": job_id, "scriptgate.schedule": entry.cron})
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            job = Job(
-                id=job_id,
-                state=QUEUED,
-                zone=found.zone,
-                script=found.script,
-                method=spec.method,
-                path=found.url,
-                owner="",
-                trace_id=span_ids(span)[0],
-                traceparent=carrier.get("traceparent", ""),
-                created_at=time.time(),
-                caller=CALLER,
-                trigger=SCHEDULE,
-                attempts=1 + found.retries,
-                query=json.dumps(redact_query(parse_qs(spec.query, keep_blank_values=True))),
+        due = claim.due
+        earlier = count_between(entry.cron, entry.tz, claim.previous, due)
+        catchup = spec.catchup if spec.catchup is not None else self.rt.settings.schedule_catchup
+        made = made_job(self.rt, entry.found, entry.cron, due) if claim.recovered else None
+        if made is not None:
+            self.outcome(entry, claim, STARTED, made, earlier)
+        elif claim.recovered and latest_time(entry.cron, entry.tz, now) > due:
+            self.outcome(entry, claim, MISSED, None, earlier, reason="superseded")
+        elif now - due > catchup:
+            self.outcome(entry, claim, MISSED, None, earlier, late_s=round(now - due, 3))
+        elif paused:
+            self.outcome(entry, claim, SKIPPED, None, earlier, reason="paused")
+        elif not spec.overlap and claim.last_job and still_on(self.rt, claim.last_job):
+            self.outcome(
+                entry, claim, SKIPPED, None, earlier, reason="overlap", running=claim.last_job
             )
-            self.rt.jobs.submit(job, spec.snapshot(found.url))
-        if self.rt.jobs.metrics is not None:
-            self.rt.jobs.metrics.entered(found.zone, found.script, QUEUED)
-        with self._pending_lock:
-            self.pending[job_id] = entry.label
-        return job_id
+        else:
+            job_id, _ = start_job(self.rt, entry.found, entry.cron, due)
+            with self._pending_lock:
+                self.pending[job_id] = entry.label
+            fault_point(self.fault_file, "job")
+            self.outcome(entry, claim, STARTED, job_id, earlier)
 
     def outcome(
         self,
         entry: Entry,
-        due: float,
+        claim: Claim,
         outcome: str,
         job_id: str | None,
-        count: int = 1,
+        earlier: int,
         **extra: Any,
     ) -> None:
+        """Record what became of the claimed time; if this scheduler still held the
+        claim, log and count it, and the `earlier` times missed before it (one line
+        with the time itself when it is missed too)."""
         assert self.store is not None
-        self.store.record(*entry.label, due, outcome, job_id, entry.next_at)
+        fields = {**self._fields(entry), "scheduled_at": iso(claim.due)}
+        if claim.recovered:
+            extra["recovered"] = True
+        if not self.store.record(claim, outcome, job_id, entry.next_at):
+            self.log.warning(
+                "schedule claim taken over",
+                extra={**fields, "job_id": job_id, "claimed_at": iso(claim.claimed_at)},
+            )
+            return
+        zone, script = entry.found.zone, entry.found.script
+        count = 1 + earlier if outcome == MISSED else 1
+        if earlier and outcome != MISSED:
+            self.log.warning(
+                "schedule",
+                extra={**self._fields(entry), "outcome": MISSED, "count": earlier,
+                       "since": iso(claim.previous)},
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.runs.labels(zone, script, MISSED).inc(earlier)
         if self.metrics is not None:
-            self.metrics.runs.labels(entry.found.zone, entry.found.script, outcome).inc(count)
-        fields = {**self._fields(entry), "outcome": outcome, "scheduled_at": _iso(due)}
+            self.metrics.runs.labels(zone, script, outcome).inc(count)
+        fields["outcome"] = outcome
         if job_id is not None:
             fields["job_id"] = job_id
         if count != 1:
@@ -274,44 +293,4 @@ class Scheduler:
 
     @staticmethod
     def _fields(entry: Entry) -> dict[str, Any]:
-        return {
-            "zone": entry.found.zone,
-            "script": entry.found.script,
-            "schedule": entry.cron,
-            "timezone": entry.tz,
-            "caller": CALLER,
-        }
-
-
-def _iso(moment: float) -> str:
-    from service.jobs.http import iso_time
-
-    return iso_time(moment) or ""
-
-
-def run_scheduler(settings: Any, run_dir: Any, started_at: float) -> None:
-    """The scheduler process's life (forked by the job supervisor)."""
-    import os
-    import signal
-
-    from service.app import create_app
-    from service.runners.limits import die_with_parent, name_process
-    from service.schedules.clock import clock_for
-
-    name_process(PROCESS_NAME)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    die_with_parent()
-    os.nice(SCHEDULER_NICENESS)
-    app = create_app(settings, run_dir=run_dir, started_at=started_at)
-    rt = app.extensions["scriptgate"]
-    rt.log.info("scheduler starting")
-    try:
-        Scheduler(rt, clock_for(settings.schedule_test_clock)).run(stop)
-    finally:
-        rt.tracer_provider.force_flush(2000)
-
-
-PROCESS_NAME = "scriptgate-cron"
-SCHEDULER_NICENESS = 5  # as HTTP workers: a job's start should not wait on a busy job
+        return log_fields(entry.found.zone, entry.found.script, entry.cron, entry.tz)

@@ -3,11 +3,15 @@
 
 Through huey's connection and lock, as the job store: `storage.db(commit=True)` is an
 exclusive transaction, so a claim's check and insert are one step for every process
-on the machine.
+on the machine. A claim without its outcome yet is also a row of the small `_open`
+table, which `take_over` moves to a new holder only while it still shows the claim time
+its lister saw (compare-and-set), and `record` deletes only for that holder.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 from service.schedules.store import (
@@ -19,7 +23,7 @@ from service.schedules.store import (
 )
 
 STATE = "scriptgate_schedule"
-CLAIMS, PAUSED = f"{STATE}_claim", f"{STATE}_paused"
+CLAIMS, PAUSED, OPEN = f"{STATE}_claim", f"{STATE}_paused", f"{STATE}_open"
 DDL = (
     f"""create table if not exists {STATE} (
         key text primary key, zone text not null, script text not null, cron text not null,
@@ -32,6 +36,9 @@ DDL = (
     f"""create table if not exists {PAUSED} (
         zone text not null, script text not null, paused_at real not null,
         primary key (zone, script))""",
+    f"""create table if not exists {OPEN} (
+        key text not null, due real not null, claimed_at real not null,
+        previous real not null, primary key (key, due))""",
 )
 _COLUMNS = (
     "zone", "script", "cron", "last_at", "last_outcome", "last_job", "last_run_at", "next_at",
@@ -76,28 +83,58 @@ class SqliteScheduleStore(ScheduleStore):
             )
             if not cursor.rowcount:
                 return None
+            previous, last_job = (due, None) if row is None else (float(row[0]), row[1])
+            cursor.execute(
+                f"insert into {OPEN} (key, due, claimed_at, previous) values (?, ?, ?, ?)",
+                (key, due, now, previous),
+            )
             if row is None:  # forgotten meanwhile (the script was edited): back again
                 insert = f"insert into {STATE} (key, zone, script, cron, last_at)"
                 cursor.execute(f"{insert} values (?, ?, ?, ?, ?)", (key, zone, script, cron, due))
-                return Claim(due, None)
-            cursor.execute(f"update {STATE} set last_at = ? where key = ?", (due, key))
-        return Claim(float(row[0]), row[1])
+            else:
+                cursor.execute(f"update {STATE} set last_at = ? where key = ?", (due, key))
+        return Claim(zone, script, cron, due, previous, last_job, now)
 
-    def record(
-        self,
-        zone: str,
-        script: str,
-        cron: str,
-        due: float,
-        outcome: str,
-        job_id: str | None,
-        next_at: float,
-    ) -> None:
-        sql = (
-            f"update {STATE} set last_outcome = ?, last_run_at = ?, next_at = ?, "
-            "last_job = coalesce(?, last_job) where key = ?"
-        )
-        self._change(sql, (outcome, due, next_at, job_id, schedule_key(zone, script, cron)))
+    def open_claims(self, claimed_before: float) -> list[Claim]:
+        sql = f"select key, due, claimed_at, previous from {OPEN} where claimed_at <= ?"
+        found = []
+        for key, due, claimed_at, previous in self.storage.sql(
+            sql, (claimed_before,), results=True
+        ):
+            zone, script, cron = json.loads(key)
+            found.append(Claim(zone, script, cron, due, previous, None, claimed_at))
+        return found
+
+    def take_over(self, claim: Claim, now: float) -> Claim | None:
+        key = schedule_key(*claim.label)
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(
+                f"update {OPEN} set claimed_at = ? where key = ? and due = ? and claimed_at = ?",
+                (now, key, claim.due, claim.claimed_at),
+            )
+            if not cursor.rowcount:
+                return None
+            cursor.execute(f"select last_job from {STATE} where key = ?", (key,))
+            row = cursor.fetchone()
+        last_job = row[0] if row is not None else None
+        return replace(claim, last_job=last_job, claimed_at=now, recovered=True)
+
+    def record(self, claim: Claim, outcome: str, job_id: str | None, next_at: float) -> bool:
+        key = schedule_key(*claim.label)
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(
+                f"delete from {OPEN} where key = ? and due = ? and claimed_at = ?",
+                (key, claim.due, claim.claimed_at),
+            )
+            if not cursor.rowcount:
+                return False
+            cursor.execute(
+                f"update {STATE} set last_outcome = ?, last_run_at = ?, next_at = ?, "
+                "last_job = coalesce(?, last_job) "
+                "where key = ? and (last_run_at is null or last_run_at <= ?)",
+                (outcome, claim.due, next_at, job_id, key, claim.due),
+            )
+        return True
 
     def set_next(self, zone: str, script: str, cron: str, next_at: float) -> None:
         sql = f"update {STATE} set next_at = ? where key = ?"
@@ -118,7 +155,10 @@ class SqliteScheduleStore(ScheduleStore):
         return [ScheduleState(*row) for row in rows]
 
     def forget(self, zone: str, script: str, cron: str) -> None:
-        self._change(f"delete from {STATE} where key = ?", (schedule_key(zone, script, cron),))
+        key = schedule_key(zone, script, cron)
+        with self.storage.db(commit=True) as cursor:
+            cursor.execute(f"delete from {STATE} where key = ?", (key,))
+            cursor.execute(f"delete from {OPEN} where key = ?", (key,))
 
     def paused(self) -> set[tuple[str, str]]:
         rows = self.storage.sql(f"select zone, script from {PAUSED}", results=True)
@@ -132,4 +172,6 @@ class SqliteScheduleStore(ScheduleStore):
             self._change(f"delete from {PAUSED} where zone = ? and script = ?", (zone, script))
 
     def sweep(self, now: float) -> int:
-        return self._change(f"delete from {CLAIMS} where due < ?", (now - CLAIM_DAYS * 86400,))
+        before = now - CLAIM_DAYS * 86400
+        self._change(f"delete from {OPEN} where due < ?", (before,))
+        return self._change(f"delete from {CLAIMS} where due < ?", (before,))

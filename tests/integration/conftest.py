@@ -1,9 +1,12 @@
 """Fixtures the integration tests share: a real redis-server per module, and the job store
-a test runs against (each test parametrized over SQLite and a flushed Redis)."""
+a test runs against (each test parametrized over SQLite and a flushed Redis), and the
+schedule store beside it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,22 @@ def redis(redis_url: str) -> str:
 def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """The settings that choose the job store: none (SQLite) or a flushed Redis."""
     return {"JOB_BROKER_URL": request.getfixturevalue("redis")} if request.param == "redis" else {}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def schedule_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The schedule store of each back end, beside a job queue (Redis: flushed)."""
+    from dataclasses import replace
+
+    from service.config import Settings
+    from service.jobs.queue import JobQueue
+    from service.schedules.backends import open_store
+
+    settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
+    if request.param == "redis":
+        settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
+    queue = JobQueue(settings)
+    if request.param == "redis":
+        queue.huey.storage.conn.flushdb()
+    yield open_store(queue)
+    queue.close()

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import descendants, process_name
@@ -249,25 +248,6 @@ def test_a_killed_scheduler_is_replaced_and_runs_the_next_time(tmp_path: Path) -
         assert scheduler_pids(server) == {second}
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def schedule_store(request, tmp_path: Path):
-    """The schedule store of each back end, beside a job queue (Redis: flushed)."""
-    from dataclasses import replace
-
-    from service.config import Settings
-    from service.jobs.queue import JobQueue
-    from service.schedules.backends import open_store
-
-    settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
-    if request.param == "redis":
-        settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
-    queue = JobQueue(settings)
-    if request.param == "redis":
-        queue.huey.storage.conn.flushdb()
-    yield open_store(queue)
-    queue.close()
-
-
 def test_of_many_claims_of_one_time_exactly_one_wins(schedule_store) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -281,7 +261,7 @@ def test_of_many_claims_of_one_time_exactly_one_wins(schedule_store) -> None:
         )
     winners = [c for c in claims if c is not None]
     assert len(winners) == 1 and winners[0].previous == START and winners[0].last_job is None
-    schedule_store.record("api", "tick.py", "* * * * *", due, "started", "j" * 32, due + 60)
+    assert schedule_store.record(winners[0], "started", "j" * 32, due + 60)
     # An earlier time, once a later one was handled, is never claimed.
     assert schedule_store.claim("api", "tick.py", "* * * * *", due - 60, due) is None
     later = schedule_store.claim("api", "tick.py", "* * * * *", due + 60, due + 60)
