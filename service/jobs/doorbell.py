@@ -40,7 +40,8 @@ def ring(path: Path) -> None:
     except OSError:  # no bell yet, or nobody listening (ENXIO)
         return
     try:
-        os.write(fd, b"\0")
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # never a byte into a file in its place
+            os.write(fd, b"\0")
     except OSError:  # the pipe is full: workers are awake already
         pass
     finally:

@@ -71,6 +71,7 @@ def test_a_file_in_the_bells_place_leaves_the_worker_polling(tmp_path: Path) -> 
     stop.set()  # no bell: the stop event alone ends it
     thread.join(WOKEN_WITHIN)
     assert ended == [True]
+    ring(tmp_path / BELL)  # a job queued meanwhile
     assert (tmp_path / BELL).read_text() == "not a FIFO"  # left as it was
 
 
