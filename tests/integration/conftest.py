@@ -1,6 +1,6 @@
-"""Fixtures the integration tests share: a real redis-server per module, and the job store
-a test runs against (each test parametrized over SQLite and a flushed Redis), and the
-schedule store beside it."""
+"""Fixtures the integration tests share: a real redis-server per module, and the job queue
+and store a test runs against (each test parametrized over SQLite and a flushed Redis),
+and the schedule store beside it."""
 
 from __future__ import annotations
 
@@ -35,19 +35,26 @@ def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def schedule_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """The schedule store of each back end, beside a job queue (Redis: flushed)."""
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A job queue and its store on each back end (Redis: flushed), opened in this process."""
     from dataclasses import replace
 
     from service.config import Settings
     from service.jobs.queue import JobQueue
-    from service.schedules.backends import open_store
 
     settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
     if request.param == "redis":
         settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
-    queue = JobQueue(settings)
+    opened = JobQueue(settings)
     if request.param == "redis":
-        queue.huey.storage.conn.flushdb()
-    yield open_store(queue)
-    queue.close()
+        opened.huey.storage.conn.flushdb()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def schedule_store(queue: Any) -> Any:
+    """The schedule store of each back end, beside its job queue."""
+    from service.schedules.backends import open_store
+
+    return open_store(queue)

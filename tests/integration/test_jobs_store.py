@@ -5,30 +5,15 @@ start, or two workers, can never both win."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from service.config import Settings
 from service.jobs.queue import JobQueue
 from service.jobs.store import FAILED, QUEUED, Ending, Job, JobQuery, Result, event_text
 
 RETENTION = 3600.0
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def queue(request, tmp_path: Path) -> Iterator[JobQueue]:
-    settings = Settings(scripts_dir=tmp_path, job_data_dir=tmp_path / "data")
-    if request.param == "redis":
-        settings = replace(settings, job_broker_url=request.getfixturevalue("redis_url"))
-    q = JobQueue(settings)
-    if request.param == "redis":
-        q.huey.storage.conn.flushdb()
-    yield q
-    q.close()
 
 
 SAMPLE = {
