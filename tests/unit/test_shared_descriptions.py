@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from flask import Flask
 
 from service.app import create_app
@@ -33,18 +34,21 @@ def two_processes(make_app, run_dir: Path) -> tuple[Flask, Flask]:
     return apps
 
 
+@pytest.fixture
+def described(make_app, scripts_dir: Path, tmp_path: Path) -> tuple[Flask, Flask, dict]:
+    """Two apps of one server; the first has described every script (routes?detail=1)."""
+    write_scripts(scripts_dir, {"api/typed.py": TYPED})
+    first, second = two_processes(make_app, tmp_path / "run")
+    return first, second, first.test_client().get("/_platform/routes?detail=1").get_json()
+
+
 def zygote_started(app) -> bool:
     """Whether this app has started a runner (its zygote) at all."""
     return runtime(app).runners.zygote.proc is not None
 
 
-def test_a_second_process_lists_what_the_first_described_without_importing(
-    make_app, scripts_dir: Path, tmp_path: Path
-) -> None:
-    write_scripts(scripts_dir, {"api/typed.py": TYPED})
-    run_dir = tmp_path / "run"
-    first, second = two_processes(make_app, run_dir)
-    routes = first.test_client().get("/_platform/routes?detail=1").get_json()
+def test_a_second_process_lists_what_the_first_described_without_importing(described) -> None:
+    first, second, routes = described
     assert {e["path"]: e["state"] for e in routes["api"]}["typed.py"] == "ok"
     assert zygote_started(first) and not zygote_started(second)
 
@@ -63,12 +67,9 @@ def test_a_second_process_lists_what_the_first_described_without_importing(
 
 
 def test_a_changed_script_is_imported_again_not_taken_from_the_shared_folder(
-    make_app, scripts_dir: Path, tmp_path: Path
+    described, scripts_dir: Path
 ) -> None:
-    write_scripts(scripts_dir, {"api/typed.py": TYPED})
-    run_dir = tmp_path / "run"
-    first, second = two_processes(make_app, run_dir)
-    first.test_client().get("/_platform/routes?detail=1")
+    _, second, _ = described
     path = scripts_dir / "api" / "typed.py"
     path.write_text('"""Edited."""\ndef main(request):\n    return "new"\n')
     os.utime(path, ns=(1, 1))  # a different stamp, whatever the clock's resolution
@@ -80,13 +81,10 @@ def test_a_changed_script_is_imported_again_not_taken_from_the_shared_folder(
 
 
 def test_a_damaged_shared_entry_costs_an_import_and_nothing_else(
-    make_app, scripts_dir: Path, tmp_path: Path
+    described, scripts_dir: Path, tmp_path: Path
 ) -> None:
-    write_scripts(scripts_dir, {"api/typed.py": TYPED})
-    run_dir = tmp_path / "run"
-    first, second = two_processes(make_app, run_dir)
-    first.test_client().get("/_platform/routes?detail=1")
-    entries = list((run_dir / "descriptions").glob("*.json"))
+    _, second, _ = described
+    entries = list((tmp_path / "run" / "descriptions").glob("*.json"))
     assert entries
     for entry in entries:
         entry.write_text('{"path": "elsewhere", "stamps": [], "info": {}}')
