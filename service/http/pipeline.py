@@ -151,7 +151,22 @@ def lookup(rt: Runtime, ctx: RequestContext, target: Target) -> LoadedScript:
     if script is None:
         script = import_script(rt, ctx, real_path)
     rt.scripts.remember(target, script)
+    start_series(rt, ctx, script)
     return script
+
+
+def start_series(rt: Runtime, ctx: RequestContext, script: LoadedScript) -> None:
+    """A script this worker now serves: its error series start at 0 (so increase() sees
+    its first failure) and its CONCURRENCY is shown, however this worker learnt of it
+    (its own import, its scanner's, another process's shared description)."""
+    if rt.metrics is None:
+        return
+    for kind in ERROR_KINDS:
+        rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind)
+    if script.concurrency:
+        rt.metrics.concurrency_limit.labels(ctx.zone, ctx.script).set(script.concurrency)
+        rt.metrics.rejected.labels(ctx.zone, ctx.script, "concurrency")
+        rt.metrics.script_in_progress.labels(ctx.zone, ctx.script)  # at 0 in this worker
 
 
 def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
@@ -176,14 +191,6 @@ def import_script(rt: Runtime, ctx: RequestContext, path: str) -> LoadedScript:
         finally:
             lines.close()
     rt.runners.put_back(runner)  # warm, for the call that asked
-    if rt.metrics is not None:
-        # Error series start at 0, so increase() sees a script's first failure too.
-        for kind in ERROR_KINDS:
-            rt.metrics.script_errors.labels(ctx.zone, ctx.script, kind)
-        if script.concurrency:
-            rt.metrics.concurrency_limit.labels(ctx.zone, ctx.script).set(script.concurrency)
-            rt.metrics.rejected.labels(ctx.zone, ctx.script, "concurrency")
-            rt.metrics.script_in_progress.labels(ctx.zone, ctx.script)  # at 0 in this worker
     return script
 
 

@@ -94,3 +94,20 @@ def test_a_damaged_shared_entry_costs_an_import_and_nothing_else(
     real = locate(scripts_dir.resolve(), Target("api", "typed.py"))
     rewritten = [json.loads(entry.read_text())["path"] for entry in entries]
     assert real in rewritten  # by the second process's own import
+
+
+def test_a_script_served_from_a_shared_description_shows_its_series(
+    make_app, scripts_dir: Path, tmp_path: Path
+) -> None:
+    """Its CONCURRENCY and its error series at 0, as if this process had imported it."""
+    write_scripts(
+        scripts_dir,
+        {"api/limited.py": 'CONCURRENCY = 2\ndef main(request):\n    return "ok"\n'},
+    )
+    first, second = two_processes(make_app, tmp_path / "run")
+    first.test_client().get("/_platform/routes?detail=1")
+    assert second.test_client().get("/api/limited.py", headers=API).status_code == 200
+    text = second.test_client().get("/_platform/metrics").get_data(as_text=True)
+    labels = 'script="limited.py",zone="api"'
+    assert f"scriptgate_script_concurrency_limit{{{labels}}} 2.0" in text
+    assert f'scriptgate_script_errors_total{{kind="timeout",{labels}}} 0.0' in text
