@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -454,6 +455,20 @@ def print_live(results: list[dict]) -> None:
     print("Windmill publishes 12 ms for a no-op job on dedicated workers.")
 
 
+def on_each_store(run: Callable[[str, Path, str | None], Any]) -> list[Any]:
+    """`run(name, folder, redis_url)` on the embedded SQLite store, then on a real
+    redis-server, each in a fresh folder."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        (tmp / "sqlite").mkdir()
+        found.append(run("SQLite", tmp / "sqlite", None))
+        (tmp / "redis").mkdir()
+        with redis_server(tmp / "redis") as url:
+            found.append(run("Redis", tmp / "redis", url))
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s wrk runs, 3 rounds")
@@ -464,15 +479,7 @@ def main() -> int:
     seconds, rounds = (2, 3) if args.quick else (5, 6)
     if args.live:
         lines, jobs = (50, 50) if args.quick else (300, 300)
-        live = []
-        with tempfile.TemporaryDirectory(prefix="scriptgate-bench-live-") as tmp_dir:
-            tmp = Path(tmp_dir)
-            (tmp / "sqlite").mkdir()
-            live.append(bench_live("SQLite", tmp / "sqlite", None, lines, jobs))
-            (tmp / "redis").mkdir()
-            with redis_server(tmp / "redis") as url:
-                live.append(bench_live("Redis", tmp / "redis", url, lines, jobs))
-        print_live(live)
+        print_live(on_each_store(lambda *store: bench_live(*store, lines, jobs)))
         return 0
     if args.history:
         with tempfile.TemporaryDirectory(prefix="scriptgate-bench-history-") as tmp_dir:
@@ -485,15 +492,7 @@ def main() -> int:
             else:
                 print_history(args.history, bench_history(tmp, args.history, seconds))
         return 0
-    results = []
-    with tempfile.TemporaryDirectory(prefix="scriptgate-bench-jobs-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        (tmp / "sqlite").mkdir()
-        results.append(bench_store("SQLite", tmp / "sqlite", None, seconds, rounds))
-        (tmp / "redis").mkdir()
-        with redis_server(tmp / "redis") as url:
-            results.append(bench_store("Redis", tmp / "redis", url, seconds, rounds))
-    print_table(results)
+    print_table(on_each_store(lambda *store: bench_store(*store, seconds, rounds)))
     return 0
 
 
